@@ -1,0 +1,127 @@
+"""On-disk feature cache: one folder per key, streamed to disk in chunks, published atomically.
+
+An entry is valid only once its folder carries its final name and a `meta.json` that matches the arrays;
+a run killed mid-extraction leaves a hidden temporary folder that is never read (and is cleaned up later).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from utils.atomic import atomic_dir
+from utils.errors import UserError
+
+FORMAT_VERSION = 1
+DTYPES = {"float16": np.float16, "float32": np.float32}
+STALE_TMP_SECONDS = 24 * 3600
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """A stable hash of everything that determines the features."""
+    blob = json.dumps({"format": FORMAT_VERSION, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+@dataclass
+class CachedFeatures:
+    """Features of the images that loaded, in dataset order, with their labels and dataset positions."""
+
+    features: np.ndarray  # N x D, L2-normalised, float16 or float32 (memory-mapped)
+    labels: np.ndarray  # N, int64 (-1 where the dataset has no labels)
+    index: np.ndarray  # N, positions in the dataset
+    meta: dict[str, Any]
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        return self.meta.get("skipped", [])
+
+
+class _Writer:
+    """Fills preallocated memory-mapped arrays row by row; skipped rows are compacted away at the end."""
+
+    def __init__(self, folder: Path, rows: int, dim: int, dtype: np.dtype):
+        self.folder, self.rows, self.dim = folder, rows, dim
+        self.features = np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype=dtype, shape=(rows, dim))
+        self.labels = np.full(rows, -1, dtype=np.int64)
+        self.valid = np.zeros(rows, dtype=bool)
+
+    def write(self, positions: np.ndarray, features: np.ndarray, labels: np.ndarray) -> None:
+        self.features[positions] = features
+        self.labels[positions] = labels
+        self.valid[positions] = True
+
+    def finish(self) -> int:
+        self.features.flush()
+        keep = np.flatnonzero(self.valid)
+        if len(keep) < self.rows:
+            compact = np.lib.format.open_memmap(
+                self.folder / "features.compact.npy", mode="w+", dtype=self.features.dtype, shape=(len(keep), self.dim)
+            )
+            for start in range(0, len(keep), 65536):
+                rows = keep[start:start + 65536]
+                compact[start:start + len(rows)] = self.features[rows]
+            compact.flush()
+            del compact
+            self.features = None
+            (self.folder / "features.compact.npy").replace(self.folder / "features.npy")
+        np.save(self.folder / "labels.npy", self.labels[keep])
+        np.save(self.folder / "index.npy", keep.astype(np.int64))
+        return len(keep)
+
+
+class FeatureCache:
+    """Features keyed by `cache_key(...)` under `root`, stored as float16 (default) or float32."""
+
+    def __init__(self, root: str | Path, dtype: str = "float16"):
+        if dtype not in DTYPES:
+            raise UserError(f"unknown feature dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+        self.root, self.dtype = Path(root), dtype
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def load(self, key: str) -> CachedFeatures | None:
+        """The entry for `key`, or None when it is absent or incomplete."""
+        folder = self.path(key)
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            features = np.load(folder / "features.npy", mmap_mode="r")
+            labels, index = np.load(folder / "labels.npy"), np.load(folder / "index.npy")
+        except (OSError, ValueError):
+            return None
+        rows = meta.get("rows")
+        if not (meta.get("complete") and features.shape == (rows, meta.get("dim")) and len(labels) == len(index) == rows):
+            return None
+        return CachedFeatures(features, labels, index, meta)
+
+    @contextmanager
+    def writer(self, key: str, rows: int, dim: int, meta: dict[str, Any]) -> Iterator[_Writer]:
+        """Stream an entry to a temporary folder; it becomes visible only if the block completes."""
+        self._clean_stale()
+        final = self.path(key)
+        if final.exists():  # an invalid leftover under the final name (e.g. older format): replace it
+            shutil.rmtree(final)
+        with atomic_dir(final) as tmp:
+            writer = _Writer(tmp, rows, dim, DTYPES[self.dtype])
+            yield writer
+            kept = writer.finish()
+            record = {**meta, "rows": kept, "dim": dim, "dtype": self.dtype, "complete": True, "created": time.time()}
+            (tmp / "meta.json").write_text(json.dumps(record, indent=2, default=str))
+
+    def _clean_stale(self) -> None:
+        """Remove temporary folders that killed runs left more than a day ago."""
+        if not self.root.is_dir():
+            return
+        for tmp in self.root.glob(".*.tmp"):
+            if time.time() - tmp.stat().st_mtime > STALE_TMP_SECONDS:
+                shutil.rmtree(tmp, ignore_errors=True)

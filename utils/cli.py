@@ -1,0 +1,125 @@
+"""Command-line pieces shared by the entry scripts: common flags, clean errors, run folders and metadata."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+from utils.cache import DTYPES
+from utils.device import DEVICES
+from utils.errors import UserError
+from utils.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, list_models_with_tags
+
+T = TypeVar("T")
+PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "scikit-learn", "scikit-image", "timm")
+
+
+class _ListModels(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print("\n".join(list_models_with_tags()))
+        parser.exit()
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=DEFAULT_MODEL,
+                       help=f"open_clip architecture, or `tiny` for offline tests (default: {DEFAULT_MODEL})")
+    group.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
+                       help=f"open_clip pretrained tag, or `none` for random weights (default: {DEFAULT_PRETRAINED})")
+    group.add_argument("--ckpt", default=None,
+                       help="local weights file (state dict, .pt/.pth/.bin or .safetensors); overrides the tag's weights")
+    group.add_argument("--device", default="auto", choices=DEVICES,
+                       help="where the model runs; auto = cuda if available (default: auto)")
+    group.add_argument("--model-cache-dir", default=None,
+                       help="where downloaded weights live (default: the Hugging Face hub cache)")
+    group.add_argument("--list-models", action=_ListModels, help="print every architecture and its tags, then exit")
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data and features")
+    group.add_argument("--data-root", default="./data", help="folder holding the datasets (default: ./data)")
+    group.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                       help="download datasets torchvision can fetch (default: on)")
+    group.add_argument("--limit", type=positive_int, default=None,
+                       help="use a seeded random subset of at most N images per dataset (default: all)")
+    group.add_argument("--seed", type=int, default=0, help="seed for --limit subsets and random init (default: 0)")
+    group.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default: 256)")
+    group.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                       help="data loading processes; 0 loads in the main process (default: min(8, CPUs))")
+    group.add_argument("--cache-dir", default="./cache/features", help="feature cache (default: ./cache/features)")
+    group.add_argument("--feature-dtype", default="float16", choices=list(DTYPES),
+                       help="storage type of cached features (default: float16)")
+
+
+def guarded(run: Callable[[argparse.Namespace], T], args: argparse.Namespace) -> T:
+    """Run an entry point; a UserError becomes `error: ...` on stderr and exit status 2, with no traceback."""
+    try:
+        return run(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def run_folder(out_dir: str | None, default: Sequence[str], overwrite: bool = False) -> Path:
+    """The results folder: `--out-dir`, else results/<default...>/<timestamp>.
+
+    A folder that already holds results is never reused silently: a numbered sibling is made instead,
+    unless `overwrite`.
+    """
+    path = Path(out_dir) if out_dir else Path("results", *default, time.strftime("%Y%m%d-%H%M%S"))
+    if not overwrite and path.is_dir() and any(path.iterdir()):
+        base, number = path, 1
+        while path.exists():
+            path = base.with_name(f"{base.name}-{number}")
+            number += 1
+        print(f"{base} already holds results; writing to {path} instead (--overwrite to reuse it)", file=sys.stderr)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent.parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def run_metadata(args: argparse.Namespace) -> dict[str, Any]:
+    """The resolved configuration, code version and package versions, saved beside every result."""
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "config": {k: v for k, v in vars(args).items()},
+        "argv": sys.argv,
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

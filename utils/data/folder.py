@@ -1,0 +1,68 @@
+"""Images in a folder: an ImageFolder tree (one sub-folder per class) or a flat folder of images."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from utils.errors import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+class ImageFiles(Dataset):
+    """(PIL RGB image, label) pairs from files on disk.
+
+    With `classes` (sub-folder names, e.g. wnids) each listed sub-folder is a class, in the given order.
+    Without, every sub-folder holding images is a class (sorted), and a flat folder is one unlabelled set
+    (label -1), as OOD sets like iSUN ship.
+    """
+
+    def __init__(self, root: str | Path, classes: Sequence[str] | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise UserError(f"image folder not found: {self.root}")
+        if classes is None:
+            subdirs = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+            classes = [d for d in subdirs if _images_under(self.root / d)]
+            top_level = [p for p in self.root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+            if top_level or not classes:
+                classes = []
+        else:
+            missing = [c for c in classes if not (self.root / c).is_dir()]
+            if missing:
+                raise UserError(f"{self.root} lacks the class folders {', '.join(missing[:10])}"
+                                f"{' ...' if len(missing) > 10 else ''} ({len(missing)} of {len(classes)} missing)")
+        self.classes = list(classes)
+        if self.classes:
+            self.samples = [(p, k) for k, c in enumerate(self.classes) for p in _images_under(self.root / c)]
+        else:
+            self.samples = [(p, -1) for p in _images_under(self.root)]
+        if not self.samples:
+            raise UserError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {self.root}")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        path, label = self.samples[index]
+        with Image.open(path) as image:
+            return image.convert("RGB"), label
+
+    def describe(self, index: int) -> str:
+        return str(self.samples[index][0])
+
+    def fingerprint(self) -> str:
+        """Changes when files are added, removed or renamed."""
+        digest = hashlib.blake2b(digest_size=8)
+        for path, label in self.samples:
+            digest.update(f"{path.relative_to(self.root)}:{label}\n".encode())
+        return digest.hexdigest()

@@ -1,0 +1,82 @@
+"""Batched, preprocessed loading that survives unreadable images: they are skipped and reported, never fatal."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+
+# What a corrupt, truncated or non-image file raises while decoding.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class Preprocessed(Dataset):
+    """Applies `transform` to a (PIL image, label) dataset; a file that cannot be decoded yields an error note."""
+
+    def __init__(self, base: Dataset, transform: Callable):
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, int, str | None]:
+        try:
+            image, label = self.base[index]
+            return self.transform(image), int(label), index, None
+        except DECODE_ERRORS as err:
+            return None, -1, index, f"{type(err).__name__}: {err}"
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor | None  # None when every image in the batch failed
+    labels: torch.Tensor
+    indices: torch.Tensor  # positions in the dataset of the images that loaded
+    failures: list[tuple[int, str]]  # (position, error) of those that did not
+
+
+def collate(items: list[tuple[torch.Tensor | None, int, int, str | None]]) -> Batch:
+    good = [item for item in items if item[3] is None]
+    return Batch(
+        images=torch.stack([item[0] for item in good]) if good else None,
+        labels=torch.tensor([item[1] for item in good], dtype=torch.long),
+        indices=torch.tensor([item[2] for item in good], dtype=torch.long),
+        failures=[(item[2], item[3]) for item in items if item[3] is not None],
+    )
+
+
+def make_loader(
+    dataset: Dataset, transform: Callable, batch_size: int, workers: int, pin_memory: bool = False
+) -> DataLoader:
+    """An ordered loader of `Batch`es; order matters, the cache stores features in dataset order."""
+    return DataLoader(
+        Preprocessed(dataset, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def sample_name(dataset: Dataset, index: int) -> str:
+    """A human-readable name (usually the file path) of item `index`, through Subset and ConcatDataset."""
+    if isinstance(dataset, Subset):
+        return sample_name(dataset.dataset, int(dataset.indices[index]))
+    if isinstance(dataset, ConcatDataset):
+        part = next(k for k, end in enumerate(dataset.cumulative_sizes) if index < end)
+        offset = dataset.cumulative_sizes[part - 1] if part else 0
+        return sample_name(dataset.datasets[part], index - offset)
+    if hasattr(dataset, "describe"):
+        return dataset.describe(index)
+    for attr in ("samples", "imgs", "_image_files"):
+        items = getattr(dataset, attr, None)
+        if items is not None:
+            item = items[index]
+            return str(item[0] if isinstance(item, tuple) else item)
+    return f"item {index}"

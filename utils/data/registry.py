@@ -1,0 +1,246 @@
+"""The dataset registry: every name `--in` / `--out` accepts, how to build it, and how to get it."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import ConcatDataset, Dataset, Subset
+
+from utils import classnames as names
+from utils.data.digits import Digits
+from utils.data.folder import ImageFiles
+from utils.errors import UserError
+
+SPLITS = ("train", "test")
+FOLDER_PREFIX = "folder:"
+Builder = Callable[[Path, str, bool], Dataset]  # (data root, split, download) -> (PIL image, label) dataset
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to build one dataset and what to tell a user who lacks it."""
+
+    build: Builder
+    source: str  # where to get it
+    layout: str  # what must lie under --data-root
+    classnames: Sequence[str] | Callable[[], Sequence[str]] | None = None  # None: the dataset's own `.classes`
+    splits: tuple[str, ...] = SPLITS
+    subset: int | None = None  # a fixed seeded subset of this size, part of the benchmark's definition
+    ood: tuple[str, ...] = field(default_factory=tuple)  # default OOD partners when used as ID
+
+
+@dataclass
+class LoadedDataset:
+    """A built dataset with its class names and an identity string for the feature cache."""
+
+    name: str
+    split: str
+    dataset: Dataset
+    classnames: tuple[str, ...] | None
+    identity: str
+
+
+def _torchvision(cls_name: str, folder: str, **kwargs) -> Builder:
+    def build(root: Path, split: str, download: bool) -> Dataset:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, cls_name)
+        split_kwargs = {"train": split == "train"} if cls_name.startswith("CIFAR") else {}
+        if cls_name == "SVHN":
+            split_kwargs = {"split": split}
+        if cls_name == "Places365":
+            split_kwargs = {"split": "train-standard" if split == "train" else "val"}
+        return cls(str(root / folder), download=download, **split_kwargs, **kwargs)
+
+    return build
+
+
+def _dtd(root: Path, split: str, download: bool) -> Dataset:
+    """Textures: the whole DTD (all 5,640 images) is the OOD set, as in the MCM and MOS papers."""
+    import torchvision.datasets as tvd
+
+    parts = [tvd.DTD(str(root / "dtd"), split=s, partition=1, download=download) for s in ("train", "val", "test")]
+    joined = ConcatDataset(parts)
+    joined.classes = parts[0].classes
+    return joined
+
+
+def _folder(folder: str, classes: Callable[[], Sequence[str]] | None = None, split_dirs: bool = False) -> Builder:
+    def build(root: Path, split: str, download: bool) -> Dataset:
+        path = root / folder / ({"train": "train", "test": "val"}[split] if split_dirs else "")
+        return ImageFiles(path, classes=list(classes()) if classes else None)
+
+    return build
+
+
+def _digits(*digits: int) -> Builder:
+    return lambda root, split, download: Digits(split, digits)
+
+
+def _wnids(table: Callable[[], dict[str, str]]) -> Callable[[], list[str]]:
+    return lambda: sorted(table())
+
+
+def _names(table: Callable[[], dict[str, str]]) -> Callable[[], list[str]]:
+    return lambda: [table()[w] for w in sorted(table())]
+
+
+def _imagenet_subset(name: str, table: Callable[[], dict[str, str]], ood: tuple[str, ...]) -> DatasetSpec:
+    return DatasetSpec(
+        build=_folder(name, _wnids(table), split_dirs=True),
+        source="build it from ImageNet-1k (image-net.org, manual download) with make_imagenet10.py",
+        layout=f"{name}/train/<wnid>/*.JPEG and {name}/val/<wnid>/*.JPEG",
+        classnames=_names(table),
+        ood=ood,
+    )
+
+
+ODIN = "https://www.dropbox.com/"
+MOS = "https://pages.cs.wisc.edu/~huangrui/imagenet_ood_dataset/"
+CIFAR_OOD = ("svhn", "textures", "places365", "lsun", "isun")
+IMAGENET_OOD = ("inaturalist", "sun", "places", "textures")
+
+DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec(
+        build=_torchvision("CIFAR10", ""), source="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        layout="cifar-10-batches-py/ (downloaded automatically)", classnames=names.CIFAR10,
+        ood=(*CIFAR_OOD, "cifar100"),
+    ),
+    "cifar100": DatasetSpec(
+        build=_torchvision("CIFAR100", ""), source="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        layout="cifar-100-python/ (downloaded automatically)", classnames=names.CIFAR100,
+        ood=(*CIFAR_OOD, "cifar10"),
+    ),
+    "svhn": DatasetSpec(
+        build=_torchvision("SVHN", "svhn"), source="http://ufldl.stanford.edu/housenumbers/test_32x32.mat",
+        layout="svhn/test_32x32.mat (downloaded automatically)", classnames=names.DIGIT_WORDS,
+    ),
+    "textures": DatasetSpec(
+        build=_dtd, source="https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz",
+        layout="dtd/dtd/images/<texture>/*.jpg (downloaded automatically)", splits=("test",),
+    ),
+    "places365": DatasetSpec(
+        build=_torchvision("Places365", "places365", small=True),
+        source="http://data.csail.mit.edu/places/places365/val_256.tar (+ filelist_places365-standard.tar)",
+        layout="places365/val_256/*.jpg and its file lists (downloaded automatically)",
+        splits=("test",), subset=10_000,
+    ),
+    "lsun": DatasetSpec(
+        build=_folder("LSUN"), source=ODIN + "s/fhtsw1m3qxlwj6h/LSUN.tar.gz", layout="LSUN/**/*.jpg (LSUN crop)",
+        splits=("test",),
+    ),
+    "lsun_resize": DatasetSpec(
+        build=_folder("LSUN_resize"), source=ODIN + "s/moqh2wh8696c3yl/LSUN_resize.tar.gz",
+        layout="LSUN_resize/**/*.jpg", splits=("test",),
+    ),
+    "isun": DatasetSpec(
+        build=_folder("iSUN"), source=ODIN + "s/ssz7qxfqae0cca5/iSUN.tar.gz", layout="iSUN/**/*.jpeg",
+        splits=("test",),
+    ),
+    "imagenet": DatasetSpec(
+        build=_folder("imagenet", _wnids(names.imagenet1k), split_dirs=True),
+        source="https://image-net.org/download.php (ILSVRC-2012, manual download after registration)",
+        layout="imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG (1,000 wnid folders each)",
+        classnames=_names(names.imagenet1k), ood=IMAGENET_OOD,
+    ),
+    "imagenet10": _imagenet_subset("imagenet10", lambda: names.IMAGENET10, ("imagenet20",)),
+    "imagenet10_mcm": _imagenet_subset("imagenet10_mcm", lambda: names.IMAGENET10_MCM, ("imagenet20",)),
+    "imagenet20": _imagenet_subset("imagenet20", lambda: names.IMAGENET20, ("imagenet10",)),
+    "imagenet100": _imagenet_subset("imagenet100", names.imagenet100, IMAGENET_OOD),
+    "inaturalist": DatasetSpec(
+        build=_folder("iNaturalist"), source=MOS + "iNaturalist.tar.gz", layout="iNaturalist/images/*.jpg",
+        splits=("test",),
+    ),
+    "sun": DatasetSpec(build=_folder("SUN"), source=MOS + "SUN.tar.gz", layout="SUN/images/*.jpg", splits=("test",)),
+    "places": DatasetSpec(
+        build=_folder("Places"), source=MOS + "Places.tar.gz", layout="Places/images/*.jpg", splits=("test",),
+    ),
+    "digits": DatasetSpec(
+        build=_digits(0, 1, 2, 3, 4), source="ships with scikit-learn (offline)", layout="nothing: built in",
+        classnames=[f"digit {w}" for w in names.DIGIT_WORDS[:5]], ood=("digits_ood",),
+    ),
+    "digits_ood": DatasetSpec(
+        build=_digits(7, 8, 9), source="ships with scikit-learn (offline)", layout="nothing: built in",
+        classnames=[f"digit {w}" for w in names.DIGIT_WORDS[7:]],
+    ),
+    "digits_aux": DatasetSpec(  # auxiliary outliers for OOD-aware fine-tuning, never a test set
+        build=_digits(5, 6), source="ships with scikit-learn (offline)", layout="nothing: built in",
+        classnames=[f"digit {w}" for w in names.DIGIT_WORDS[5:7]],
+    ),
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The registered spec of `name`, or a spec for `folder:PATH`; unknown names list the valid ones."""
+    if name.startswith(FOLDER_PREFIX):
+        path = Path(name[len(FOLDER_PREFIX):]).expanduser()
+        split_dirs = (path / "train").is_dir() and (path / "val").is_dir()
+        return DatasetSpec(
+            build=_folder(str(path.resolve()), split_dirs=split_dirs),
+            source="your own folder", layout="an ImageFolder tree (<class>/*.jpg), a flat folder of images, "
+            "or train/ and val/ sub-folders of either", splits=SPLITS if split_dirs else ("test",),
+        )
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset '{name}'; known: {', '.join(DATASETS)}, or {FOLDER_PREFIX}PATH")
+    return DATASETS[name]
+
+
+def _seeded_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
+    if size is None or size >= len(dataset):
+        return dataset
+    rng = np.random.default_rng(seed)
+    return Subset(dataset, np.sort(rng.choice(len(dataset), size=size, replace=False)).tolist())
+
+
+def dataset_identity(dataset: Dataset) -> str:
+    """What makes two builds of a dataset give the same images: sizes, subsets, file lists."""
+    if isinstance(dataset, Subset):
+        picked = np.asarray(dataset.indices, dtype=np.int64)
+        return f"subset({len(picked)}:{hash_bytes(picked.tobytes())})<{dataset_identity(dataset.dataset)}>"
+    if isinstance(dataset, ConcatDataset):
+        return "+".join(dataset_identity(part) for part in dataset.datasets)
+    fp = dataset.fingerprint() if hasattr(dataset, "fingerprint") else ""
+    return f"{type(dataset).__name__}({len(dataset)}:{fp})"
+
+
+def hash_bytes(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+def load_dataset(
+    name: str,
+    split: str = "test",
+    root: str | Path = "./data",
+    download: bool = True,
+    limit: int | None = None,
+    seed: int = 0,
+) -> LoadedDataset:
+    """Build a dataset split (downloading where torchvision can), with its fixed subset and `--limit` applied.
+
+    A dataset that is missing and cannot be fetched raises one UserError naming where to get it.
+    """
+    spec = get_spec(name)
+    if split not in spec.splits:
+        raise UserError(f"dataset '{name}' has no '{split}' split (it has: {', '.join(spec.splits)})")
+    root = Path(root).expanduser()
+    try:
+        dataset = spec.build(root, split, download)
+    except Exception as err:  # noqa: BLE001 - torchvision raises many types; all mean "not available"
+        raise UserError(
+            f"dataset '{name}' ({split}) is not available under {root}: {str(err).strip() or type(err).__name__}\n"
+            f"  get it from: {spec.source}\n  expected under --data-root: {spec.layout}"
+        ) from err
+    classes = spec.classnames() if callable(spec.classnames) else spec.classnames
+    if classes is None:
+        classes = getattr(dataset, "classes", None) or None
+    dataset = _seeded_subset(dataset, spec.subset, seed=0)
+    if limit is not None:
+        if limit <= 0:
+            raise UserError(f"--limit must be positive, got {limit}")
+        dataset = _seeded_subset(dataset, limit, seed)
+    identity = f"{name}|{split}|{dataset_identity(dataset)}"
+    return LoadedDataset(name, split, dataset, tuple(classes) if classes else None, identity)

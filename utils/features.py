@@ -1,0 +1,95 @@
+"""Image features through the cache: extract once per (weights, preprocessing, dataset, split, subset, dtype)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from utils.cache import CachedFeatures, FeatureCache, cache_key
+from utils.data import LoadedDataset
+from utils.data.loading import make_loader, sample_name
+from utils.device import autocast
+from utils.errors import UserError
+from utils.models import ClipBundle
+
+SHOW_FAILURES = 5
+
+
+def feature_key(bundle: ClipBundle, data: LoadedDataset, dtype: str) -> str:
+    """Everything that decides the cached features; the weights enter by content, not by name."""
+    return cache_key({
+        "model": bundle.name,
+        "weights": bundle.fingerprint,
+        "preprocess": repr(bundle.preprocess),
+        "dataset": data.identity,
+        "dtype": dtype,
+    })
+
+
+def _warn_skipped(data: LoadedDataset, skipped: list[dict[str, str]], total: int) -> None:
+    if skipped:
+        shown = "; ".join(f"{s['name']} ({s['error']})" for s in skipped[:SHOW_FAILURES])
+        more = f" and {len(skipped) - SHOW_FAILURES} more" if len(skipped) > SHOW_FAILURES else ""
+        warnings.warn(
+            f"{data.name}/{data.split}: skipped {len(skipped)} of {total} images that could not be read: {shown}{more}",
+            stacklevel=3,
+        )
+
+
+@torch.no_grad()
+def extract(
+    bundle: ClipBundle,
+    data: LoadedDataset,
+    cache: FeatureCache,
+    key: str,
+    batch_size: int = 256,
+    workers: int = 4,
+) -> None:
+    """Encode every image of `data` with the model and stream the normalised features into the cache."""
+    loader = make_loader(data.dataset, bundle.preprocess, batch_size, workers, pin_memory=bundle.device.type == "cuda")
+    skipped: list[dict[str, str]] = []  # filled while extracting; the meta record is written at the end
+    meta = {"model": bundle.name, "weights": bundle.weights, "dataset": data.identity, "classnames": data.classnames,
+            "skipped": skipped}
+    with cache.writer(key, len(data.dataset), bundle.embed_dim, meta) as writer, tqdm(
+        total=len(data.dataset), unit="img", desc=f"features {data.name}/{data.split}", dynamic_ncols=True
+    ) as bar:
+        for batch in loader:
+            skipped += [{"name": sample_name(data.dataset, i), "error": e} for i, e in batch.failures]
+            if batch.images is not None:
+                with autocast(bundle.device):
+                    out = bundle.model.encode_image(batch.images.to(bundle.device, non_blocking=True))
+                out = F.normalize(out.float(), dim=-1).cpu().numpy()
+                writer.write(batch.indices.numpy(), out, batch.labels.numpy())
+            bar.update(len(batch.indices) + len(batch.failures))
+
+
+def image_features(
+    bundle: ClipBundle,
+    data: LoadedDataset,
+    cache: FeatureCache,
+    batch_size: int = 256,
+    workers: int = 4,
+) -> CachedFeatures:
+    """The dataset's features from the cache, extracting them first if needed."""
+    key = feature_key(bundle, data, cache.dtype)
+    entry = cache.load(key)
+    if entry is None:
+        extract(bundle, data, cache, key, batch_size, workers)
+        entry = cache.load(key)
+        if entry is None:
+            raise RuntimeError(f"feature cache entry {cache.path(key)} did not load right after writing it")
+    _warn_skipped(data, entry.skipped, len(data.dataset))
+    if len(entry.index) == 0:
+        first = entry.skipped[0] if entry.skipped else {"name": "?", "error": "?"}
+        raise UserError(f"{data.name}/{data.split}: none of its {len(data.dataset)} images could be read "
+                        f"(first: {first['name']}: {first['error']})")
+    return entry
+
+
+def as_float32(features: np.ndarray) -> np.ndarray:
+    """Features as a float32 array in memory (the cache may hold float16)."""
+    return np.asarray(features, dtype=np.float32)

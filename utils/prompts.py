@@ -1,0 +1,54 @@
+"""Prompt templates and the zero-shot text head (class prompts encoded once, averaged, L2-normalised)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import open_clip
+import torch
+
+from utils.errors import UserError
+
+Template = str | Callable[[str], str]
+
+TEMPLATE_SETS: dict[str, tuple[Template, ...]] = {
+    "single": ("a photo of a {}.",),  # MCM's default prompt
+    "ensemble": tuple(open_clip.OPENAI_IMAGENET_TEMPLATES),  # the 80 OpenAI ImageNet templates
+}
+
+
+def load_templates(spec: str) -> tuple[Template, ...]:
+    """A named template set, or a text file with one template containing `{}` per line."""
+    if spec in TEMPLATE_SETS:
+        return TEMPLATE_SETS[spec]
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"--templates '{spec}' is neither a known set ({', '.join(TEMPLATE_SETS)}) nor a file")
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    bad = [line for line in lines if "{}" not in line]
+    if not lines or bad:
+        raise UserError(f"template file {path} needs one template per line, each with '{{}}'; bad: {bad[:3]}")
+    return tuple(lines)
+
+
+def render(templates: Sequence[Template], classname: str) -> list[str]:
+    """Every prompt for one class name."""
+    return [t.format(classname) if isinstance(t, str) else t(classname) for t in templates]
+
+
+@torch.no_grad()
+def text_head(
+    model: torch.nn.Module,
+    tokenizer: Callable,
+    classnames: Sequence[str],
+    templates: Sequence[Template],
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """C x D class embeddings in float32: open_clip's zero-shot classifier, transposed."""
+    if not classnames:
+        raise UserError("the class name list is empty")
+    weights = open_clip.build_zero_shot_classifier(
+        model, tokenizer, list(classnames), list(templates), num_classes_per_batch=10, device=device
+    )
+    return weights.T.float().contiguous()
