@@ -68,8 +68,8 @@ class _Writer:
                 self.folder / "features.compact.npy", mode="w+", dtype=self.features.dtype, shape=(len(keep), self.dim)
             )
             for start in range(0, len(keep), 65536):
-                rows = keep[start:start + 65536]
-                compact[start:start + len(rows)] = self.features[rows]
+                rows = keep[start : start + 65536]
+                compact[start : start + len(rows)] = self.features[rows]
             compact.flush()
             del compact
             self.features = None
@@ -100,7 +100,8 @@ class FeatureCache:
         except (OSError, ValueError):
             return None
         rows = meta.get("rows")
-        if not (meta.get("complete") and features.shape == (rows, meta.get("dim")) and len(labels) == len(index) == rows):
+        shapes_match = features.shape == (rows, meta.get("dim")) and len(labels) == len(index) == rows
+        if not (meta.get("complete") and shapes_match):
             return None
         return CachedFeatures(features, labels, index, meta)
 

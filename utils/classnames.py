@@ -9,8 +9,8 @@ RESOURCES = Path(__file__).parent / "resources"
 
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-_CIFAR100_RAW = """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel
-can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin
+_CIFAR100_RAW = """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly
+camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin
 elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man
 maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree
 plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail
@@ -24,24 +24,46 @@ DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 @lru_cache(maxsize=1)
 def imagenet1k() -> dict[str, str]:
     """All 1,000 ImageNet-1k classes, wnid -> clean name (open_clip's names), in the standard sorted-wnid order."""
-    rows = (line.split("\t") for line in (RESOURCES / "imagenet1k_classes.tsv").read_text().splitlines())
-    return {wnid: name for wnid, name in rows if not wnid.startswith("#")}
+    lines = (RESOURCES / "imagenet1k_classes.tsv").read_text().splitlines()
+    return dict(line.split("\t") for line in lines if not line.startswith("#"))
 
 
 # ImageNet-10 as planned in the project notes.
 IMAGENET10 = {
-    "n04552348": "plane", "n04285008": "car", "n01530575": "bird", "n02123597": "cat", "n02422699": "antelope",
-    "n02107574": "dog", "n01641577": "frog", "n01728572": "snake", "n03095699": "ship", "n03417042": "truck",
+    "n04552348": "plane",
+    "n04285008": "car",
+    "n01530575": "bird",
+    "n02123597": "cat",
+    "n02422699": "antelope",
+    "n02107574": "dog",
+    "n01641577": "frog",
+    "n01728572": "snake",
+    "n03095699": "ship",
+    "n03417042": "truck",
 }
 # The list published with MCM: horse instead of snake. Every published ImageNet-10 number uses it.
 IMAGENET10_MCM = {**{k: v for k, v in IMAGENET10.items() if k != "n01728572"}, "n02389026": "horse"}
 
 IMAGENET20 = {
-    "n04147183": "sailboat", "n02951358": "canoe", "n02782093": "balloon", "n04389033": "tank",
-    "n03773504": "missile", "n02917067": "bullet train", "n02317335": "starfish", "n01632458": "spotted salamander",
-    "n01630670": "common newt", "n01631663": "eft", "n02391049": "zebra", "n01693334": "green lizard",
-    "n01697457": "African crocodile", "n02120079": "Arctic fox", "n02114367": "timber wolf",
-    "n02132136": "brown bear", "n03785016": "moped", "n04310018": "steam locomotive", "n04266014": "space shuttle",
+    "n04147183": "sailboat",
+    "n02951358": "canoe",
+    "n02782093": "balloon",
+    "n04389033": "tank",
+    "n03773504": "missile",
+    "n02917067": "bullet train",
+    "n02317335": "starfish",
+    "n01632458": "spotted salamander",
+    "n01630670": "common newt",
+    "n01631663": "eft",
+    "n02391049": "zebra",
+    "n01693334": "green lizard",
+    "n01697457": "African crocodile",
+    "n02120079": "Arctic fox",
+    "n02114367": "timber wolf",
+    "n02132136": "brown bear",
+    "n03785016": "moped",
+    "n04310018": "steam locomotive",
+    "n04266014": "space shuttle",
     "n04252077": "snowmobile",
 }
 

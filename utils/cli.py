@@ -40,33 +40,63 @@ def positive_int(text: str) -> int:
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default=DEFAULT_MODEL,
-                       help=f"open_clip architecture, or `tiny` for offline tests (default: {DEFAULT_MODEL})")
-    group.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
-                       help=f"open_clip pretrained tag, or `none` for random weights (default: {DEFAULT_PRETRAINED})")
-    group.add_argument("--ckpt", default=None,
-                       help="local weights file (state dict, .pt/.pth/.bin or .safetensors); overrides the tag's weights")
-    group.add_argument("--device", default="auto", choices=DEVICES,
-                       help="where the model runs; auto = cuda if available (default: auto)")
-    group.add_argument("--model-cache-dir", default=None,
-                       help="where downloaded weights live (default: the Hugging Face hub cache)")
+    group.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"open_clip architecture, or `tiny` for offline tests (default: {DEFAULT_MODEL})",
+    )
+    group.add_argument(
+        "--pretrained",
+        default=DEFAULT_PRETRAINED,
+        help=f"open_clip pretrained tag, or `none` for random weights (default: {DEFAULT_PRETRAINED})",
+    )
+    group.add_argument(
+        "--ckpt",
+        default=None,
+        help="local weights (state dict: .pt/.pth/.bin or .safetensors); replaces the tag's weights",
+    )
+    group.add_argument(
+        "--device",
+        default="auto",
+        choices=DEVICES,
+        help="where the model runs; auto = cuda if available (default: auto)",
+    )
+    group.add_argument(
+        "--model-cache-dir", default=None, help="where downloaded weights live (default: the Hugging Face hub cache)"
+    )
     group.add_argument("--list-models", action=_ListModels, help="print every architecture and its tags, then exit")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data and features")
     group.add_argument("--data-root", default="./data", help="folder holding the datasets (default: ./data)")
-    group.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
-                       help="download datasets torchvision can fetch (default: on)")
-    group.add_argument("--limit", type=positive_int, default=None,
-                       help="use a seeded random subset of at most N images per dataset (default: all)")
+    group.add_argument(
+        "--download",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="download datasets torchvision can fetch (default: on)",
+    )
+    group.add_argument(
+        "--limit",
+        type=positive_int,
+        default=None,
+        help="use a seeded random subset of at most N images per dataset (default: all)",
+    )
     group.add_argument("--seed", type=int, default=0, help="seed for --limit subsets and random init (default: 0)")
     group.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default: 256)")
-    group.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                       help="data loading processes; 0 loads in the main process (default: min(8, CPUs))")
+    group.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="data loading processes; 0 loads in the main process (default: min(8, CPUs))",
+    )
     group.add_argument("--cache-dir", default="./cache/features", help="feature cache (default: ./cache/features)")
-    group.add_argument("--feature-dtype", default="float16", choices=list(DTYPES),
-                       help="storage type of cached features (default: float16)")
+    group.add_argument(
+        "--feature-dtype",
+        default="float16",
+        choices=list(DTYPES),
+        help="storage type of cached features (default: float16)",
+    )
 
 
 def guarded(run: Callable[[argparse.Namespace], T], args: argparse.Namespace) -> T:
@@ -100,8 +130,13 @@ def run_folder(out_dir: str | None, default: Sequence[str], overwrite: bool = Fa
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent.parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None

@@ -21,13 +21,15 @@ SHOW_FAILURES = 5
 
 def feature_key(bundle: ClipBundle, data: LoadedDataset, dtype: str) -> str:
     """Everything that decides the cached features; the weights enter by content, not by name."""
-    return cache_key({
-        "model": bundle.name,
-        "weights": bundle.fingerprint,
-        "preprocess": repr(bundle.preprocess),
-        "dataset": data.identity,
-        "dtype": dtype,
-    })
+    return cache_key(
+        {
+            "model": bundle.name,
+            "weights": bundle.fingerprint,
+            "preprocess": repr(bundle.preprocess),
+            "dataset": data.identity,
+            "dtype": dtype,
+        }
+    )
 
 
 def _warn_skipped(data: LoadedDataset, skipped: list[dict[str, str]], total: int) -> None:
@@ -52,11 +54,17 @@ def extract(
     """Encode every image of `data` with the model and stream the normalised features into the cache."""
     loader = make_loader(data.dataset, bundle.preprocess, batch_size, workers, pin_memory=bundle.device.type == "cuda")
     skipped: list[dict[str, str]] = []  # filled while extracting; the meta record is written at the end
-    meta = {"model": bundle.name, "weights": bundle.weights, "dataset": data.identity, "classnames": data.classnames,
-            "skipped": skipped}
-    with cache.writer(key, len(data.dataset), bundle.embed_dim, meta) as writer, tqdm(
-        total=len(data.dataset), unit="img", desc=f"features {data.name}/{data.split}", dynamic_ncols=True
-    ) as bar:
+    meta = {
+        "model": bundle.name,
+        "weights": bundle.weights,
+        "dataset": data.identity,
+        "classnames": data.classnames,
+        "skipped": skipped,
+    }
+    with (
+        cache.writer(key, len(data.dataset), bundle.embed_dim, meta) as writer,
+        tqdm(total=len(data.dataset), unit="img", desc=f"features {data.name}/{data.split}", dynamic_ncols=True) as bar,
+    ):
         for batch in loader:
             skipped += [{"name": sample_name(data.dataset, i), "error": e} for i, e in batch.failures]
             if batch.images is not None:
@@ -85,8 +93,10 @@ def image_features(
     _warn_skipped(data, entry.skipped, len(data.dataset))
     if len(entry.index) == 0:
         first = entry.skipped[0] if entry.skipped else {"name": "?", "error": "?"}
-        raise UserError(f"{data.name}/{data.split}: none of its {len(data.dataset)} images could be read "
-                        f"(first: {first['name']}: {first['error']})")
+        raise UserError(
+            f"{data.name}/{data.split}: none of its {len(data.dataset)} images could be read "
+            f"(first: {first['name']}: {first['error']})"
+        )
     return entry
 
 

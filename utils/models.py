@@ -7,11 +7,11 @@ import logging
 import os
 import pickle
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlparse
 
 import open_clip
@@ -130,7 +130,7 @@ def fetch_pretrained(name: str, tag: str, cache_dir: str | None = None) -> str:
         raise UserError(_offline_message(name, tag, f"{host} cannot be reached", cache_dir))
     try:
         return open_clip.download_pretrained(cfg, cache_dir=cache_dir)
-    except Exception as err:  # noqa: BLE001 - any download failure becomes one message
+    except Exception as err:
         raise UserError(f"downloading weights for {name}/{tag} failed: {err}") from err
 
 
@@ -138,8 +138,12 @@ def _tag_overrides(name: str, tag: str | None) -> dict[str, Any]:
     """Settings a pretrained tag implies beyond its weights (activation, normalisation), applied without download."""
     cfg = open_clip.get_pretrained_cfg(name, tag) if tag else {}
     overrides: dict[str, Any] = {"force_quick_gelu": bool(cfg.get("quick_gelu", False))}
-    for key, arg in (("mean", "image_mean"), ("std", "image_std"), ("interpolation", "image_interpolation"),
-                     ("resize_mode", "image_resize_mode")):
+    for key, arg in (
+        ("mean", "image_mean"),
+        ("std", "image_std"),
+        ("interpolation", "image_interpolation"),
+        ("resize_mode", "image_resize_mode"),
+    ):
         if key in cfg:
             overrides[arg] = cfg[key]
     return overrides
@@ -195,8 +199,9 @@ def load_clip(
     tag = None if (pretrained or "").lower() in NO_WEIGHTS else pretrained
     if tag and not open_clip.get_pretrained_cfg(name, tag):
         tags = open_clip.list_pretrained_tags_by_model(name)
-        raise UserError(f"unknown pretrained tag '{tag}' for {name}; known tags: {', '.join(tags) or 'none'} "
-                        f"(or --pretrained none)")
+        raise UserError(
+            f"unknown pretrained tag '{tag}' for {name}; known tags: {', '.join(tags) or 'none'} (or --pretrained none)"
+        )
     weights_file = ckpt or (fetch_pretrained(name, tag, cache_dir) if tag else None)
     torch.manual_seed(seed)  # random init (--pretrained none) is reproducible, so its features cache too
     with _quiet_root_logger():  # open_clip warns "initialized randomly"; the weights are loaded just below

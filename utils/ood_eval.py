@@ -41,11 +41,15 @@ def resolve_ood_sets(id_name: str, requested: Sequence[str] | None, options: Dat
         except UserError as err:
             if requested:
                 raise
-            print(f"skipping default OOD set {name}: {str(err).splitlines()[0]} ({str(err).splitlines()[1].strip()})",
-                  file=sys.stderr)
+            print(
+                f"skipping default OOD set {name}: {str(err).splitlines()[0]} ({str(err).splitlines()[1].strip()})",
+                file=sys.stderr,
+            )
     if not loaded:
-        raise UserError(f"none of the default OOD sets of '{id_name}' ({', '.join(names)}) is available under "
-                        f"{options.root}; get one (see the lines above) or name a folder with --out folder:PATH")
+        raise UserError(
+            f"none of the default OOD sets of '{id_name}' ({', '.join(names)}) is available under "
+            f"{options.root}; get one (see the lines above) or name a folder with --out folder:PATH"
+        )
     return loaded
 
 
@@ -53,10 +57,12 @@ def zero_shot_accuracy(features: np.ndarray, labels: np.ndarray, text: np.ndarra
     """Top-1 accuracy of nearest-prompt classification; None if the set has no labels."""
     if len(labels) == 0 or labels.min() < 0:
         return None
-    predictions = np.concatenate([
-        np.argmax(np.asarray(features[i:i + 8192], dtype=np.float32) @ text.T, axis=1)
-        for i in range(0, len(features), 8192)
-    ])
+    predictions = np.concatenate(
+        [
+            np.argmax(np.asarray(features[i : i + 8192], dtype=np.float32) @ text.T, axis=1)
+            for i in range(0, len(features), 8192)
+        ]
+    )
     return float(np.mean(predictions == labels))
 
 
@@ -90,8 +96,8 @@ def evaluate(
                 raise UserError(f"score {name}, {id_data.name} vs {ood_name}: {err}") from err
     return {
         "id": id_data.name,
-        "id_samples": int(len(id_feats.index)),
-        "ood_samples": {k: int(len(v.index)) for k, v in ood_feats.items()},
+        "id_samples": len(id_feats.index),
+        "ood_samples": {k: len(v.index) for k, v in ood_feats.items()},
         "id_accuracy": zero_shot_accuracy(id_feats.features, id_feats.labels, text),
         "results": results,
     }

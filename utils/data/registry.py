@@ -229,7 +229,7 @@ def load_dataset(
     root = Path(root).expanduser()
     try:
         dataset = spec.build(root, split, download)
-    except Exception as err:  # noqa: BLE001 - torchvision raises many types; all mean "not available"
+    except (UserError, OSError, RuntimeError) as err:  # torchvision: URLError offline, RuntimeError if absent
         raise UserError(
             f"dataset '{name}' ({split}) is not available under {root}: {str(err).strip() or type(err).__name__}\n"
             f"  get it from: {spec.source}\n  expected under --data-root: {spec.layout}"

@@ -38,4 +38,4 @@ def resolve_scores(names: Sequence[str]) -> list[str]:
     return resolved
 
 
-__all__ = ["SCORES", "ALIASES", "InDistribution", "Score", "build_score", "canonical", "resolve_scores"]
+__all__ = ["ALIASES", "SCORES", "InDistribution", "Score", "build_score", "canonical", "resolve_scores"]

@@ -44,7 +44,8 @@ class Score:
 
     def __call__(self, features: object) -> np.ndarray:
         if not self._fitted:
-            raise RuntimeError(f"{type(self).__name__} must be fit(...) before scoring (it needs {', '.join(self.needs)})")
+            needs = ", ".join(self.needs) or "nothing"
+            raise RuntimeError(f"{type(self).__name__} must be fit(...) before scoring (it needs {needs})")
         return self._score(features)
 
     def _score(self, features: object) -> np.ndarray:

@@ -25,7 +25,7 @@ class ZeroShotScore(Score):
 
     def _score(self, features: object) -> np.ndarray:
         blocks = [
-            self.reduce(as_array(features[i:i + CHUNK]) @ self.text_features.T)
+            self.reduce(as_array(features[i : i + CHUNK]) @ self.text_features.T)
             for i in range(0, len(features), CHUNK)
         ]
         return np.concatenate(blocks) if blocks else np.zeros(0)

@@ -1,0 +1,43 @@
+"""Shared fixtures: the offline tiny CLIP and small image folders written to tmp_path."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from utils.models import ClipBundle, load_clip  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny() -> ClipBundle:
+    """The tiny CLIP with seeded random weights, on CPU."""
+    return load_clip("tiny", "none", device="cpu", seed=0)
+
+
+def write_images(folder: Path, count: int, seed: int, size: int = 40, suffix: str = ".png") -> list[Path]:
+    """Random-noise RGB images; different seeds give different pictures."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for k in range(count):
+        pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+        path = folder / f"img_{k:03d}{suffix}"
+        Image.fromarray(pixels).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def image_tree(tmp_path: Path) -> Path:
+    """An ImageFolder tree: two classes of 5 images each."""
+    root = tmp_path / "tree"
+    write_images(root / "cats", 5, seed=1)
+    write_images(root / "dogs", 5, seed=2)
+    return root

@@ -1,0 +1,145 @@
+"""Models: the tiny config, tokenizer, weights loading and the offline error paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from utils.errors import UserError
+from utils.models import _hf_candidates, cached_weights, fetch_pretrained, fingerprint, load_clip
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_tiny_builds_and_encodes(tiny):
+    params = sum(p.numel() for p in tiny.model.parameters())
+    assert 1_000_000 <= params <= 5_000_000
+    assert tiny.embed_dim == 64
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        image_features = tiny.model.encode_image(images, normalize=True)
+        text_features = tiny.model.encode_text(tiny.tokenizer(["a photo of a cat.", "a dog"]), normalize=True)
+    assert image_features.shape == (3, 64) and text_features.shape == (2, 64)
+    assert torch.allclose(image_features.norm(dim=-1), torch.ones(3), atol=1e-5)
+
+
+def test_tokenizer_is_open_clips_own_and_offline(tiny):
+    tokens = tiny.tokenizer(["a photo of a cat."])
+    assert tokens.shape == (1, 77)
+    assert torch.equal(tokens, open_clip.tokenize(["a photo of a cat."]))
+
+
+def test_random_init_is_seeded():
+    a, b = load_clip("tiny", "none", seed=0), load_clip("tiny", "none", seed=0)
+    c = load_clip("tiny", "none", seed=1)
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_ckpt_loads_state_dict(tmp_path, tiny, suffix):
+    trained = load_clip("tiny", "none", seed=5).model
+    path = tmp_path / f"weights{suffix}"
+    state = {k: v.contiguous() for k, v in trained.state_dict().items()}
+    if suffix == ".safetensors":
+        save_file(state, path)
+    else:
+        torch.save({"state_dict": state, "epoch": 3}, path)  # this project's fine-tuning format: tensors + plain values
+    loaded = load_clip("tiny", "none", ckpt=str(path))
+    assert loaded.fingerprint == fingerprint(trained) != tiny.fingerprint
+    assert loaded.weights == str(path)
+
+
+def test_ckpt_refuses_pickled_objects(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "payload": object()}, path)
+    with pytest.raises(UserError, match="never unpickled"):
+        load_clip("tiny", "none", ckpt=str(path))
+
+
+def test_ckpt_for_another_architecture(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"visual.proj": torch.zeros(3, 3)}, path)
+    with pytest.raises(UserError, match="does not fit architecture tiny"):
+        load_clip("tiny", "none", ckpt=str(path))
+
+
+def test_ckpt_missing_file(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_clip("tiny", "none", ckpt=str(tmp_path / "nope.pt"))
+
+
+def test_unknown_model_says_how_to_list():
+    with pytest.raises(UserError, match="--list-models"):
+        load_clip("ViT-Q-99", "none")
+
+
+def test_unknown_tag_lists_known_tags():
+    with pytest.raises(UserError, match="openai"):
+        load_clip("ViT-B-16", "no-such-tag")
+
+
+def test_offline_weights_error_is_immediate_and_helpful(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(UserError) as info:
+        fetch_pretrained("ViT-B-16", "openai", cache_dir=str(tmp_path))
+    assert time.monotonic() - start < 10  # a hang guard, not a benchmark
+    message = str(info.value)
+    assert "--ckpt" in message and "HF_HUB_OFFLINE" in message and str(tmp_path) in message
+
+
+def test_unreachable_network_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("utils.models._network_reachable", lambda host: False)
+    with pytest.raises(UserError, match=r"huggingface\.co cannot be reached"):
+        fetch_pretrained("ViT-B-32", "laion2b_s34b_b79k", cache_dir=str(tmp_path))
+
+
+def test_cached_weights_are_found_without_network(tmp_path):
+    """A file left by an earlier download (hub cache layout) is used as is."""
+    cfg = open_clip.get_pretrained_cfg("ViT-B-16", "openai")
+    repo, names = _hf_candidates(cfg["hf_hub"])
+    snapshot = tmp_path / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / names[0]).write_bytes(b"weights")
+    (tmp_path / f"models--{repo.replace('/', '--')}" / "refs").mkdir()
+    (tmp_path / f"models--{repo.replace('/', '--')}" / "refs" / "main").write_text("0" * 40)
+    assert cached_weights(cfg, str(tmp_path)) == str(snapshot / names[0])
+
+
+def test_url_weights_cache(tmp_path):
+    cfg = {"url": "https://example.org/models/abc/ViT-X.pt"}
+    assert cached_weights(cfg, str(tmp_path)) is None
+    (tmp_path / "ViT-X.pt").write_bytes(b"x")
+    assert cached_weights(cfg, str(tmp_path)) == str(tmp_path / "ViT-X.pt")
+
+
+def test_offline_cli_exits_cleanly_without_traceback(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    cmd = [
+        sys.executable,
+        "eval_ood_detection.py",
+        "--in",
+        "digits",
+        "--model",
+        "ViT-B-16",
+        "--pretrained",
+        "openai",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out-dir",
+        str(tmp_path / "out"),
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: pretrained weights 'ViT-B-16' / 'openai' are not in the local cache")
+    assert not (tmp_path / "out" / "results.json").exists()
