@@ -72,11 +72,11 @@ def run(args: argparse.Namespace) -> dict:
     templates = load_templates(args.templates)
     device = resolve_device(args.device)
     options = DataOptions(args.data_root, args.download, args.limit, args.seed)
-    get_spec(args.id_name)
+    for name in [args.id_name, *(args.out or [])]:
+        get_spec(name)  # every name is checked before anything is downloaded
     id_data = load_dataset(args.id_name, "test", options.root, options.download, options.limit, options.seed)
     ood_sets = resolve_ood_sets(args.id_name, args.out, options)
     bundle = load_clip(args.model, args.pretrained, args.ckpt, device, args.model_cache_dir, args.seed)
-    out_dir = run_folder(args.out_dir, [args.id_name.replace("/", "_").replace(":", "_"), args.model], args.overwrite)
     summary = evaluate(
         bundle,
         id_data,
@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> dict:
         + (f", zero-shot top-1 {100 * accuracy:.2f}%" if accuracy is not None else "")
     )
     print(ood_table(summary["results"]))
+    out_dir = run_folder(args.out_dir, [args.id_name.replace("/", "_").replace(":", "_"), args.model], args.overwrite)
     write_json(out_dir / "results.json", {**summary, **run_metadata(args), "model_weights": bundle.weights})
     print(f"\nsaved {out_dir / 'results.json'}")
     return summary

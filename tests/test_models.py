@@ -71,6 +71,44 @@ def test_ckpt_for_another_architecture(tmp_path):
         load_clip("tiny", "none", ckpt=str(path))
 
 
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("truncated.pt", "truncated"),
+        ("junk.safetensors", b"not a safetensors header" * 4),
+        ("text.pt", b"hello"),
+        ("list.pt", [1, 2]),
+        ("empty.pt", {}),
+    ],
+)
+def test_unreadable_ckpt(tmp_path, name, content):
+    path = tmp_path / name
+    if content == "truncated":
+        torch.save(load_clip("tiny", "none").model.state_dict(), path)
+        path.write_bytes(path.read_bytes()[:1000])
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(UserError, match="cannot be read as a weights file"):
+        load_clip("tiny", "none", ckpt=str(path))
+
+
+def test_ckpt_with_default_tag_of_another_architecture(tmp_path):
+    """--ckpt with the default --pretrained openai on an architecture without that tag just uses the checkpoint."""
+    path = tmp_path / "w.pt"
+    torch.save(load_clip("tiny", "none", seed=2).model.state_dict(), path)
+    assert load_clip("tiny", "openai", ckpt=str(path)).fingerprint == load_clip("tiny", "none", seed=2).fingerprint
+
+
+def test_random_init_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_clip("tiny", "none", seed=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_ckpt_missing_file(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_clip("tiny", "none", ckpt=str(tmp_path / "nope.pt"))

@@ -38,6 +38,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
@@ -86,7 +93,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default: 256)")
     group.add_argument(
         "--workers",
-        type=int,
+        type=non_negative_int,
         default=min(8, os.cpu_count() or 1),
         help="data loading processes; 0 loads in the main process (default: min(8, CPUs))",
     )

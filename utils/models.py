@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 import open_clip
 import torch
+from open_clip.factory import load_state_dict
 
 from utils.errors import UserError
 
@@ -150,18 +151,27 @@ def _tag_overrides(name: str, tag: str | None) -> dict[str, Any]:
 
 
 def _load_weights(model: torch.nn.Module, path: str, name: str) -> None:
+    """Load a state dict file into `model`: readable first (never unpickling objects), then fitting."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint file not found: {path}")
     try:
-        open_clip.load_checkpoint(model, path, strict=True, weights_only=True)
+        load_state_dict(path, weights_only=True)
     except pickle.UnpicklingError as err:
         raise UserError(
             f"{path} is not a plain weights file (it holds pickled Python objects, which are never unpickled "
             f"here); save a state dict of tensors, or a .safetensors file"
         ) from err
-    except (RuntimeError, KeyError, ValueError, StopIteration, EOFError, OSError) as err:
-        first = str(err).strip().splitlines()[:3]
-        raise UserError(f"checkpoint {path} does not fit architecture {name}: {' '.join(first)[:400]}") from err
+    except Exception as err:
+        raise UserError(f"{path} cannot be read as a weights file: {_first_lines(err)}") from err
+    try:
+        open_clip.load_checkpoint(model, path, strict=True, weights_only=True)
+    except (RuntimeError, KeyError, ValueError, StopIteration, AttributeError) as err:
+        raise UserError(f"checkpoint {path} does not fit architecture {name}: {_first_lines(err)}") from err
+
+
+def _first_lines(err: BaseException) -> str:
+    text = " ".join(str(err).strip().splitlines()[:3])[:400]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 @contextmanager
@@ -197,14 +207,17 @@ def load_clip(
     if name not in open_clip.list_models():
         raise UserError(f"unknown model '{name}'; {LIST_MODELS_HINT}")
     tag = None if (pretrained or "").lower() in NO_WEIGHTS else pretrained
+    if ckpt and tag and not open_clip.get_pretrained_cfg(name, tag):
+        tag = None  # the weights come from the checkpoint; an inapplicable (e.g. default) tag adds nothing
     if tag and not open_clip.get_pretrained_cfg(name, tag):
         tags = open_clip.list_pretrained_tags_by_model(name)
         raise UserError(
             f"unknown pretrained tag '{tag}' for {name}; known tags: {', '.join(tags) or 'none'} (or --pretrained none)"
         )
     weights_file = ckpt or (fetch_pretrained(name, tag, cache_dir) if tag else None)
-    torch.manual_seed(seed)  # random init (--pretrained none) is reproducible, so its features cache too
-    with _quiet_root_logger():  # open_clip warns "initialized randomly"; the weights are loaded just below
+    # Seeded random init (--pretrained none) is reproducible, so its features cache too; the caller's RNG is untouched.
+    with torch.random.fork_rng(devices=[]), _quiet_root_logger():  # open_clip warns "initialized randomly"
+        torch.manual_seed(seed)
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, **_tag_overrides(name, tag))
     if weights_file:
         _load_weights(model, weights_file, name)

@@ -41,10 +41,8 @@ def resolve_ood_sets(id_name: str, requested: Sequence[str] | None, options: Dat
         except UserError as err:
             if requested:
                 raise
-            print(
-                f"skipping default OOD set {name}: {str(err).splitlines()[0]} ({str(err).splitlines()[1].strip()})",
-                file=sys.stderr,
-            )
+            reason = " ".join(line.strip() for line in str(err).splitlines())
+            print(f"skipping default OOD set {name}: {reason}", file=sys.stderr)
     if not loaded:
         raise UserError(
             f"none of the default OOD sets of '{id_name}' ({', '.join(names)}) is available under "
