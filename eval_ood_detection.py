@@ -1,35 +1,34 @@
-"""OOD detection with CLIP: encode ID and OOD test sets once, score them, report AUROC and FPR95.
+"""OOD detection: encode the ID and OOD sets once, score them every way asked, report exact metrics.
 
 python eval_ood_detection.py --in cifar10 --score MCM
-python eval_ood_detection.py --in digits --score MCM --model tiny --pretrained none
+python eval_ood_detection.py --in imagenet --score all --k 100 1000
+python eval_ood_detection.py --in digits --score all --model tiny --pretrained none
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
-from utils.atomic import write_json
 from utils.cache import FeatureCache
-from utils.cli import add_data_args, add_model_args, guarded, run_folder, run_metadata
-from utils.data import get_spec, load_dataset
+from utils.cli import add_data_args, add_model_args, guarded, positive_int, run_folder, run_metadata
+from utils.data import get_spec
 from utils.device import resolve_device
 from utils.errors import UserError
-from utils.models import load_clip
-from utils.ood_eval import DataOptions, evaluate, resolve_ood_sets
+from utils.models import TIMM_PREFIX, check_model_name, load_model
+from utils.negatives import load_words
+from utils.ood_eval import DataOptions, EvalOptions, evaluate, fitted, knn_ks, resolve_ood_sets
 from utils.prompts import TEMPLATE_SETS, load_templates
-from utils.report import ood_table
-from utils.scores import SCORES, resolve_scores
+from utils.report import markdown_table, table_rows, write_results
+from utils.scores import ALIASES, SCORES, canonical, needs_text, resolve_scores
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--in",
-        dest="id_name",
-        default="cifar10",
-        help="ID dataset: a registry name (cifar10, imagenet, digits, ...) or folder:PATH (default: cifar10)",
-    )
+    parser.add_argument("--in", dest="id_name", default="cifar10",
+                        help="ID dataset: a registry name (cifar10, cifar100, imagenet, imagenet10, imagenet20, "
+                             "imagenet100, digits, ...) or folder:PATH (default: cifar10)")  # fmt: skip
     parser.add_argument(
         "--out",
         nargs="+",
@@ -37,19 +36,39 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="OOD sets (registry names or folder:PATH); default: the ID set's standard partners",
     )
+    parser.add_argument("--score", nargs="+", default=["mcm"], metavar="NAME",
+                        help=f"scores, case-insensitive, or `all`: {', '.join(SCORES)}; aliases: "
+                             f"{', '.join(f'{a}={b}' for a, b in ALIASES.items())} (default: mcm)")  # fmt: skip
     parser.add_argument(
-        "--score",
-        nargs="+",
-        default=["mcm"],
-        metavar="NAME",
-        help=f"scores, case-insensitive, or `all`: {', '.join(SCORES)} (default: mcm)",
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="softmax temperature T of mcm, energy, entropy, var (default: 1, as in MCM)",
     )
-    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature T (default: 1)")
+    parser.add_argument("--templates", default="single",
+                        help=f"prompt templates: {' | '.join(TEMPLATE_SETS)} | a file with one per line "
+                             "(default: single, 'a photo of a {}.')")  # fmt: skip
+    parser.add_argument("--k", nargs="+", type=positive_int, default=None, metavar="K",
+                        help="KNN's k, one or several (one neighbour search covers all); default: 50, "
+                             "1000 for imagenet")  # fmt: skip
     parser.add_argument(
-        "--templates",
-        default="single",
-        help=f"prompt templates: {' | '.join(TEMPLATE_SETS)} | a file with one per line "
-        "(default: single, 'a photo of a {}.')",
+        "--bootstrap",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N bootstrap rounds for 95%% confidence intervals (default: 0, none)",
+    )
+    parser.add_argument(
+        "--neg-words",
+        default=None,
+        metavar="FILE",
+        help="neglabel's candidate words, one per line (default: WordNet's nouns and adjectives)",
+    )
+    parser.add_argument(
+        "--plots",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write histogram and ROC PNGs per score (default: on)",
     )
     parser.add_argument("--out-dir", default=None, help="results folder (default: results/<in>/<model>/<timestamp>)")
     parser.add_argument(
@@ -62,42 +81,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> dict:
+def choose_scores(requested: Sequence[str], model: str) -> list[str]:
+    """Registry names; with an image-only model `all` drops text scores and a text score named outright fails."""
     try:
-        scores = resolve_scores(args.score)
+        scores = resolve_scores(requested)
     except ValueError as err:
         raise UserError(str(err)) from err
+    if model.startswith(TIMM_PREFIX):
+        named = [canonical(n) for n in requested if n.lower() != "all" and needs_text(canonical(n))]
+        if named:
+            raise UserError(f"{', '.join(named)} compare images with class-name text and need a text encoder; "
+                            f"{model} is image-only (use knn, maha, rmd or lp_* with it)")  # fmt: skip
+        dropped = [s for s in scores if needs_text(s)]
+        if dropped:
+            print(f"skipping {', '.join(dropped)}: {model} has no text encoder", file=sys.stderr)
+        scores = [s for s in scores if not needs_text(s)]
+    return scores
+
+
+def run(args: argparse.Namespace) -> dict:
+    check_model_name(args.model)
+    scores = choose_scores(args.score, args.model)
     if args.temperature <= 0:
         raise UserError(f"--temperature must be positive, got {args.temperature}")
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
     templates = load_templates(args.templates)
     device = resolve_device(args.device)
-    options = DataOptions(args.data_root, args.download, args.limit, args.seed)
+    data = DataOptions(args.data_root, args.download, args.limit, args.seed)
     for name in [args.id_name, *(args.out or [])]:
         get_spec(name)  # every name is checked before anything is downloaded
-    id_data = load_dataset(args.id_name, "test", options.root, options.download, options.limit, options.seed)
-    ood_sets = resolve_ood_sets(args.id_name, args.out, options)
-    bundle = load_clip(args.model, args.pretrained, args.ckpt, device, args.model_cache_dir, args.seed)
-    summary = evaluate(
-        bundle,
-        id_data,
-        ood_sets,
-        scores,
-        templates,
-        FeatureCache(args.cache_dir, args.feature_dtype),
-        args.temperature,
-        args.batch_size,
-        args.workers,
-    )
-    accuracy = summary["id_accuracy"]
-    print(
-        f"\nID {args.id_name}: {summary['id_samples']} test images"
-        + (f", zero-shot top-1 {100 * accuracy:.2f}%" if accuracy is not None else "")
-    )
-    print(ood_table(summary["results"]))
-    out_dir = run_folder(args.out_dir, [args.id_name.replace("/", "_").replace(":", "_"), args.model], args.overwrite)
-    write_json(out_dir / "results.json", {**summary, **run_metadata(args), "model_weights": bundle.weights})
-    print(f"\nsaved {out_dir / 'results.json'}")
-    return summary
+    id_test = data.load(args.id_name, "test")
+    id_train = data.load(args.id_name, "train") if any(fitted(s) for s in scores) else None
+    if "knn" in scores and max(knn_ks(args.id_name, args.k)) > len(id_train.dataset):
+        raise UserError(f"knn: k={max(knn_ks(args.id_name, args.k))} needs at least k training images; "
+                        f"{args.id_name} train has {len(id_train.dataset)}")  # fmt: skip
+    if "neglabel" in scores:
+        load_words(args.neg_words)  # a missing or empty word list fails now, not after extraction
+    ood_sets = resolve_ood_sets(args.id_name, args.out, data)
+    bundle = load_model(args.model, args.pretrained, args.ckpt, device, args.model_cache_dir, args.seed)
+    options = EvalOptions(templates, args.temperature, args.k, args.batch_size, args.workers, args.bootstrap,
+                          args.seed, args.neg_words)  # fmt: skip
+    evaluation = evaluate(bundle, id_test, ood_sets, scores, options, FeatureCache(args.cache_dir, args.feature_dtype),
+                          id_train)  # fmt: skip
+    accuracy = ", ".join(f"{k} {100 * v:.2f}%" if k.endswith("top1") else f"{k} {v:g}"
+                         for k, v in evaluation.accuracy.items())  # fmt: skip
+    print(f"\nID {args.id_name}: {evaluation.samples['ID']} test images" + (f"; {accuracy}" if accuracy else ""))
+    for note in evaluation.notes:
+        print(f"note: {note}")
+    print(markdown_table(table_rows(evaluation)))
+    out_dir = run_folder(args.out_dir, [args.id_name.replace("/", "_").replace(":", "_"), args.model.replace(":", "_")],
+                         args.overwrite)  # fmt: skip
+    write_results(out_dir, evaluation, {**run_metadata(args), "model_weights": bundle.weights}, plots=args.plots)
+    print(f"\nsaved results.json, results.csv, results.md{', plots' if args.plots else ''} in {out_dir}")
+    return {"metrics": evaluation.metrics, "accuracy": evaluation.accuracy, "samples": evaluation.samples,
+            "out_dir": str(out_dir)}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

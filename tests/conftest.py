@@ -12,13 +12,13 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from utils.models import ClipBundle, load_clip  # noqa: E402
+from utils.models import ModelBundle, load_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tiny() -> ClipBundle:
+def tiny() -> ModelBundle:
     """The tiny CLIP with seeded random weights, on CPU."""
-    return load_clip("tiny", "none", device="cpu", seed=0)
+    return load_model("tiny", "none", device="cpu", seed=0)
 
 
 def write_images(folder: Path, count: int, seed: int, size: int = 40, suffix: str = ".png") -> list[Path]:

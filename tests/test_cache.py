@@ -11,7 +11,7 @@ import torch
 from utils.cache import FeatureCache
 from utils.data import load_dataset
 from utils.features import feature_key, image_features
-from utils.models import load_clip
+from utils.models import load_model
 
 
 class CountingEncoder:
@@ -65,13 +65,13 @@ def test_second_call_hits_the_cache(tiny, digits, tmp_path, monkeypatch):
 
 def test_changed_checkpoint_bytes_miss(tmp_path, digits):
     ckpt = tmp_path / "w.pt"
-    model = load_clip("tiny", "none", seed=0)
+    model = load_model("tiny", "none", seed=0)
     torch.save(model.model.state_dict(), ckpt)
-    a = load_clip("tiny", "none", ckpt=str(ckpt))
+    a = load_model("tiny", "none", ckpt=str(ckpt))
     state = torch.load(ckpt, weights_only=True)
     state["visual.proj"] += 0.01
     torch.save(state, ckpt)  # same file name, new bytes
-    b = load_clip("tiny", "none", ckpt=str(ckpt))
+    b = load_model("tiny", "none", ckpt=str(ckpt))
     assert feature_key(a, digits, "float16") != feature_key(b, digits, "float16")
     other_limit = load_dataset("digits", "test", limit=49)
     assert feature_key(a, digits, "float16") != feature_key(a, other_limit, "float16")

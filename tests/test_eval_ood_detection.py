@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 import eval_ood_detection
 import utils.features
 from tests.conftest import write_images
 from utils.data import DATASETS
+from utils.metrics import METRICS
+from utils.scores import SCORES
 
-TINY = ["--model", "tiny", "--pretrained", "none", "--workers", "0", "--batch-size", "64"]
+TINY = ["--model", "tiny", "--pretrained", "none", "--workers", "0", "--batch-size", "128"]
+WORDS = ["tree", "banana", "cloud", "river", "mountain", "chair", "piano", "ocean", "house", "road", "lamp", "fox"]
 
 
 def run(tmp_path, *extra, out="out"):
@@ -20,64 +25,112 @@ def run(tmp_path, *extra, out="out"):
     return eval_ood_detection.main(argv)
 
 
+@pytest.fixture
+def words(tmp_path):
+    path = tmp_path / "words.txt"
+    path.write_text("# a short candidate list for tests\n" + "\n".join(WORDS) + "\n")
+    return path
+
+
 def test_first_working_path_digits_mcm(tmp_path, capsys):
     summary = run(tmp_path, "--in", "digits", "--score", "MCM")
-    saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    metrics = saved["results"]["mcm"]["digits_ood"]
-    assert set(metrics) == {"AUROC", "FPR95"}
+    folder = tmp_path / "out"
+    saved = json.loads((folder / "results.json").read_text())
+    metrics = saved["metrics"]["mcm"]["digits_ood"]
+    assert set(metrics) == set(METRICS)
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
-    assert saved["results"] == summary["results"]
-    assert saved["id_samples"] == 271 and saved["ood_samples"] == {"digits_ood": 160}
-    assert 0.0 <= saved["id_accuracy"] <= 1.0
+    assert saved["metrics"] == summary["metrics"]
+    assert saved["samples"] == {"ID": 271, "digits_ood": 160}
+    assert 0.0 <= saved["accuracy"]["zero_shot_top1"] <= 1.0
     assert saved["config"]["id_name"] == "digits" and "torch" in saved["packages"] and "git_commit" in saved
     printed = capsys.readouterr().out
     assert "| mcm | digits_ood |" in printed and f"{100 * metrics['AUROC']:.2f}" in printed
+    rows = list(csv.DictReader((folder / "results.csv").open()))
+    assert [(r["score"], r["ood"]) for r in rows] == [("mcm", "digits_ood")]
+    assert float(rows[0]["AUROC"]) == round(100 * metrics["AUROC"], 2)
+    assert "| mcm | digits_ood |" in (folder / "results.md").read_text()
+    for png in ("hist_mcm.png", "roc_mcm.png"):
+        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    scores = np.load(folder / "scores.npz")
+    assert scores["mcm/digits_ood/id"].shape == (271,) and scores["mcm/digits_ood/ood"].shape == (160,)
+
+
+def test_every_score_one_extraction(tmp_path, words, monkeypatch):
+    """`--score all`: one row per score x OOD set (+ averages), each dataset encoded once."""
+    write_images(tmp_path / "noise", 20, seed=3)
+    noise = f"folder:{tmp_path / 'noise'}"
+    calls = []
+    original = utils.features.extract
+    monkeypatch.setattr(utils.features, "extract", lambda *a, **k: calls.append(a[1].name) or original(*a, **k))
+    summary = run(tmp_path, "--in", "digits", "--out", "digits_ood", noise, "--score", "all", "--k", "5", "20",
+                  "--neg-words", str(words), "--no-plots")  # fmt: skip
+    assert sorted(calls) == sorted(["digits", "digits", "digits_ood", noise])  # ID test + train, two OOD sets
+    labels = [s for s in SCORES if s != "knn"] + ["knn@5", "knn@20"]
+    assert set(summary["metrics"]) == set(labels)
+    for label in labels:
+        expected = {"digits_ood"} if label == "oracle" else {"digits_ood", noise}  # the noise folder has no names
+        assert set(summary["metrics"][label]) == expected
+    rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
+    averages = [r for r in rows if r["ood"] == "average"]
+    assert len(rows) == 2 * len(labels) - 1 + len(averages) and len(averages) == len(labels) - 1
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert any("oracle: skipped" in note for note in saved["notes"])
+    assert 0.0 <= saved["accuracy"]["linear_probe_top1"] <= 1.0
+    mined = (tmp_path / "out" / "neglabel_words.txt").read_text().split()
+    assert mined and set(mined) <= set(WORDS) and len(mined) == round(0.15 * len(WORDS))
 
 
 def test_rerun_with_other_score_does_no_forward_pass(tmp_path, monkeypatch):
-    run(tmp_path, "--in", "digits", "--score", "mcm", out="a")
+    run(tmp_path, "--in", "digits", "--score", "mcm", "knn", out="a")
     calls = []
     original = utils.features.extract
     monkeypatch.setattr(utils.features, "extract", lambda *a, **k: calls.append(a) or original(*a, **k))
-    second = run(tmp_path, "--in", "digits", "--score", "maxlogit", "--templates", "ensemble", out="b")
-    assert calls == [] and set(second["results"]) == {"mis"}
+    second = run(tmp_path, "--in", "digits", "--score", "maxlogit", "rmd", "--k", "3", "--templates", "ensemble",
+                 "--no-plots", out="b")  # fmt: skip
+    assert calls == [] and set(second["metrics"]) == {"mis", "rmd"}
+
+
+def test_bootstrap_intervals_in_outputs(tmp_path):
+    run(tmp_path, "--in", "digits", "--score", "mcm", "--bootstrap", "30", "--limit", "60", "--no-plots")
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    low, high = saved["intervals"]["mcm"]["digits_ood"]["AUROC"]
+    assert low <= saved["metrics"]["mcm"]["digits_ood"]["AUROC"] <= high
+    row = next(csv.DictReader((tmp_path / "out" / "results.csv").open()))
+    assert set(row) >= {f"{m}_ci" for m in METRICS}
+
+
+def test_image_only_timm_backbone(tmp_path, capsys):
+    summary = run(tmp_path, "--in", "digits", "--model", "timm:test_vit", "--score", "all", "--limit", "40",
+                  "--k", "5", "--no-plots")  # fmt: skip
+    assert set(summary["metrics"]) == {"knn@5", "maha", "rmd", "lp_msp", "lp_energy", "lp_maxlogit"}
+    assert "skipping mcm, mis" in capsys.readouterr().err
 
 
 def test_trained_checkpoint_and_folder_ood(tmp_path):
     import torch
 
-    from utils.models import load_clip
+    from utils.models import load_model
 
     ckpt = tmp_path / "final.pt"
-    torch.save({"state_dict": load_clip("tiny", "none", seed=7).model.state_dict()}, ckpt)
+    torch.save({"state_dict": load_model("tiny", "none", seed=7).model.state_dict()}, ckpt)
     write_images(tmp_path / "noise", 12, seed=3)
-    summary = run(
-        tmp_path,
-        "--in",
-        "digits",
-        "--out",
-        f"folder:{tmp_path / 'noise'}",
-        "digits_ood",
-        "--ckpt",
-        str(ckpt),
-        "--score",
-        "mcm",
-        "mis",
-    )
-    assert set(summary["results"]["mcm"]) == {f"folder:{tmp_path / 'noise'}", "digits_ood"}
-    assert summary["ood_samples"][f"folder:{tmp_path / 'noise'}"] == 12
+    noise = f"folder:{tmp_path / 'noise'}"
+    summary = run(tmp_path, "--in", "digits", "--out", noise, "digits_ood", "--ckpt", str(ckpt), "--score", "mcm",
+                  "mis", "--no-plots")  # fmt: skip
+    assert set(summary["metrics"]["mcm"]) == {noise, "digits_ood"}
+    assert summary["samples"][noise] == 12
 
 
 def test_limit(tmp_path):
-    summary = run(tmp_path, "--in", "digits", "--limit", "30")
-    assert summary["id_samples"] == 30 and summary["ood_samples"] == {"digits_ood": 30}
+    summary = run(tmp_path, "--in", "digits", "--limit", "30", "--no-plots")
+    assert summary["samples"] == {"ID": 30, "digits_ood": 30}
 
 
 def test_missing_default_ood_set_is_skipped(tmp_path, monkeypatch, capsys):
     spec = dataclasses.replace(DATASETS["digits"], ood=("isun", "digits_ood"))
     monkeypatch.setitem(DATASETS, "digits", spec)
-    summary = run(tmp_path, "--in", "digits", "--data-root", str(tmp_path / "data"))
-    assert list(summary["results"]["mcm"]) == ["digits_ood"]
+    summary = run(tmp_path, "--in", "digits", "--data-root", str(tmp_path / "data"), "--no-plots")
+    assert list(summary["metrics"]["mcm"]) == ["digits_ood"]
     err = capsys.readouterr().err
     assert "skipping default OOD set isun" in err and "iSUN.tar.gz" in err
 
@@ -89,6 +142,7 @@ def _fails(tmp_path, capsys, *argv) -> str:
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
     assert not (tmp_path / "cache").exists()  # failed before any feature was extracted
+    assert not (tmp_path / "out").exists()
     return err
 
 
@@ -109,20 +163,39 @@ def test_cifar10_offline_says_where_to_get_it(tmp_path, capsys):
         (["--in", "nowhere"], "unknown dataset 'nowhere'"),
         (["--in", "digits", "--out", "nowhere"], "unknown dataset 'nowhere'"),
         (["--in", "digits", "--temperature", "0"], "--temperature must be positive"),
+        (["--in", "digits", "--bootstrap", "-1"], "--bootstrap must be 0 or more"),
         (["--in", "digits", "--templates", "missing.txt"], "neither a known set"),
-        (["--in", "digits", "--model", "ViT-Nope"], "--list-models"),
+        (["--in", "cifar10", "--model", "ViT-Nope"], "--list-models"),  # before any download is tried
+        (["--in", "digits", "--model", "timm:test_vit", "--score", "MCM"], "need a text encoder"),
+        (["--in", "digits", "--model", "timm:no_such_net", "--score", "knn"], "unknown timm model"),
+        (["--in", "digits", "--score", "knn", "--k", "100000"], "at least k"),
+        (["--in", "digits", "--out", "isun", "--score", "knn"], "iSUN"),
+        (["--in", "digits", "--score", "neglabel", "--neg-words", "nowhere.txt"], "word list not found"),
     ],
 )
 def test_bad_input_is_one_clear_message(tmp_path, capsys, argv, expected):
-    assert expected in _fails(tmp_path, capsys, *argv)
+    with pytest.raises(SystemExit) as info:
+        run(tmp_path, *argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_folder_without_train_split_for_fitted_scores(tmp_path, image_tree, capsys):
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--in", f"folder:{image_tree}", "--out", "digits_ood", "--score", "maha")
+    assert "no 'train' split" in capsys.readouterr().err
 
 
 def test_existing_results_are_not_overwritten(tmp_path):
-    run(tmp_path, "--in", "digits", "--limit", "20")
+    run(tmp_path, "--in", "digits", "--limit", "20", "--no-plots")
     first = (tmp_path / "out" / "results.json").read_text()
-    run(tmp_path, "--in", "digits", "--limit", "25")
+    run(tmp_path, "--in", "digits", "--limit", "25", "--no-plots")
     assert (tmp_path / "out" / "results.json").read_text() == first
-    assert json.loads((tmp_path / "out-1" / "results.json").read_text())["id_samples"] == 25
+    assert json.loads((tmp_path / "out-1" / "results.json").read_text())["samples"]["ID"] == 25
+    run(tmp_path, "--in", "digits", "--limit", "25", "--no-plots", "--overwrite")
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["samples"]["ID"] == 25
 
 
 def test_list_models(capsys):
@@ -130,4 +203,4 @@ def test_list_models(capsys):
         eval_ood_detection.main(["--list-models"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    assert "tiny:" in out and "ViT-B-16: openai" in out
+    assert "tiny:" in out and "ViT-B-16: openai" in out and "timm:NAME" in out

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 from utils.errors import UserError
-from utils.models import _hf_candidates, cached_weights, fetch_pretrained, fingerprint, load_clip
+from utils.models import _hf_candidates, cached_weights, fetch_pretrained, load_model
+from utils.weights import fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,26 +34,26 @@ def test_tiny_builds_and_encodes(tiny):
 
 def test_tokenizer_is_open_clips_own_and_offline(tiny):
     tokens = tiny.tokenizer(["a photo of a cat."])
-    assert tokens.shape == (1, 77)
-    assert torch.equal(tokens, open_clip.tokenize(["a photo of a cat."]))
+    assert tokens.shape == (1, 32)  # tiny's context length
+    assert torch.equal(tokens, open_clip.tokenize(["a photo of a cat."], context_length=32))
 
 
 def test_random_init_is_seeded():
-    a, b = load_clip("tiny", "none", seed=0), load_clip("tiny", "none", seed=0)
-    c = load_clip("tiny", "none", seed=1)
+    a, b = load_model("tiny", "none", seed=0), load_model("tiny", "none", seed=0)
+    c = load_model("tiny", "none", seed=1)
     assert a.fingerprint == b.fingerprint != c.fingerprint
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_ckpt_loads_state_dict(tmp_path, tiny, suffix):
-    trained = load_clip("tiny", "none", seed=5).model
+    trained = load_model("tiny", "none", seed=5).model
     path = tmp_path / f"weights{suffix}"
     state = {k: v.contiguous() for k, v in trained.state_dict().items()}
     if suffix == ".safetensors":
         save_file(state, path)
     else:
         torch.save({"state_dict": state, "epoch": 3}, path)  # this project's fine-tuning format: tensors + plain values
-    loaded = load_clip("tiny", "none", ckpt=str(path))
+    loaded = load_model("tiny", "none", ckpt=str(path))
     assert loaded.fingerprint == fingerprint(trained) != tiny.fingerprint
     assert loaded.weights == str(path)
 
@@ -61,14 +62,14 @@ def test_ckpt_refuses_pickled_objects(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": {}, "payload": object()}, path)
     with pytest.raises(UserError, match="never unpickled"):
-        load_clip("tiny", "none", ckpt=str(path))
+        load_model("tiny", "none", ckpt=str(path))
 
 
 def test_ckpt_for_another_architecture(tmp_path):
     path = tmp_path / "other.pt"
     torch.save({"visual.proj": torch.zeros(3, 3)}, path)
     with pytest.raises(UserError, match="does not fit architecture tiny"):
-        load_clip("tiny", "none", ckpt=str(path))
+        load_model("tiny", "none", ckpt=str(path))
 
 
 @pytest.mark.parametrize(
@@ -84,44 +85,44 @@ def test_ckpt_for_another_architecture(tmp_path):
 def test_unreadable_ckpt(tmp_path, name, content):
     path = tmp_path / name
     if content == "truncated":
-        torch.save(load_clip("tiny", "none").model.state_dict(), path)
+        torch.save(load_model("tiny", "none").model.state_dict(), path)
         path.write_bytes(path.read_bytes()[:1000])
     elif isinstance(content, bytes):
         path.write_bytes(content)
     else:
         torch.save(content, path)
     with pytest.raises(UserError, match="cannot be read as a weights file"):
-        load_clip("tiny", "none", ckpt=str(path))
+        load_model("tiny", "none", ckpt=str(path))
 
 
 def test_ckpt_with_default_tag_of_another_architecture(tmp_path):
     """--ckpt with the default --pretrained openai on an architecture without that tag just uses the checkpoint."""
     path = tmp_path / "w.pt"
-    torch.save(load_clip("tiny", "none", seed=2).model.state_dict(), path)
-    assert load_clip("tiny", "openai", ckpt=str(path)).fingerprint == load_clip("tiny", "none", seed=2).fingerprint
+    torch.save(load_model("tiny", "none", seed=2).model.state_dict(), path)
+    assert load_model("tiny", "openai", ckpt=str(path)).fingerprint == load_model("tiny", "none", seed=2).fingerprint
 
 
 def test_random_init_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    load_clip("tiny", "none", seed=0)
+    load_model("tiny", "none", seed=0)
     assert torch.equal(torch.rand(3), expected)
 
 
 def test_ckpt_missing_file(tmp_path):
     with pytest.raises(UserError, match="not found"):
-        load_clip("tiny", "none", ckpt=str(tmp_path / "nope.pt"))
+        load_model("tiny", "none", ckpt=str(tmp_path / "nope.pt"))
 
 
 def test_unknown_model_says_how_to_list():
     with pytest.raises(UserError, match="--list-models"):
-        load_clip("ViT-Q-99", "none")
+        load_model("ViT-Q-99", "none")
 
 
 def test_unknown_tag_lists_known_tags():
     with pytest.raises(UserError, match="openai"):
-        load_clip("ViT-B-16", "no-such-tag")
+        load_model("ViT-B-16", "no-such-tag")
 
 
 def test_offline_weights_error_is_immediate_and_helpful(tmp_path, monkeypatch):
@@ -136,7 +137,7 @@ def test_offline_weights_error_is_immediate_and_helpful(tmp_path, monkeypatch):
 
 def test_unreachable_network_fails_fast(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr("utils.models._network_reachable", lambda host: False)
+    monkeypatch.setattr("utils.weights.network_reachable", lambda host: False)
     with pytest.raises(UserError, match=r"huggingface\.co cannot be reached"):
         fetch_pretrained("ViT-B-32", "laion2b_s34b_b79k", cache_dir=str(tmp_path))
 

@@ -1,74 +1,227 @@
-"""Scores: every registered one, against straightforward implementations."""
+"""Scores: every registered one on a constructed ID/OOD pair, and each against a straightforward implementation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import NearestNeighbors
 
-from utils.scores import SCORES, InDistribution, build_score, resolve_scores
+from utils.linear_probe import fit_linear_probe
+from utils.scores import SCORES, InDistribution, build_score, mine_negative_labels, needs_text, resolve_scores
+from utils.scores.mahalanobis import fit_class_gaussians
+
+DIM, CLASSES = 16, 4
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-@pytest.fixture
+def _around(directions: np.ndarray, count: int, rng: np.random.Generator, spread: float = 0.15) -> np.ndarray:
+    return _unit(directions + spread * rng.normal(size=(count, DIM)))
+
+
+@pytest.fixture(scope="module")
 def toy():
-    """ID images sit on their class prompt; OOD images sit between prompts."""
+    """ID prompts on axes 0-3, ID images near their prompt, OOD images near axes 4-5 (where the OOD names sit)."""
     rng = np.random.default_rng(0)
-    text = _unit(rng.normal(size=(4, 16)))
-    labels = rng.integers(0, 4, size=40)
-    id_feats = _unit(text[labels] + 0.05 * rng.normal(size=(40, 16)))
-    ood_feats = _unit(text.mean(0, keepdims=True) + 0.05 * rng.normal(size=(30, 16)))
-    return InDistribution(text_features=text), id_feats, ood_feats
+    eye = np.eye(DIM, dtype=np.float32)
+    text = eye[:CLASSES]
+    train_labels = np.repeat(np.arange(CLASSES), 50)
+    train = _around(text[train_labels], len(train_labels), rng)
+    test_labels = rng.integers(0, CLASSES, size=40)
+    id_feats = _around(text[test_labels], 40, rng)
+    ood_feats = _around(eye[4 + rng.integers(0, 2, size=30)], 30, rng)
+    ind = InDistribution(text_features=text, train_features=train, train_labels=train_labels)
+    extras = {"ood_text_features": eye[4:6], "negative_text_features": eye[4:8]}
+    return ind, id_feats, ood_feats, test_labels, extras
+
+
+def _build(name: str, extras: dict, **kwargs) -> object:
+    extra = {
+        k: v for k, v in extras.items() if k.split("_")[0] in {"oracle": "ood", "neglabel": "negative"}.get(name, "")
+    }
+    return build_score(name, **extra, **kwargs)
 
 
 @pytest.mark.parametrize("name", sorted(SCORES))
 def test_shape_finite_and_ranking(name, toy):
-    ind, id_feats, ood_feats = toy
-    score = build_score(name).fit(ind)
+    ind, id_feats, ood_feats, _, extras = toy
+    score = _build(name, extras).fit(ind)
     s_id, s_ood = score(id_feats), score(ood_feats)
     assert s_id.shape == (40,) and s_ood.shape == (30,)
     assert np.isfinite(s_id).all() and np.isfinite(s_ood).all()
     assert s_id.min() > s_ood.max()  # higher = more in-distribution
-    assert np.allclose(score(torch.from_numpy(id_feats)), s_id)  # torch input works too
+    assert np.allclose(score(torch.from_numpy(id_feats)), s_id)  # torch input gives the same
+    assert np.allclose(score(id_feats.astype(np.float16)), s_id, rtol=1e-2, atol=1e-2)  # the cache's float16 too
+
+
+@pytest.mark.parametrize("name", sorted(SCORES))
+def test_needs_are_checked(name, toy):
+    _, id_feats, _, _, extras = toy
+    score = _build(name, extras)
+    with pytest.raises(RuntimeError, match="fit"):
+        score(id_feats)
+    with pytest.raises(ValueError, match="needs"):
+        score.fit(InDistribution())
+
+
+def _softmax(s: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(s).double(), dim=1).numpy()
 
 
 @pytest.mark.parametrize("temperature", [0.01, 1.0, 100.0])
-def test_mcm_matches_softmax(toy, temperature):
-    ind, id_feats, _ = toy
-    s = torch.from_numpy(id_feats @ ind.text_features.T).double()
-    expected = torch.softmax(s / temperature, dim=1).max(dim=1).values.numpy()
-    assert np.allclose(build_score("MCM", temperature=temperature).fit(ind)(id_feats), expected, rtol=1e-6)
+def test_zero_shot_formulas(toy, temperature):
+    ind, id_feats, _, _, _ = toy
+    s = (id_feats @ ind.text_features.T).astype(np.float64)
+    p = _softmax(s / temperature)
+    expected = {
+        "mcm": p.max(1),
+        "mis": s.max(1),
+        "energy": temperature * torch.logsumexp(torch.from_numpy(s / temperature), dim=1).numpy(),
+        "entropy": (p * np.log(p)).sum(1),
+        "var": p.var(1),
+    }
+    for name, value in expected.items():
+        got = build_score(name, temperature=temperature).fit(ind)(id_feats)
+        assert np.allclose(got, value, rtol=1e-6, atol=1e-9), name
 
 
-def test_mcm_range_with_temperature_one(toy):
-    ind, id_feats, _ = toy
-    s = build_score("mcm").fit(ind)(id_feats)
-    assert (s > 1 / 4).all() and (s < 1).all()
+@pytest.mark.parametrize("name", ["oracle", "neglabel"])
+def test_label_mass_is_id_share_of_a_joint_softmax(toy, name):
+    ind, id_feats, ood_feats, _, extras = toy
+    extra = extras["ood_text_features"] if name == "oracle" else extras["negative_text_features"]
+    feats = np.r_[id_feats, ood_feats]
+    joint = _softmax(100.0 * feats @ np.r_[ind.text_features, extra].T)
+    expected = joint[:, :CLASSES].sum(1)
+    assert np.allclose(_build(name, extras).fit(ind)(feats), expected, atol=1e-9)
 
 
-def test_mis_is_max_cosine(toy):
-    ind, id_feats, _ = toy
-    assert np.allclose(build_score("MIS").fit(ind)(id_feats), (id_feats @ ind.text_features.T).max(1), atol=1e-6)
+def test_label_mass_needs_its_labels():
+    with pytest.raises(ValueError, match="ood_text_features"):
+        build_score("oracle")
+    with pytest.raises(ValueError, match="negative_text_features"):
+        build_score("neglabel", negative_text_features=np.zeros((0, DIM)))
 
 
-def test_mcm_large_input_is_chunked_consistently(toy):
-    ind, _, _ = toy
-    feats = _unit(np.random.default_rng(1).normal(size=(20000, 16)))
-    score = build_score("mcm").fit(ind)
-    assert np.allclose(score(feats)[:100], score(feats[:100]))
+def test_mine_negative_labels_matches_the_rule():
+    rng = np.random.default_rng(1)
+    id_text = _unit(rng.normal(size=(10, DIM)))
+    candidates = _unit(rng.normal(size=(200, DIM)))
+    picked = mine_negative_labels(candidates, id_text, fraction=0.15, percentile=95)
+    eta = np.array([np.percentile(c @ id_text.T, 95) for c in candidates])
+    assert len(picked) == 30
+    assert set(picked) == set(np.argsort(eta)[:30])
+    assert eta[picked].max() <= np.sort(eta)[30]
+
+
+@pytest.mark.parametrize("k", [1, 7, 50])
+def test_knn_matches_brute_force(toy, k):
+    ind, id_feats, ood_feats, _, _ = toy
+    feats = np.r_[id_feats, ood_feats]
+    distances, _ = NearestNeighbors(n_neighbors=k).fit(ind.train_features).kneighbors(feats)
+    got = build_score("knn", k=k).fit(ind)(feats)
+    assert np.allclose(got, -distances[:, k - 1], atol=1e-5)
+
+
+def test_knn_sweep_is_one_search(toy, monkeypatch):
+    import utils.scores.knn as knn_module
+
+    ind, id_feats, _, _, _ = toy
+    calls = []
+    original = knn_module.top_similarities
+    monkeypatch.setattr(knn_module, "top_similarities", lambda *a: calls.append(a[2]) or original(*a))
+    knn = build_score("knn", k=20).fit(ind)
+    sweep = knn.sweep(id_feats, [1, 5, 20])
+    assert calls == [20]
+    for k in (1, 5, 20):
+        assert np.allclose(sweep[k], build_score("knn", k=k).fit(ind)(id_feats), atol=1e-6)
+
+
+def test_knn_k_larger_than_bank(toy):
+    with pytest.raises(ValueError, match="at least k"):
+        build_score("knn", k=10_000).fit(toy[0])
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64, 10_000])
+def test_class_means_do_not_depend_on_batch_size(toy, chunk):
+    """The predecessor averaged with batch indices; here any chunking gives the exact class statistics."""
+    ind = toy[0]
+    g = fit_class_gaussians(ind.train_features, ind.train_labels, chunk=chunk)
+    x, y = ind.train_features.astype(np.float64), ind.train_labels
+    means = np.stack([x[y == c].mean(0) for c in range(CLASSES)])
+    centred = x - means[y]
+    assert np.allclose(g.means, means, atol=1e-10)
+    assert np.allclose(g.precision, np.linalg.pinv(centred.T @ centred / len(x)), rtol=1e-6, atol=1e-6)
+
+
+def test_mahalanobis_and_relative_against_loops(toy):
+    ind, id_feats, ood_feats, _, _ = toy
+    feats = np.r_[id_feats, ood_feats].astype(np.float64)
+    x, y = ind.train_features.astype(np.float64), ind.train_labels
+    means = np.stack([x[y == c].mean(0) for c in range(CLASSES)])
+    shared = np.linalg.pinv(np.cov((x - means[y]).T, bias=True))
+    background = np.linalg.pinv(np.cov(x.T, bias=True))
+    mu0 = x.mean(0)
+    d = np.array([[(f - m) @ shared @ (f - m) for m in means] for f in feats])
+    d0 = np.array([(f - mu0) @ background @ (f - mu0) for f in feats])
+    assert np.allclose(build_score("maha").fit(ind)(feats), -d.min(1), rtol=1e-6, atol=1e-6)
+    assert np.allclose(build_score("rmd").fit(ind)(feats), -(d - d0[:, None]).min(1), rtol=1e-6, atol=1e-6)
+
+
+def test_linear_probe_matches_sklearn(toy):
+    ind, id_feats, _, test_labels, _ = toy
+    probe = fit_linear_probe(ind.train_features, ind.train_labels, Cs=[0.5])
+    reference = LogisticRegression(C=0.5, max_iter=10_000, tol=1e-10).fit(ind.train_features, ind.train_labels)
+    assert np.abs(_softmax(probe.logits(id_feats)) - reference.predict_proba(id_feats)).max() < 2e-3
+    assert probe.accuracy(id_feats, test_labels) == reference.score(id_feats, test_labels)
+
+
+def test_linear_probe_picks_c_on_held_out_data():
+    """C maximises held-out accuracy (ties: the smaller C); the final probe is refit on all of train."""
+    import torch as t
+
+    from utils.linear_probe import _split, train_logistic_regression
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, size=300)
+    feats = (rng.normal(size=(300, 40)) + 0.4 * np.eye(40)[labels]).astype(np.float32)  # overlapping classes
+    Cs = [1e-3, 1e-1, 10.0, 1e3]
+    probe = fit_linear_probe(feats, labels, Cs=Cs, seed=0)
+    fit_idx, val_idx = _split(labels, 0.2, 0)
+    x, y = t.from_numpy(feats), t.from_numpy(labels)
+    accuracies = []
+    for c in Cs:
+        w, b = train_logistic_regression(x[fit_idx], y[fit_idx], 3, c)
+        accuracies.append(((x[val_idx] @ w.T + b).argmax(1) == y[val_idx]).float().mean().item())
+    assert len(set(accuracies)) > 1  # the choice matters on this data
+    assert probe.validation_accuracy == pytest.approx(max(accuracies), abs=1e-6)
+    assert Cs[int(np.argmax(accuracies))] == probe.C
+    full = LogisticRegression(C=probe.C, max_iter=10_000, tol=1e-10).fit(feats, labels)
+    assert np.abs(_softmax(probe.logits(feats)) - full.predict_proba(feats)).max() < 5e-3
+
+
+def test_probe_scores_share_one_fit(toy, monkeypatch):
+    import utils.scores.linear_probe as lp
+
+    ind = InDistribution(train_features=toy[0].train_features, train_labels=toy[0].train_labels)
+    calls = []
+    original = lp.fit_linear_probe
+    monkeypatch.setattr(lp, "fit_linear_probe", lambda *a, **k: calls.append(1) or original(*a, **k))
+    for name in ("lp_msp", "lp_energy", "lp_maxlogit"):
+        build_score(name, Cs=[1.0]).fit(ind)
+    assert len(calls) == 1
 
 
 def test_names_and_errors(toy):
-    assert resolve_scores(["MCM", "maxlogit", "mcm"]) == ["mcm", "mis"]
+    assert resolve_scores(["MCM", "maxlogit", "mcm", "Mahalanobis"]) == ["mcm", "mis", "maha"]
     assert resolve_scores(["all"]) == list(SCORES)
+    assert needs_text("mcm") and needs_text("oracle") and not needs_text("knn") and not needs_text("lp_msp")
     with pytest.raises(ValueError, match=r"known: .*mcm"):
         build_score("nope")
-    with pytest.raises(RuntimeError, match="fit"):
-        build_score("mcm")(toy[1])
-    with pytest.raises(ValueError, match="text_features"):
-        build_score("mcm").fit(InDistribution())
     with pytest.raises(ValueError, match="temperature"):
         build_score("mcm", temperature=0)
+    with pytest.raises(ValueError, match="k must be"):
+        build_score("knn", k=0)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -14,12 +16,13 @@ from utils.data import LoadedDataset
 from utils.data.loading import make_loader, sample_name
 from utils.device import autocast
 from utils.errors import UserError
-from utils.models import ClipBundle
+from utils.models import ModelBundle
+from utils.prompts import Template, render, text_head
 
 SHOW_FAILURES = 5
 
 
-def feature_key(bundle: ClipBundle, data: LoadedDataset, dtype: str) -> str:
+def feature_key(bundle: ModelBundle, data: LoadedDataset, dtype: str) -> str:
     """Everything that decides the cached features; the weights enter by content, not by name."""
     return cache_key(
         {
@@ -44,7 +47,7 @@ def _warn_skipped(data: LoadedDataset, skipped: list[dict[str, str]], total: int
 
 @torch.no_grad()
 def extract(
-    bundle: ClipBundle,
+    bundle: ModelBundle,
     data: LoadedDataset,
     cache: FeatureCache,
     key: str,
@@ -76,7 +79,7 @@ def extract(
 
 
 def image_features(
-    bundle: ClipBundle,
+    bundle: ModelBundle,
     data: LoadedDataset,
     cache: FeatureCache,
     batch_size: int = 256,
@@ -103,3 +106,39 @@ def image_features(
 def as_float32(features: np.ndarray) -> np.ndarray:
     """Features as a float32 array in memory (the cache may hold float16)."""
     return np.asarray(features, dtype=np.float32)
+
+
+def text_features(
+    bundle: ModelBundle,
+    names: Sequence[str],
+    templates: Sequence[Template],
+    cache: FeatureCache,
+    classes_per_batch: int = 256,
+) -> np.ndarray:
+    """Template-averaged, L2-normalised text embeddings of many names (e.g. a word list), cached like images."""
+    if not bundle.has_text:
+        raise UserError(f"{bundle.name} has no text encoder")
+    digest = hashlib.blake2b("\n".join(names).encode(), digest_size=16).hexdigest()
+    key = cache_key(
+        {
+            "model": bundle.name,
+            "weights": bundle.fingerprint,
+            "text": digest,
+            "templates": render(templates, "{}"),
+            "dtype": cache.dtype,
+        }
+    )
+    entry = cache.load(key)
+    if entry is None:
+        meta = {"model": bundle.name, "weights": bundle.weights, "text_count": len(names), "skipped": []}
+        with (
+            cache.writer(key, len(names), bundle.embed_dim, meta) as writer,
+            tqdm(total=len(names), unit="name", desc="text features", dynamic_ncols=True) as bar,
+        ):
+            for start in range(0, len(names), classes_per_batch):
+                batch = list(names[start : start + classes_per_batch])
+                head = text_head(bundle.model, bundle.tokenizer, batch, templates, bundle.device).cpu().numpy()
+                writer.write(np.arange(start, start + len(batch)), head, np.full(len(batch), -1))
+                bar.update(len(batch))
+        entry = cache.load(key)
+    return as_float32(entry.features)

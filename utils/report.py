@@ -1,17 +1,93 @@
-"""Result tables for the console and for pasting into papers."""
+"""Result files of an evaluation run: results.json / .csv / .md, per-image scores, plots."""
 
 from __future__ import annotations
 
-METRIC_COLUMNS = ("FPR95", "AUROC")  # FPR95 lower is better, AUROC higher is better
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from utils.atomic import atomic_path, write_json
+from utils.metrics import METRICS
+from utils.ood_eval import Evaluation
+from utils.plots import roc_curves, save_figure, score_histograms
+
+AVERAGE = "average"
 
 
-def ood_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
-    """A markdown table, one row per score x OOD set plus a per-score average, metrics x 100."""
-    lines = ["| score | OOD set | " + " | ".join(METRIC_COLUMNS) + " |", "|---|---|" + "---:|" * len(METRIC_COLUMNS)]
-    for score, per_set in results.items():
-        rows = list(per_set.items())
-        if len(rows) > 1:
-            rows.append(("average", {m: sum(r[m] for _, r in rows) / len(rows) for m in METRIC_COLUMNS}))
-        for ood, metrics in rows:
-            lines.append(f"| {score} | {ood} | " + " | ".join(f"{100 * metrics[m]:.2f}" for m in METRIC_COLUMNS) + " |")
+def table_rows(evaluation: Evaluation) -> list[dict[str, Any]]:
+    """One row per score x OOD set plus a per-score average; metrics x 100, rounded to two decimals."""
+    rows = []
+    for score, per_set in evaluation.metrics.items():
+        entries = list(per_set.items())
+        if len(entries) > 1:
+            entries.append((AVERAGE, {m: float(np.mean([v[m] for _, v in entries])) for m in METRICS}))
+        for ood, values in entries:
+            row: dict[str, Any] = {"score": score, "ood": ood}
+            row.update({m: round(100 * values[m], 2) for m in METRICS})
+            for m, (low, high) in evaluation.intervals.get(score, {}).get(ood, {}).items():
+                row[f"{m}_ci"] = f"{100 * low:.2f}-{100 * high:.2f}"
+            rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """A table to paste: FPR95 and FPR95_OOD lower is better, the AU* metrics higher."""
+    columns = list(rows[0]) if rows else ["score", "ood", *METRICS]
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" if c in ("score", "ood") else "---:" for c in columns) + "|",
+    ]
+    for row in rows:
+        lines.append(
+            "| " + " | ".join(f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns) + " |"
+        )
     return "\n".join(lines)
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["score", "ood", *METRICS])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_results(folder: Path, evaluation: Evaluation, metadata: dict[str, Any], plots: bool = True) -> list[Path]:
+    """Every output file of a run, each written atomically; returns their paths."""
+    rows = table_rows(evaluation)
+    written = [folder / "results.json", folder / "results.csv", folder / "results.md", folder / "scores.npz"]
+    write_json(written[0], {
+        "id": evaluation.id_name,
+        "metrics": evaluation.metrics,
+        "intervals": evaluation.intervals,
+        "accuracy": evaluation.accuracy,
+        "samples": evaluation.samples,
+        "notes": evaluation.notes,
+        **metadata,
+    })  # fmt: skip
+    _write_text(written[1], _csv_text(rows))
+    _write_text(written[2], markdown_table(rows) + "\n")
+    arrays = {}
+    for score, per_set in evaluation.scores.items():
+        for name, (id_scores, ood_scores) in per_set.items():
+            arrays[f"{score}/{name}/id"], arrays[f"{score}/{name}/ood"] = id_scores, ood_scores
+    with atomic_path(written[3]) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    if evaluation.negative_words is not None:
+        written.append(folder / "neglabel_words.txt")
+        _write_text(written[-1], "\n".join(evaluation.negative_words) + "\n")
+    if plots:
+        for score, per_set in evaluation.scores.items():
+            safe = score.replace("@", "_k")
+            save_figure(score_histograms(per_set, f"{score}: {evaluation.id_name} vs OOD"), folder / f"hist_{safe}.png")
+            save_figure(roc_curves(per_set, f"{score}: {evaluation.id_name} (ID positive)"), folder / f"roc_{safe}.png")
+            written += [folder / f"hist_{safe}.png", folder / f"roc_{safe}.png"]
+    return written

@@ -31,6 +31,7 @@ class DatasetSpec:
     splits: tuple[str, ...] = SPLITS
     subset: int | None = None  # a fixed seeded subset of this size, part of the benchmark's definition
     ood: tuple[str, ...] = field(default_factory=tuple)  # default OOD partners when used as ID
+    knn_k: int = 50  # KNN's default k (Sun et al. 2022: 50 for CIFAR, 1000 for the full ImageNet-1k train set)
 
 
 @dataclass
@@ -145,7 +146,7 @@ DATASETS: dict[str, DatasetSpec] = {
         build=_folder("imagenet", _wnids(names.imagenet1k), split_dirs=True),
         source="https://image-net.org/download.php (ILSVRC-2012, manual download after registration)",
         layout="imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG (1,000 wnid folders each)",
-        classnames=_names(names.imagenet1k), ood=IMAGENET_OOD,
+        classnames=_names(names.imagenet1k), ood=IMAGENET_OOD, knn_k=1000,
     ),
     "imagenet10": _imagenet_subset("imagenet10", lambda: names.IMAGENET10, ("imagenet20",)),
     "imagenet10_mcm": _imagenet_subset("imagenet10_mcm", lambda: names.IMAGENET10_MCM, ("imagenet20",)),

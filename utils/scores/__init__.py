@@ -1,4 +1,9 @@
-"""The score registry: every name `--score` accepts. Higher = more in-distribution, always."""
+"""The score registry: every name `--score` accepts. Higher = more in-distribution, always.
+
+from utils.scores import SCORES, InDistribution, build_score
+knn = build_score("knn", k=50).fit(InDistribution(train_features=F, train_labels=y))
+s = knn(test_features)
+"""
 
 from __future__ import annotations
 
@@ -6,26 +11,46 @@ from collections.abc import Sequence
 from typing import Any
 
 from utils.scores.base import InDistribution, Score
-from utils.scores.zero_shot import MCM, MaxLogit
+from utils.scores.knn import KNN
+from utils.scores.label_mass import NegLabel, Oracle, mine_negative_labels
+from utils.scores.linear_probe import ProbeEnergy, ProbeMaxLogit, ProbeMSP
+from utils.scores.mahalanobis import Mahalanobis, RelativeMahalanobis
+from utils.scores.zero_shot import MCM, Energy, MaxLogit, NegEntropy, SoftmaxVariance, ZeroShotScore
 
 SCORES: dict[str, type[Score]] = {
     "mcm": MCM,
     "mis": MaxLogit,
+    "energy": Energy,
+    "entropy": NegEntropy,
+    "var": SoftmaxVariance,
+    "oracle": Oracle,
+    "neglabel": NegLabel,
+    "knn": KNN,
+    "maha": Mahalanobis,
+    "rmd": RelativeMahalanobis,
+    "lp_msp": ProbeMSP,
+    "lp_energy": ProbeEnergy,
+    "lp_maxlogit": ProbeMaxLogit,
 }
-ALIASES = {"maxlogit": "mis"}
+ALIASES = {"maxlogit": "mis", "mahalanobis": "maha", "relative_mahalanobis": "rmd"}
 
 
 def canonical(name: str) -> str:
     """The registry name of `name` (case-insensitive, aliases resolved); ValueError listing SCORES if unknown."""
     key = ALIASES.get(name.lower(), name.lower())
     if key not in SCORES:
-        raise ValueError(f"unknown score '{name}'; known: {', '.join(sorted([*SCORES, *ALIASES]))}")
+        raise ValueError(f"unknown score '{name}'; known: {', '.join([*SCORES, *ALIASES])}")
     return key
 
 
 def build_score(name: str, **kwargs: Any) -> Score:
     """An unfitted score by name, with its hyper-parameters as keyword arguments."""
     return SCORES[canonical(name)](**kwargs)
+
+
+def needs_text(name: str) -> bool:
+    """Whether the score compares images with text (so needs a model with a text encoder)."""
+    return "text_features" in SCORES[canonical(name)].needs
 
 
 def resolve_scores(names: Sequence[str]) -> list[str]:
@@ -38,4 +63,7 @@ def resolve_scores(names: Sequence[str]) -> list[str]:
     return resolved
 
 
-__all__ = ["ALIASES", "SCORES", "InDistribution", "Score", "build_score", "canonical", "resolve_scores"]
+__all__ = [
+    "ALIASES", "SCORES", "InDistribution", "Score", "ZeroShotScore", "build_score", "canonical",
+    "mine_negative_labels", "needs_text", "resolve_scores",
+]  # fmt: skip

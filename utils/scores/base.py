@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from utils.arrays import CHUNK, as_array, chunks, l2_normalise
 
 
 @dataclass
 class InDistribution:
-    """What a score may learn from: ID class prompts [C, D] and ID training features [N, D] with labels [N]."""
+    """What a score may learn from: ID class prompts [C, D] and ID training features [N, D] with labels [N].
+
+    `shared` holds fits that several scores reuse (class statistics, the linear probe), so each is made once.
+    """
 
     text_features: np.ndarray | None = None
     train_features: np.ndarray | None = None
     train_labels: np.ndarray | None = None
+    shared: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def as_array(x: object) -> np.ndarray:
-    """numpy or torch input as a float32 numpy array."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().float().numpy()
-    return np.asarray(x, dtype=np.float32)
+__all__ = ["CHUNK", "InDistribution", "Score", "as_array", "chunks", "l2_normalise"]
 
 
 class Score:
@@ -32,7 +35,7 @@ class Score:
         self._fitted = False
 
     def fit(self, ind: InDistribution) -> Score:
-        missing = [field for field in self.needs if getattr(ind, field) is None]
+        missing = [name for name in self.needs if getattr(ind, name) is None]
         if missing:
             raise ValueError(f"{type(self).__name__} needs {', '.join(missing)} to fit")
         self._fit(ind)
@@ -46,7 +49,9 @@ class Score:
         if not self._fitted:
             needs = ", ".join(self.needs) or "nothing"
             raise RuntimeError(f"{type(self).__name__} must be fit(...) before scoring (it needs {needs})")
-        return self._score(features)
+        blocks = [self._score(block) for block in chunks(features)]
+        return np.concatenate(blocks).astype(np.float64) if blocks else np.zeros(0)
 
-    def _score(self, features: object) -> np.ndarray:
+    def _score(self, features: np.ndarray) -> np.ndarray:
+        """Scores of one float32 block of rows."""
         raise NotImplementedError

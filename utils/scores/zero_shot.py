@@ -1,4 +1,4 @@
-"""Zero-shot scores from cosine similarities s between image features and the ID class prompts."""
+"""Zero-shot scores from cosine similarities s = features @ text_features.T to the ID class prompts."""
 
 from __future__ import annotations
 
@@ -6,11 +6,19 @@ import numpy as np
 
 from utils.scores.base import InDistribution, Score, as_array
 
-CHUNK = 8192  # rows per block: bounds memory for ImageNet-sized N x C similarity matrices
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def logsumexp(logits: np.ndarray) -> np.ndarray:
+    top = logits.max(axis=1)
+    return top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
 
 
 class ZeroShotScore(Score):
-    """Base: reduces each row of s = features @ text_features.T to one number, block by block."""
+    """Base: reduces each row of s/T (s = cosine similarities to the ID prompts) to one number."""
 
     needs = ("text_features",)
 
@@ -23,30 +31,44 @@ class ZeroShotScore(Score):
     def _fit(self, ind: InDistribution) -> None:
         self.text_features = as_array(ind.text_features)
 
-    def _score(self, features: object) -> np.ndarray:
-        blocks = [
-            self.reduce(as_array(features[i : i + CHUNK]) @ self.text_features.T)
-            for i in range(0, len(features), CHUNK)
-        ]
-        return np.concatenate(blocks) if blocks else np.zeros(0)
+    def _score(self, features: np.ndarray) -> np.ndarray:
+        return self.reduce((features @ self.text_features.T).astype(np.float64))
 
     def reduce(self, similarities: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
 
 class MaxLogit(ZeroShotScore):
-    """Maximum inner product score (MIS; the max-logit of Hendrycks et al., 2022): max_k s_k."""
+    """Maximum inner product score (MIS; the max-logit of Hendrycks et al., ICML 2022): max_k s_k."""
 
     def reduce(self, similarities: np.ndarray) -> np.ndarray:
-        return similarities.max(axis=1).astype(np.float64)
+        return similarities.max(axis=1)
 
 
 class MCM(ZeroShotScore):
-    """Maximum Concept Matching (Ming et al., NeurIPS 2022): max_k softmax(s / T)_k.
-
-    Computed as 1 / sum_k exp((s_k - max_j s_j) / T), which is exact and cannot overflow.
-    """
+    """Maximum Concept Matching (Ming et al., NeurIPS 2022): max_k softmax(s / T)_k, T = 1 in the paper."""
 
     def reduce(self, similarities: np.ndarray) -> np.ndarray:
-        s = similarities.astype(np.float64) / self.temperature
-        return 1.0 / np.exp(s - s.max(axis=1, keepdims=True)).sum(axis=1)
+        return np.exp(log_softmax(similarities / self.temperature).max(axis=1))
+
+
+class Energy(ZeroShotScore):
+    """Energy score (Liu et al., NeurIPS 2020) on CLIP similarities: T · logsumexp_k(s_k / T)."""
+
+    def reduce(self, similarities: np.ndarray) -> np.ndarray:
+        return self.temperature * logsumexp(similarities / self.temperature)
+
+
+class NegEntropy(ZeroShotScore):
+    """Negative entropy of the zero-shot prediction: −H(p) = Σ_k p_k log p_k, p = softmax(s / T)."""
+
+    def reduce(self, similarities: np.ndarray) -> np.ndarray:
+        log_p = log_softmax(similarities / self.temperature)
+        return (np.exp(log_p) * log_p).sum(axis=1)
+
+
+class SoftmaxVariance(ZeroShotScore):
+    """Variance of the zero-shot prediction over classes: Var_k(p_k), p = softmax(s / T) (peaked = ID)."""
+
+    def reduce(self, similarities: np.ndarray) -> np.ndarray:
+        return np.exp(log_softmax(similarities / self.temperature)).var(axis=1)

@@ -1,0 +1,78 @@
+"""Scores from the probability mass on the ID classes when extra (OOD or negative) labels compete with them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from utils.scores.base import InDistribution, Score, as_array, chunks, l2_normalise
+from utils.scores.zero_shot import logsumexp
+
+CLIP_LOGIT_SCALE = 100.0  # CLIP's learned logit scale; both papers below use logits 100 · s
+
+
+class LabelMass(Score):
+    """Σ_{k ∈ ID} softmax(scale · [s_ID, s_extra])_k: how much of the prediction stays on ID labels."""
+
+    needs = ("text_features",)
+    extra_name = "extra_text_features"
+
+    def __init__(self, extra_text_features: object = None, logit_scale: float = CLIP_LOGIT_SCALE):
+        super().__init__()
+        if extra_text_features is None:
+            raise ValueError(f"{type(self).__name__} needs {self.extra_name} (the competing labels' text features)")
+        self.extra = as_array(extra_text_features)
+        if self.extra.ndim != 2 or len(self.extra) == 0:
+            raise ValueError(f"{self.extra_name} must be a non-empty [M, D] array, got shape {self.extra.shape}")
+        self.extra = l2_normalise(self.extra)
+        self.logit_scale = float(logit_scale)
+
+    def _fit(self, ind: InDistribution) -> None:
+        self.id_text = l2_normalise(as_array(ind.text_features))
+        if self.id_text.shape[1] != self.extra.shape[1]:
+            raise ValueError(
+                f"{self.extra_name} have dimension {self.extra.shape[1]}, ID prompts {self.id_text.shape[1]}"
+            )
+
+    def _score(self, features: np.ndarray) -> np.ndarray:
+        id_logits = self.logit_scale * (features @ self.id_text.T).astype(np.float64)
+        extra_logits = self.logit_scale * (features @ self.extra.T).astype(np.float64)
+        everything = np.concatenate([id_logits, extra_logits], axis=1)
+        return np.exp(logsumexp(id_logits) - logsumexp(everything))
+
+
+class Oracle(LabelMass):
+    """Fort et al. (NeurIPS 2021), OOD class names known ("cheating"): ID mass in a softmax over ID ∪ OOD names."""
+
+    extra_name = "ood_text_features"
+
+    def __init__(self, ood_text_features: object = None, logit_scale: float = CLIP_LOGIT_SCALE):
+        super().__init__(ood_text_features, logit_scale)
+
+
+class NegLabel(LabelMass):
+    """NegLabel (Jiang et al., ICLR 2024): ID mass in a softmax over ID labels ∪ mined negative labels."""
+
+    extra_name = "negative_text_features"
+
+    def __init__(self, negative_text_features: object = None, logit_scale: float = CLIP_LOGIT_SCALE):
+        super().__init__(negative_text_features, logit_scale)
+
+
+def mine_negative_labels(
+    candidate_text_features: object, id_text_features: object, fraction: float = 0.15, percentile: float = 95.0
+) -> np.ndarray:
+    """NegLabel's selection: the `fraction` of candidates whose `percentile`-th similarity to the ID labels is lowest.
+
+    Returns candidate indices, most distant first.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    id_text = l2_normalise(as_array(id_text_features))
+    eta = np.concatenate(
+        [
+            np.percentile(l2_normalise(block) @ id_text.T, percentile, axis=1)
+            for block in chunks(candidate_text_features)
+        ]
+    )
+    keep = max(1, round(fraction * len(eta)))
+    return np.argsort(eta, kind="stable")[:keep]

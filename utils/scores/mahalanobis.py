@@ -1,0 +1,80 @@
+"""Mahalanobis-distance scores on ID training features: class-conditional Gaussians with one shared covariance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from utils.scores.base import CHUNK, InDistribution, Score, as_array, chunks
+
+
+@dataclass
+class ClassGaussians:
+    means: np.ndarray  # C x D
+    precision: np.ndarray  # D x D, pseudo-inverse of the shared covariance of class-centred features
+    background_mean: np.ndarray  # D, mean of all training features
+    background_precision: np.ndarray  # D x D, pseudo-inverse of their covariance
+
+
+def fit_class_gaussians(features: object, labels: np.ndarray, chunk: int = CHUNK) -> ClassGaussians:
+    """Class means and covariances from running sums: exact for any chunking (unlike per-batch means)."""
+    labels = np.asarray(labels)
+    classes = int(labels.max()) + 1
+    if labels.min() < 0:
+        raise ValueError("Mahalanobis scores need labelled training features (labels >= 0)")
+    dim = as_array(features[:1]).shape[1]
+    sums, counts = np.zeros((classes, dim)), np.bincount(labels, minlength=classes).astype(np.float64)
+    second = np.zeros((dim, dim))
+    start = 0
+    for block in chunks(features, chunk):
+        block = block.astype(np.float64)
+        np.add.at(sums, labels[start : start + len(block)], block)
+        second += block.T @ block
+        start += len(block)
+    if np.any(counts == 0):
+        raise ValueError(f"classes without training features: {np.flatnonzero(counts == 0).tolist()[:10]}")
+    n = counts.sum()
+    means = sums / counts[:, None]
+    within = (second - (means * counts[:, None]).T @ means) / n  # Σ_i (x_i − μ_{y_i})(x_i − μ_{y_i})ᵀ / N
+    background_mean = sums.sum(axis=0) / n
+    total = second / n - np.outer(background_mean, background_mean)
+    return ClassGaussians(
+        means=means,
+        precision=np.linalg.pinv(within, hermitian=True),
+        background_mean=background_mean,
+        background_precision=np.linalg.pinv(total, hermitian=True),
+    )
+
+
+def squared_distances(x: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """(x − μ_c)ᵀ P (x − μ_c) for every row of x and every mean: N x C, by expansion, no per-class loop."""
+    xp = x @ precision
+    mp = means @ precision
+    return (xp * x).sum(axis=1)[:, None] - 2.0 * xp @ means.T + (mp * means).sum(axis=1)[None, :]
+
+
+class _GaussianScore(Score):
+    needs = ("train_features", "train_labels")
+
+    def _fit(self, ind: InDistribution) -> None:
+        if "gaussians" not in ind.shared:
+            ind.shared["gaussians"] = fit_class_gaussians(ind.train_features, ind.train_labels)
+        self.g: ClassGaussians = ind.shared["gaussians"]
+
+
+class Mahalanobis(_GaussianScore):
+    """Mahalanobis (Lee et al., NeurIPS 2018): −min_c (x − μ_c)ᵀ Σ⁻¹ (x − μ_c), Σ shared by the classes."""
+
+    def _score(self, features: np.ndarray) -> np.ndarray:
+        return -squared_distances(features.astype(np.float64), self.g.means, self.g.precision).min(axis=1)
+
+
+class RelativeMahalanobis(_GaussianScore):
+    """Relative Mahalanobis (Ren et al., 2021): −min_c [d_c(x) − d_0(x)], d_0 under one Gaussian of all features."""
+
+    def _score(self, features: np.ndarray) -> np.ndarray:
+        x = features.astype(np.float64)
+        per_class = squared_distances(x, self.g.means, self.g.precision)
+        background = squared_distances(x, self.g.background_mean[None, :], self.g.background_precision)[:, 0]
+        return -(per_class.min(axis=1) - background)

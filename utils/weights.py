@@ -1,0 +1,121 @@
+"""Weights on disk, for any model source: the hub cache, the offline check, safe reading, fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+from utils.errors import UserError
+
+NETWORK_PROBE_TIMEOUT_S = 3.0
+
+
+def default_cache_dir() -> str:
+    """Where huggingface_hub keeps downloaded weights (HF_HUB_CACHE or HF_HOME respected)."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def hub_cached_file(repo: str, filenames: Sequence[str], cache_dir: str | None) -> str | None:
+    """The first of `filenames` that an earlier download left in the hub cache; never touches the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in filenames:
+        found = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def network_reachable(host: str) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=NETWORK_PROBE_TIMEOUT_S).close()
+        return True
+    except OSError:
+        return False
+
+
+def ensure_can_download(what: str, host: str, cache_dir: str | None) -> None:
+    """Fail in seconds, with what to do, when weights are not cached and cannot be downloaded."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    reason = "HF_HUB_OFFLINE is set" if offline else (None if network_reachable(host) else f"{host} cannot be reached")
+    if reason:
+        raise UserError(
+            f"pretrained weights {what} are not in the local cache ({cache_dir or default_cache_dir()}) and {reason}. "
+            f"Either run once with network access to download them, copy the cache folder from a machine that has "
+            f"them, or pass a local weights file with --ckpt PATH. (HF_HUB_OFFLINE=1 makes this check skip the "
+            f"network; unset it to allow the download.)"
+        )
+
+
+def _first_lines(err: BaseException) -> str:
+    text = " ".join(str(err).strip().splitlines()[:3])[:400]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors file or a torch file read with weights_only=True (nothing is unpickled).
+
+    A dict with a `state_dict` entry (this project's checkpoints) gives that entry; a `module.` prefix is dropped.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint file not found: {path}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path, device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserError(
+            f"{path} is not a plain weights file (it holds pickled Python objects, which are never unpickled "
+            f"here); save a state dict of tensors, or a .safetensors file"
+        ) from err
+    except Exception as err:
+        raise UserError(f"{path} cannot be read as a weights file: {_first_lines(err)}") from err
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} cannot be read as a weights file: it holds no name -> tensor mapping")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def load_into(load: Callable[[], object], path: str, name: str) -> None:
+    """Run `load()`, which fills a model from `path`, turning shape or key mismatches into one message."""
+    try:
+        load()
+    except (RuntimeError, KeyError, ValueError, StopIteration, AttributeError) as err:
+        raise UserError(f"checkpoint {path} does not fit architecture {name}: {_first_lines(err)}") from err
+
+
+@contextmanager
+def quiet_root_logger() -> Iterator[None]:
+    """Silence libraries that log through the root logger (open_clip's 'initialized randomly')."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """A hash of every weight's name, dtype, shape and bytes: equal weights, equal fingerprint."""
+    digest = hashlib.blake2b(digest_size=16)
+    for key, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{key}:{data.dtype}:{tuple(data.shape)}".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
