@@ -76,6 +76,27 @@ def test_image_folder_tree(image_tree):
     assert [label for _, label in data.dataset.samples] == [0] * 5 + [1] * 5
 
 
+@pytest.mark.parametrize(
+    ("raw", "readable"),
+    [
+        ("/a/airfield", "airfield"),
+        ("/b/bakery/shop", "bakery shop"),
+        ("sea_lion", "sea lion"),
+        ("n01440764", "n01440764"),
+    ],
+)
+def test_readable_classnames(raw, readable):
+    from utils.data.registry import readable_classname
+
+    assert readable_classname(raw) == readable
+
+
+def test_folder_classnames_are_readable(tmp_path):
+    write_images(tmp_path / "t" / "golden_retriever", 1, seed=0, size=8)
+    write_images(tmp_path / "t" / "tabby_cat", 1, seed=1, size=8)
+    assert load_dataset(f"folder:{tmp_path / 't'}").classnames == ("golden retriever", "tabby cat")
+
+
 def test_flat_folder(tmp_path):
     write_images(tmp_path / "flat", 4, seed=0, suffix=".jpg")
     data = load_dataset(f"folder:{tmp_path / 'flat'}", "test")

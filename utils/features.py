@@ -113,7 +113,7 @@ def text_features(
     names: Sequence[str],
     templates: Sequence[Template],
     cache: FeatureCache,
-    classes_per_batch: int = 256,
+    classes_per_batch: int = 4096,
 ) -> np.ndarray:
     """Template-averaged, L2-normalised text embeddings of many names (e.g. a word list), cached like images."""
     if not bundle.has_text:

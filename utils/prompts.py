@@ -11,6 +11,7 @@ import torch
 from utils.errors import UserError
 
 Template = str | Callable[[str], str]
+PROMPTS_PER_FORWARD = 1024  # text encoder batch: large enough to amortise overhead, small enough for any GPU
 
 TEMPLATE_SETS: dict[str, tuple[Template, ...]] = {
     "single": ("a photo of a {}.",),  # MCM's default prompt
@@ -48,7 +49,8 @@ def text_head(
     """C x D class embeddings in float32: open_clip's zero-shot classifier, transposed."""
     if not classnames:
         raise UserError("the class name list is empty")
+    per_batch = max(1, PROMPTS_PER_FORWARD // len(templates))
     weights = open_clip.build_zero_shot_classifier(
-        model, tokenizer, list(classnames), list(templates), num_classes_per_batch=10, device=device
+        model, tokenizer, list(classnames), list(templates), num_classes_per_batch=per_batch, device=device
     )
     return weights.T.float().contiguous()

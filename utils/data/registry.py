@@ -190,6 +190,14 @@ def get_spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
+def readable_classname(raw: str) -> str:
+    """A folder or dataset label as words for a prompt: '/b/bakery/shop' -> 'bakery shop', 'sea_lion' -> 'sea lion'."""
+    parts = [p for p in raw.strip("/").split("/") if p]
+    if len(parts) > 1 and len(parts[0]) == 1:  # Places365's alphabetical prefix
+        parts = parts[1:]
+    return " ".join(parts).replace("_", " ")
+
+
 def _seeded_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
     if size is None or size >= len(dataset):
         return dataset
@@ -237,7 +245,7 @@ def load_dataset(
         ) from err
     classes = spec.classnames() if callable(spec.classnames) else spec.classnames
     if classes is None:
-        classes = getattr(dataset, "classes", None) or None
+        classes = [readable_classname(c) for c in getattr(dataset, "classes", None) or []]
     dataset = _seeded_subset(dataset, spec.subset, seed=0)
     if limit is not None:
         if limit <= 0:
