@@ -12,7 +12,16 @@ import sys
 from collections.abc import Sequence
 
 from utils.cache import FeatureCache
-from utils.cli import add_data_args, add_model_args, guarded, positive_int, run_folder, run_metadata
+from utils.cli import (
+    add_data_args,
+    add_model_args,
+    check_writable_dir,
+    guarded,
+    positive_float,
+    positive_int,
+    run_folder,
+    run_metadata,
+)
 from utils.data import get_spec
 from utils.device import resolve_device
 from utils.errors import UserError
@@ -41,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{', '.join(f'{a}={b}' for a, b in ALIASES.items())} (default: mcm)")  # fmt: skip
     parser.add_argument(
         "--temperature",
-        type=float,
+        type=positive_float,
         default=1.0,
         help="softmax temperature T of mcm, energy, entropy, var (default: 1, as in MCM)",
     )
@@ -102,8 +111,6 @@ def choose_scores(requested: Sequence[str], model: str) -> list[str]:
 def run(args: argparse.Namespace) -> dict:
     check_model_name(args.model)
     scores = choose_scores(args.score, args.model)
-    if args.temperature <= 0:
-        raise UserError(f"--temperature must be positive, got {args.temperature}")
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
     templates = load_templates(args.templates)
@@ -111,7 +118,13 @@ def run(args: argparse.Namespace) -> dict:
     data = DataOptions(args.data_root, args.download, args.limit, args.seed)
     for name in [args.id_name, *(args.out or [])]:
         get_spec(name)  # every name is checked before anything is downloaded
+    check_writable_dir(args.cache_dir, "--cache-dir")
+    if args.out_dir:
+        check_writable_dir(args.out_dir, "--out-dir")
     id_test = data.load(args.id_name, "test")
+    if any(needs_text(s) for s in scores) and not id_test.classnames:
+        raise UserError(f"'{args.id_name}' has no class names (a flat folder?), which {', '.join(scores)} need; "
+                        f"use an ImageFolder tree with one folder per class")  # fmt: skip
     id_train = data.load(args.id_name, "train") if any(fitted(s) for s in scores) else None
     if "knn" in scores and max(knn_ks(args.id_name, args.k)) > len(id_train.dataset):
         raise UserError(f"knn: k={max(knn_ks(args.id_name, args.k))} needs at least k training images; "

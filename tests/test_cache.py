@@ -146,3 +146,75 @@ def test_worker_processes_give_the_same_features(tiny, digits, tmp_path):
     a = image_features(tiny, digits, FeatureCache(tmp_path / "a", "float32"), batch_size=8, workers=0)
     b = image_features(tiny, digits, FeatureCache(tmp_path / "b", "float32"), batch_size=8, workers=2)
     assert np.array_equal(a.features, b.features)
+
+
+def test_folder_key_tracks_content_and_location(tmp_path, tiny):
+    from tests.conftest import write_images
+
+    write_images(tmp_path / "a" / "ood", 3, seed=0)
+    write_images(tmp_path / "b" / "ood", 3, seed=1)  # same file names, other pictures, other place
+    first = load_dataset(f"folder:{tmp_path / 'a' / 'ood'}")
+    other_place = load_dataset(f"folder:{tmp_path / 'b' / 'ood'}")
+    assert feature_key(tiny, first, "float16") != feature_key(tiny, other_place, "float16")
+    write_images(tmp_path / "a" / "ood", 3, seed=5, size=48)  # same names, rewritten files
+    rewritten = load_dataset(f"folder:{tmp_path / 'a' / 'ood'}")
+    assert feature_key(tiny, first, "float16") != feature_key(tiny, rewritten, "float16")
+
+
+def test_key_separates_architecture_and_precision(tiny, digits):
+    import dataclasses
+
+    import open_clip
+
+    from utils.device import precision_tag
+
+    quick = open_clip.create_model("tiny", force_quick_gelu=True)
+    plain = open_clip.create_model("tiny")
+    assert repr(quick) != repr(plain)  # QuickGELU shows in the module tree the key hashes
+    assert feature_key(tiny, digits, "float16") != feature_key(
+        dataclasses.replace(tiny, architecture="other"), digits, "float16"
+    )
+    assert precision_tag(torch.device("cpu")) == "fp32"
+
+
+def test_publishing_onto_an_existing_entry_is_not_an_error(tmp_path):
+    from utils.atomic import atomic_dir
+
+    (tmp_path / "entry").mkdir()
+    (tmp_path / "entry" / "meta.json").write_text("first")
+    with atomic_dir(tmp_path / "entry") as tmp:
+        (tmp / "meta.json").write_text("second")
+    assert (tmp_path / "entry" / "meta.json").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]
+
+
+def test_stale_temporary_folders_are_cleaned_live_ones_kept(tmp_path):
+    import os
+    import time
+
+    cache = FeatureCache(tmp_path)
+    old, live = tmp_path / ".abc.x.tmp", tmp_path / ".def.y.tmp"
+    old.mkdir()
+    live.mkdir()
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(old, (two_days_ago, two_days_ago))
+    cache._clean_stale()
+    assert not old.exists() and live.exists()
+
+
+def test_transient_os_errors_are_not_recorded_as_bad_images():
+    import errno
+
+    from torch.utils.data import Dataset
+
+    from utils.data.loading import Preprocessed
+
+    class Flaky(Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            raise OSError(errno.EMFILE, "Too many open files")
+
+    with pytest.raises(OSError, match="Too many open files"):
+        Preprocessed(Flaky(), lambda x: x)[0]

@@ -162,3 +162,17 @@ def test_preprocessing_equals_open_clips_transform(tiny):
 def test_collate_all_failed():
     batch = collate([(None, -1, 0, "OSError: x"), (None, -1, 1, "OSError: y")])
     assert batch.images is None and len(batch.failures) == 2 and len(batch.indices) == 0
+
+
+def test_hidden_files_are_not_images(image_tree):
+    write_images(image_tree / "cats" / ".ipynb_checkpoints", 2, seed=4)
+    (image_tree / "dogs" / "._img_000.png").write_bytes(b"AppleDouble")
+    data = load_dataset(f"folder:{image_tree}")
+    assert len(data.dataset) == 10
+
+
+def test_images_beside_class_folders_warn(image_tree):
+    write_images(image_tree, 1, seed=8)
+    with pytest.warns(UserWarning, match="beside its class folders"):
+        data = load_dataset(f"folder:{image_tree}")
+    assert data.classnames is None and len(data.dataset) == 11

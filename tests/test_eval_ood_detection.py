@@ -162,7 +162,12 @@ def test_cifar10_offline_says_where_to_get_it(tmp_path, capsys):
         (["--in", "digits", "--score", "bogus"], "unknown score 'bogus'"),
         (["--in", "nowhere"], "unknown dataset 'nowhere'"),
         (["--in", "digits", "--out", "nowhere"], "unknown dataset 'nowhere'"),
-        (["--in", "digits", "--temperature", "0"], "--temperature must be positive"),
+        (["--in", "digits", "--temperature", "0"], "argument --temperature: must be a positive finite number"),
+        (["--in", "digits", "--temperature", "nan"], "argument --temperature: must be a positive finite number"),
+        (["--in", "digits", "--temperature", "inf"], "argument --temperature: must be a positive finite number"),
+        (["--in", "digits", "--seed", "-1"], "argument --seed: must be between 0"),
+        (["--in", "digits", "--batch-size", "99999999999999999999"], "argument --batch-size: must be between 1"),
+        (["--in", "folder:"], "needs a path"),
         (["--in", "digits", "--bootstrap", "-1"], "--bootstrap must be 0 or more"),
         (["--in", "digits", "--templates", "missing.txt"], "neither a known set"),
         (["--in", "cifar10", "--model", "ViT-Nope"], "--list-models"),  # before any download is tried
@@ -178,8 +183,33 @@ def test_bad_input_is_one_clear_message(tmp_path, capsys, argv, expected):
         run(tmp_path, *argv)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and expected in err and "Traceback" not in err
+    assert "error: " in err and expected in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("template", ["a {} of {}", "a photo of a {name}.", "a {0} and {1}", "stray } brace {}"])
+def test_bad_template_file(tmp_path, capsys, template):
+    path = tmp_path / "t.txt"
+    path.write_text(template + "\n")
+    assert "exactly one '{}'" in _fails(tmp_path, capsys, "--in", "digits", "--templates", str(path))
+
+
+def test_template_file_not_utf8(tmp_path, capsys):
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"a photo of a {}\xff\xfe.\n")
+    assert "not UTF-8" in _fails(tmp_path, capsys, "--in", "digits", "--templates", str(path))
+
+
+@pytest.mark.parametrize("flag", ["--out-dir", "--cache-dir"])
+def test_unwritable_folders_fail_before_work(tmp_path, capsys, flag):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    argv = [*TINY, "--in", "digits", "--out-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    argv[argv.index(flag) + 1] = str(blocker / "sub")
+    with pytest.raises(SystemExit):
+        eval_ood_detection.main(argv)
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {flag}") and "Traceback" not in err
 
 
 def test_folder_without_train_split_for_fitted_scores(tmp_path, image_tree, capsys):

@@ -32,7 +32,7 @@ def test_template_file(tmp_path):
     path.write_text("a drawing of a {}.\n\nitap of a {}.\n")
     assert load_templates(str(path)) == ("a drawing of a {}.", "itap of a {}.")
     path.write_text("no placeholder here\n")
-    with pytest.raises(UserError, match="bad"):
+    with pytest.raises(UserError, match="exactly one"):
         load_templates(str(path))
     with pytest.raises(UserError, match="neither a known set"):
         load_templates(str(tmp_path / "missing.txt"))

@@ -22,6 +22,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        fsync(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -35,13 +36,24 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        if path.exists():  # a concurrent run finished first; its result is equally valid
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, path)
+        for item in tmp.iterdir():
+            fsync(item)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+            # a concurrent run published the same entry first; its content is equally valid
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fsync(path: Path) -> None:
+    """Flush a file's data to disk, so a rename never publishes a file whose bytes are still in flight."""
+    if path.is_file():
+        with open(path, "rb+") as handle:
+            os.fsync(handle.fileno())
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from utils.errors import UserError
 FORMAT_VERSION = 1
 DTYPES = {"float16": np.float16, "float32": np.float32}
 STALE_TMP_SECONDS = 24 * 3600
+HEARTBEAT_SECONDS = 60
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -54,11 +56,15 @@ class _Writer:
         self.features = np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype=dtype, shape=(rows, dim))
         self.labels = np.full(rows, -1, dtype=np.int64)
         self.valid = np.zeros(rows, dtype=bool)
+        self.heartbeat = time.time()
 
     def write(self, positions: np.ndarray, features: np.ndarray, labels: np.ndarray) -> None:
         self.features[positions] = features
         self.labels[positions] = labels
         self.valid[positions] = True
+        if time.time() - self.heartbeat > HEARTBEAT_SECONDS:  # tells other runs' clean-up this folder is alive
+            os.utime(self.folder)
+            self.heartbeat = time.time()
 
     def finish(self) -> int:
         self.features.flush()
@@ -110,8 +116,8 @@ class FeatureCache:
         """Stream an entry to a temporary folder; it becomes visible only if the block completes."""
         self._clean_stale()
         final = self.path(key)
-        if final.exists():  # an invalid leftover under the final name (e.g. older format): replace it
-            shutil.rmtree(final)
+        if final.exists() and self.load(key) is None:  # an invalid leftover (e.g. an older format): replace it
+            shutil.rmtree(final, ignore_errors=True)
         with atomic_dir(final) as tmp:
             writer = _Writer(tmp, rows, dim, DTYPES[self.dtype])
             yield writer
@@ -124,5 +130,8 @@ class FeatureCache:
         if not self.root.is_dir():
             return
         for tmp in self.root.glob(".*.tmp"):
-            if time.time() - tmp.stat().st_mtime > STALE_TMP_SECONDS:
-                shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                if time.time() - tmp.stat().st_mtime > STALE_TMP_SECONDS:  # running writers touch it every minute
+                    shutil.rmtree(tmp, ignore_errors=True)
+            except FileNotFoundError:  # another run published or removed it meanwhile
+                continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import subprocess
@@ -31,18 +32,45 @@ class _ListModels(argparse.Action):
         parser.exit()
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+MAX_INT = 2**31 - 1
+
+
+def _bounded_int(text: str, low: int, high: int = MAX_INT) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {text}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _bounded_int(text, 1)
 
 
 def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return _bounded_int(text, 0)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
     return value
+
+
+def check_writable_dir(path: str | Path, flag: str) -> None:
+    """Fail before any work when `path` cannot become a folder we can write in."""
+    path = Path(path).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} exists and is not a folder")
+    ancestor = next(p for p in (path, *path.parents) if p.exists())
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: cannot create or write in {ancestor}")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +117,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="use a seeded random subset of at most N images per dataset (default: all)",
     )
-    group.add_argument("--seed", type=int, default=0, help="seed for --limit subsets and random init (default: 0)")
+    group.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed for --limit subsets and random init (default: 0)"
+    )
     group.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default: 256)")
     group.add_argument(
         "--workers",

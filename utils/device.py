@@ -22,9 +22,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPUs that support it, fp16 on older ones, full precision on CPU."""
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on GPUs that support it, fp16 on older ones, None (full precision) on CPU."""
     if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision for inference where it pays (CUDA), full precision elsewhere."""
+    dtype = autocast_dtype(device)
+    return contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
+
+
+def precision_tag(device: torch.device) -> str:
+    """How features computed on `device` are rounded; part of the feature cache key."""
+    dtype = autocast_dtype(device)
+    return "fp32" if dtype is None else f"autocast-{str(dtype).removeprefix('torch.')}"

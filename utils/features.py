@@ -14,7 +14,7 @@ from tqdm import tqdm
 from utils.cache import CachedFeatures, FeatureCache, cache_key
 from utils.data import LoadedDataset
 from utils.data.loading import make_loader, sample_name
-from utils.device import autocast
+from utils.device import autocast, precision_tag
 from utils.errors import UserError
 from utils.models import ModelBundle
 from utils.prompts import Template, render, text_head
@@ -27,12 +27,21 @@ def feature_key(bundle: ModelBundle, data: LoadedDataset, dtype: str) -> str:
     return cache_key(
         {
             "model": bundle.name,
+            "architecture": bundle.architecture,  # activation etc.: QuickGELU and GELU share weights, not features
             "weights": bundle.fingerprint,
-            "preprocess": repr(bundle.preprocess),
+            "precision": precision_tag(bundle.device),
+            "preprocess": describe_transform(bundle.preprocess),
             "dataset": data.identity,
             "dtype": dtype,
         }
     )
+
+
+def describe_transform(transform: object) -> str:
+    """Every step of a preprocessing pipeline with all its settings (repr alone hides some, e.g. fill colours)."""
+    steps = getattr(transform, "transforms", [transform])
+    return repr([(type(t).__name__, sorted((k, repr(v)) for k, v in vars(t).items() if not k.startswith("_")))
+                 for t in steps])  # fmt: skip
 
 
 def _warn_skipped(data: LoadedDataset, skipped: list[dict[str, str]], total: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class ModelBundle:
     fingerprint: str  # hash of the loaded weights' bytes: the feature cache keys on it
     device: torch.device
     embed_dim: int
+    architecture: str = ""  # hash of the module tree (layers, activations): same weights, other net, other key
 
     @property
     def has_text(self) -> bool:
@@ -145,14 +147,23 @@ def _load_open_clip(name: str, tag: str | None, ckpt: str | None, cache_dir: str
             f"unknown pretrained tag '{tag}' for {name}; known tags: {', '.join(tags) or 'none'} (or --pretrained none)"
         )
     weights_file = ckpt or (fetch_pretrained(name, tag, cache_dir) if tag else None)
-    with quiet_root_logger():  # open_clip warns "initialized randomly"; the weights are loaded just below
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, **_tag_overrides(name, tag))
+    try:
+        with quiet_root_logger():  # open_clip warns "initialized randomly"; the weights are loaded just below
+            # pretrained_text=False: never fetch a Hugging Face text tower's base weights behind the user's back
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=None, pretrained_text=False, **_tag_overrides(name, tag)
+            )
+            tokenizer = open_clip.get_tokenizer(name)
+    except ImportError as err:
+        raise UserError(f"{name} needs the package '{err.name}' (pip install {err.name})") from err
+    except OSError as err:  # Hugging Face tokenizers and configs fetched from the hub
+        raise UserError(f"{name} needs files from the Hugging Face hub that are not cached here: {err}") from err
     if weights_file:
         read_state_dict(weights_file)  # readable, and nothing but tensors, before open_clip converts and loads it
         load_into(lambda: open_clip.load_checkpoint(model, weights_file, strict=True, weights_only=True),
                   weights_file, name)  # fmt: skip
     embed_dim = open_clip.get_model_config(name)["embed_dim"]
-    return model, preprocess, open_clip.get_tokenizer(name), ckpt or tag or "random", embed_dim
+    return model, preprocess, tokenizer, ckpt or tag or "random", embed_dim
 
 
 def load_model(
@@ -177,5 +188,6 @@ def load_model(
             model, preprocess, tokenizer, weights, embed_dim = _load_open_clip(name, tag, ckpt, cache_dir)
     model.eval()
     fp = fingerprint(model)
+    architecture = hashlib.blake2b(repr(model).encode(), digest_size=16).hexdigest()
     device = torch.device(device)
-    return ModelBundle(model.to(device), preprocess, tokenizer, name, weights, fp, device, embed_dim)
+    return ModelBundle(model.to(device), preprocess, tokenizer, name, weights, fp, device, embed_dim, architecture)

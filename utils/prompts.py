@@ -26,11 +26,23 @@ def load_templates(spec: str) -> tuple[Template, ...]:
     path = Path(spec)
     if not path.is_file():
         raise UserError(f"--templates '{spec}' is neither a known set ({', '.join(TEMPLATE_SETS)}) nor a file")
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    bad = [line for line in lines if "{}" not in line]
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as err:
+        raise UserError(f"template file {path} is not UTF-8 text: {err}") from err
+    bad = [line for line in lines if not _is_template(line)]
     if not lines or bad:
-        raise UserError(f"template file {path} needs one template per line, each with '{{}}'; bad: {bad[:3]}")
+        raise UserError(
+            f"template file {path} needs one template per line, each with exactly one '{{}}'; bad: {bad[:3]}"
+        )
     return tuple(lines)
+
+
+def _is_template(line: str) -> bool:
+    try:
+        return line.format("\0").count("\0") == 1
+    except (IndexError, KeyError, ValueError):
+        return False
 
 
 def render(templates: Sequence[Template], classname: str) -> list[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +17,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """Image files below `folder`, sorted; hidden files and folders (.ipynb_checkpoints, ._x.jpg) are not images."""
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.is_file()
+    )  # fmt: skip
 
 
 class ImageFiles(Dataset):
@@ -33,7 +40,13 @@ class ImageFiles(Dataset):
         if classes is None:
             subdirs = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
             classes = [d for d in subdirs if _images_under(self.root / d)]
-            top_level = [p for p in self.root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+            top_level = [p for p in _images_under(self.root) if p.parent == self.root]
+            if top_level and classes:
+                warnings.warn(
+                    f"{self.root} has {len(top_level)} images beside its class folders ({top_level[0].name}, ...): "
+                    f"it is read as one unlabelled set; move them into a class folder to keep the labels",
+                    stacklevel=2,
+                )
             if top_level or not classes:
                 classes = []
         else:
@@ -61,8 +74,13 @@ class ImageFiles(Dataset):
         return str(self.samples[index][0])
 
     def fingerprint(self) -> str:
-        """Changes when files are added, removed or renamed."""
-        digest = hashlib.blake2b(digest_size=8)
+        """Changes when the folder moves or files are added, removed, renamed or rewritten (size, mtime)."""
+        digest = hashlib.blake2b(os.fsencode(self.root.resolve()), digest_size=8)
         for path, label in self.samples:
-            digest.update(f"{path.relative_to(self.root)}:{label}\n".encode())
+            try:
+                stat = path.stat()
+                signature = f"{stat.st_size}:{stat.st_mtime_ns}"
+            except OSError:  # a broken link: skipped at load time, but its presence is part of the identity
+                signature = "missing"
+            digest.update(os.fsencode(path.relative_to(self.root)) + f":{label}:{signature}\n".encode())
         return digest.hexdigest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,6 +12,9 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 # What a corrupt, truncated or non-image file raises while decoding.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# OSErrors that say nothing about the file (too many open files, I/O hiccups): never recorded as a skipped image.
+TRANSIENT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.EIO, errno.EAGAIN, errno.ENOMEM, errno.EINTR, errno.ESTALE,
+                    errno.ETIMEDOUT}  # fmt: skip
 
 
 class Preprocessed(Dataset):
@@ -27,6 +31,8 @@ class Preprocessed(Dataset):
             image, label = self.base[index]
             return self.transform(image), int(label), index, None
         except DECODE_ERRORS as err:
+            if isinstance(err, OSError) and err.errno in TRANSIENT_ERRNOS:
+                raise  # a passing system condition, not a bad file: fail now rather than skip it for good
             return None, -1, index, f"{type(err).__name__}: {err}"
 
 
@@ -60,7 +66,7 @@ def make_loader(
         collate_fn=collate,
         pin_memory=pin_memory,
         persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=2 if workers > 0 else None,
     )
 
 

@@ -178,7 +178,9 @@ DATASETS: dict[str, DatasetSpec] = {
 def get_spec(name: str) -> DatasetSpec:
     """The registered spec of `name`, or a spec for `folder:PATH`; unknown names list the valid ones."""
     if name.startswith(FOLDER_PREFIX):
-        path = Path(name[len(FOLDER_PREFIX):]).expanduser()
+        if not name[len(FOLDER_PREFIX) :].strip():
+            raise UserError(f"{FOLDER_PREFIX}PATH needs a path, e.g. {FOLDER_PREFIX}./my_images")
+        path = Path(name[len(FOLDER_PREFIX) :]).expanduser()
         split_dirs = (path / "train").is_dir() and (path / "val").is_dir()
         return DatasetSpec(
             build=_folder(str(path.resolve()), split_dirs=split_dirs),
