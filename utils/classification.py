@@ -17,7 +17,7 @@ def logits_of(features: object, weights: np.ndarray, bias: np.ndarray | None = N
 
 
 def classification_report(logits: np.ndarray, labels: np.ndarray, classnames: Sequence[str], k: int = 5) -> dict:
-    """top-1, top-k (k capped at the class count), per-class accuracy and the confusion matrix (rows = truth)."""
+    """top1, top5 (top-k, k capped at the class count), per-class accuracy and the confusion matrix (rows = truth)."""
     labels = np.asarray(labels)
     if len(labels) == 0 or labels.min() < 0:
         raise ValueError("classification needs labelled samples")
@@ -31,7 +31,7 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, classnames: Se
     }
     return {
         "top1": float(np.mean(predictions == labels)),
-        f"top{k}" if k != 5 else "top5": float(np.mean((ranked[:, :k] == labels[:, None]).any(axis=1))),
+        "top5": float(np.mean((ranked[:, :k] == labels[:, None]).any(axis=1))),
         "per_class": per_class,
         "confusion": confusion,
     }

@@ -46,6 +46,7 @@ class ModelBundle:
     device: torch.device
     embed_dim: int
     architecture: str = ""  # hash of the module tree (layers, activations): same weights, other net, other key
+    train_preprocess: Callable | None = None  # the model's training transform (random crops etc.), for fine-tuning
 
     @property
     def has_text(self) -> bool:
@@ -138,7 +139,7 @@ def check_model_name(name: str) -> None:
         raise UserError(f"unknown model '{name}'; {LIST_MODELS_HINT}")
 
 
-def _load_open_clip(name: str, tag: str | None, ckpt: str | None, cache_dir: str | None) -> tuple:
+def _load_open_clip(name: str, tag: str | None, ckpt: str | None, cache_dir: str | None) -> dict[str, Any]:
     if ckpt and tag and not open_clip.get_pretrained_cfg(name, tag):
         tag = None  # the weights come from the checkpoint; an inapplicable (e.g. default) tag adds nothing
     if tag and not open_clip.get_pretrained_cfg(name, tag):
@@ -150,7 +151,7 @@ def _load_open_clip(name: str, tag: str | None, ckpt: str | None, cache_dir: str
     try:
         with quiet_root_logger():  # open_clip warns "initialized randomly"; the weights are loaded just below
             # pretrained_text=False: never fetch a Hugging Face text tower's base weights behind the user's back
-            model, _, preprocess = open_clip.create_model_and_transforms(
+            model, train_preprocess, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=None, pretrained_text=False, **_tag_overrides(name, tag)
             )
             tokenizer = open_clip.get_tokenizer(name)
@@ -163,7 +164,8 @@ def _load_open_clip(name: str, tag: str | None, ckpt: str | None, cache_dir: str
         load_into(lambda: open_clip.load_checkpoint(model, weights_file, strict=True, weights_only=True),
                   weights_file, name)  # fmt: skip
     embed_dim = open_clip.get_model_config(name)["embed_dim"]
-    return model, preprocess, tokenizer, ckpt or tag or "random", embed_dim
+    return {"model": model, "preprocess": preprocess, "tokenizer": tokenizer, "weights": ckpt or tag or "random",
+            "embed_dim": embed_dim, "train_preprocess": train_preprocess}  # fmt: skip
 
 
 def load_model(
@@ -183,11 +185,15 @@ def load_model(
         if name.startswith(TIMM_PREFIX):
             from utils.timm_models import load_timm
 
-            model, preprocess, tokenizer, weights, embed_dim = load_timm(name[len(TIMM_PREFIX) :], tag, ckpt, cache_dir)
+            parts = load_timm(name[len(TIMM_PREFIX) :], tag, ckpt, cache_dir)
         else:
-            model, preprocess, tokenizer, weights, embed_dim = _load_open_clip(name, tag, ckpt, cache_dir)
-    model.eval()
-    fp = fingerprint(model)
-    architecture = hashlib.blake2b(repr(model).encode(), digest_size=16).hexdigest()
-    device = torch.device(device)
-    return ModelBundle(model.to(device), preprocess, tokenizer, name, weights, fp, device, embed_dim, architecture)
+            parts = _load_open_clip(name, tag, ckpt, cache_dir)
+    model = parts.pop("model").eval()
+    return ModelBundle(
+        model=model.to(torch.device(device)),
+        name=name,
+        fingerprint=fingerprint(model),
+        architecture=hashlib.blake2b(repr(model).encode(), digest_size=16).hexdigest(),
+        device=torch.device(device),
+        **parts,
+    )

@@ -37,8 +37,8 @@ def _pretrained_file(arch: str, cache_dir: str | None) -> str | None:
     return found
 
 
-def load_timm(arch: str, tag: str | None, ckpt: str | None, cache_dir: str | None) -> tuple:
-    """(model, preprocess, tokenizer=None, weights description, embed dim); any tag other than none = timm's weights."""
+def load_timm(arch: str, tag: str | None, ckpt: str | None, cache_dir: str | None) -> dict:
+    """The ModelBundle fields of a timm backbone; any tag other than none means timm's pretrained weights."""
     if not timm.is_model(arch):
         raise UserError(
             f"unknown timm model '{arch}'; list them with python -c 'import timm; print(timm.list_models())'"
@@ -57,6 +57,12 @@ def load_timm(arch: str, tag: str | None, ckpt: str | None, cache_dir: str | Non
         state = {k: v for k, v in read_state_dict(ckpt).items() if not k.startswith(("head.", "fc.", "classifier."))}
         state = {k.removeprefix("net."): v for k, v in state.items()}
         load_into(lambda: net.load_state_dict(state, strict=True), ckpt, arch)
-    preprocess = create_transform(**resolve_data_config({}, model=net))
-    weights = ckpt or (f"timm:{arch} pretrained" if pretrained else "random")
-    return ImageOnly(net), preprocess, None, weights, net.num_features
+    config = resolve_data_config({}, model=net)
+    return {
+        "model": ImageOnly(net),
+        "preprocess": create_transform(**config),
+        "train_preprocess": create_transform(**config, is_training=True),
+        "tokenizer": None,
+        "weights": ckpt or (f"timm:{arch} pretrained" if pretrained else "random"),
+        "embed_dim": net.num_features,
+    }

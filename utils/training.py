@@ -15,7 +15,9 @@ from utils.atomic import atomic_path
 from utils.device import autocast
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up from 0 to the base rate over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
 
     def factor(step: int) -> float:

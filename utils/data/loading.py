@@ -55,13 +55,20 @@ def collate(items: list[tuple[torch.Tensor | None, int, int, str | None]]) -> Ba
 
 
 def make_loader(
-    dataset: Dataset, transform: Callable, batch_size: int, workers: int, pin_memory: bool = False
+    dataset: Dataset,
+    transform: Callable,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool = False,
+    shuffle: bool = False,
+    seed: int = 0,
 ) -> DataLoader:
-    """An ordered loader of `Batch`es; order matters, the cache stores features in dataset order."""
+    """A loader of `Batch`es: in dataset order (as the cache stores features) unless `shuffle` (seeded) for training."""
     return DataLoader(
         Preprocessed(dataset, transform),
         batch_size=batch_size,
-        shuffle=False,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,

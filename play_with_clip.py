@@ -1,0 +1,298 @@
+"""Play with CLIP on in-distribution data: zero-shot evaluation, linear probes, and the scikit-image playground.
+
+    python play_with_clip.py --mode zeroshot --in cifar10 [--test-labels "plane,car,..."]
+    python play_with_clip.py --mode linear_probe --in cifar10 [--finetune --epochs 10]
+    python play_with_clip.py --mode skimage
+
+From Python (a notebook): zero_shot_evaluation_CLIP("cifar10"), linear_probe_evaluation_CLIP("cifar10"),
+play_with_skimage(); each returns its results as a dict and saves them like the command line does.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils.atomic import write_json
+from utils.cache import FeatureCache
+from utils.classification import classification_report, logits_of
+from utils.classnames import CIFAR100
+from utils.cli import (
+    add_data_args,
+    add_model_args,
+    check_writable_dir,
+    guarded,
+    positive_float,
+    positive_int,
+    run_folder,
+    run_metadata,
+)
+from utils.data import LoadedDataset, load_dataset
+from utils.device import resolve_device
+from utils.errors import UserError
+from utils.features import as_float32, image_features
+from utils.finetune_classifier import FinetuneConfig, finetune_image_encoder, predict
+from utils.linear_probe import fit_linear_probe
+from utils.models import ModelBundle, check_model_name, load_model
+from utils.playground import SKIMAGE_IMAGES, skimage_images
+from utils.plots import confusion_matrix_figure, save_figure, similarity_heatmap, top_labels_figure
+from utils.prompts import TEMPLATE_SETS, load_templates, text_head
+from utils.training import save_checkpoint
+from utils.weights import fingerprint
+
+MODES = ("zeroshot", "linear_probe", "skimage")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=MODES, default="zeroshot", help="what to run (default: zeroshot)")
+    parser.add_argument(
+        "--in",
+        dest="id_name",
+        default="cifar10",
+        help="dataset for zeroshot and linear_probe: a registry name or folder:PATH (default: cifar10)",
+    )
+    parser.add_argument("--test-labels", default=None, metavar="LABELS",
+                        help="zeroshot: class names to use instead of the dataset's, a comma list or a file with one "
+                             "per line, in the dataset's class order")  # fmt: skip
+    parser.add_argument(
+        "--templates",
+        default="single",
+        help=f"prompt templates: {' | '.join(TEMPLATE_SETS)} | a file (default: single)",
+    )
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        default=None,
+        choices=list(SKIMAGE_IMAGES),
+        metavar="NAME",
+        help=f"skimage: which images (default: all of {', '.join(SKIMAGE_IMAGES)})",
+    )
+    group = parser.add_argument_group("linear_probe --finetune")
+    group.add_argument(
+        "--finetune",
+        action="store_true",
+        help="fine-tune the image encoder end to end with a linear head instead of a frozen probe",
+    )
+    group.add_argument("--epochs", type=positive_int, default=10, help="fine-tuning epochs (default: 10)")
+    group.add_argument("--lr", type=positive_float, default=1e-5, help="image encoder learning rate (default: 1e-5)")
+    group.add_argument("--head-lr", type=positive_float, default=1e-3, help="linear head learning rate (default: 1e-3)")
+    group.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default: 0.1)")
+    group.add_argument("--warmup", type=float, default=0.1, help="warm-up share of all steps (default: 0.1)")
+    parser.add_argument("--out-dir", default=None, help="results folder (default: results/play_with_clip/...)")
+    parser.add_argument("--overwrite", action="store_true", help="write into --out-dir even if it holds results")
+    add_model_args(parser)
+    add_data_args(parser)
+    return parser
+
+
+def parse_labels(spec: str | Sequence[str]) -> list[str]:
+    """A list, a comma-separated string, or a file with one label per line."""
+    if not isinstance(spec, str):
+        labels = [str(s).strip() for s in spec]
+    elif Path(spec).is_file():
+        labels = [line.strip() for line in Path(spec).read_text(encoding="utf-8").splitlines()]
+    else:
+        labels = [part.strip() for part in spec.split(",")]
+    labels = [label for label in labels if label]
+    if not labels:
+        raise UserError("--test-labels gave an empty label list")
+    return labels
+
+
+def _load(args: argparse.Namespace) -> ModelBundle:
+    return load_model(
+        args.model, args.pretrained, args.ckpt, resolve_device(args.device), args.model_cache_dir, args.seed
+    )
+
+
+def _data(args: argparse.Namespace, split: str) -> LoadedDataset:
+    data = load_dataset(args.id_name, split, args.data_root, args.download, args.limit, args.seed)
+    if not data.classnames:
+        raise UserError(f"'{args.id_name}' has no class names (a flat folder?); {args.mode} needs labelled images")
+    return data
+
+
+def _needs_text(bundle: ModelBundle, mode: str) -> None:
+    if not bundle.has_text:
+        raise UserError(f"--mode {mode} compares images with text; {bundle.name} has no text encoder")
+
+
+def _folder(args: argparse.Namespace) -> Path:
+    label = "skimage" if args.mode == "skimage" else f"{args.mode}-{args.id_name}".replace("/", "_").replace(":", "_")
+    return run_folder(args.out_dir, ["play_with_clip", label, args.model.replace(":", "_")], args.overwrite)
+
+
+def run_zeroshot(args: argparse.Namespace) -> dict[str, Any]:
+    templates = load_templates(args.templates)
+    data = _data(args, "test")
+    names = list(data.classnames)
+    if args.test_labels is not None:
+        names = parse_labels(args.test_labels)
+        if len(names) != len(data.classnames):
+            raise UserError(f"--test-labels has {len(names)} labels but {args.id_name} has {len(data.classnames)} "
+                            f"classes; give one label per class, in the dataset's class order")  # fmt: skip
+    bundle = _load(args)
+    _needs_text(bundle, args.mode)
+    cache = FeatureCache(args.cache_dir, args.feature_dtype)
+    text = text_head(bundle.model, bundle.tokenizer, names, templates, bundle.device).cpu().numpy()
+    feats = image_features(bundle, data, cache, args.batch_size, args.workers)
+    report = classification_report(logits_of(feats.features, text), feats.labels, names)
+    results = {"top1": report["top1"], "top5": report["top5"], "per_class": report["per_class"], "classnames": names,
+               "samples": len(feats.labels)}  # fmt: skip
+    print(f"zero-shot on {args.id_name} ({len(feats.labels)} images, {len(names)} classes): "
+          f"top-1 {100 * results['top1']:.2f}%, top-5 {100 * results['top5']:.2f}%")  # fmt: skip
+    worst = sorted(report["per_class"].items(), key=lambda kv: kv[1])[:5]
+    print("hardest classes: " + ", ".join(f"{name} {100 * acc:.1f}%" for name, acc in worst))
+    folder = _folder(args)
+    save_figure(confusion_matrix_figure(report["confusion"], names, f"zero-shot {args.id_name}, {args.model}"),
+                folder / "confusion_matrix.png")  # fmt: skip
+    return _save(folder, args, results, bundle)
+
+
+def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
+    train, test = _data(args, "train"), _data(args, "test")
+    bundle = _load(args)
+    if args.finetune:
+        return _finetune(args, bundle, train, test)
+    cache = FeatureCache(args.cache_dir, args.feature_dtype)
+    train_feats = image_features(bundle, train, cache, args.batch_size, args.workers)
+    test_feats = image_features(bundle, test, cache, args.batch_size, args.workers)
+    probe = fit_linear_probe(as_float32(train_feats.features), train_feats.labels, seed=args.seed,
+                             device=bundle.device)  # fmt: skip
+    if fingerprint(bundle.model) != bundle.fingerprint:  # the frozen protocol's sanity check (MoCo's)
+        raise RuntimeError("the encoder's weights changed during a frozen linear probe")
+    report = classification_report(probe.logits(test_feats.features), test_feats.labels, list(test.classnames))
+    results = {"accuracy": report["top1"], "C": probe.C, "validation_accuracy": probe.validation_accuracy,
+               "per_class": report["per_class"], "frozen": True, "samples": len(test_feats.labels)}  # fmt: skip
+    print(f"frozen linear probe on {args.id_name}: test accuracy {100 * results['accuracy']:.2f}% (C = {probe.C:g}, "
+          f"held-out accuracy {100 * probe.validation_accuracy:.2f}%)")  # fmt: skip
+    folder = _folder(args)
+    save_figure(confusion_matrix_figure(report["confusion"], list(test.classnames), f"linear probe {args.id_name}"),
+                folder / "confusion_matrix.png")  # fmt: skip
+    return _save(folder, args, results, bundle)
+
+
+def _finetune(args: argparse.Namespace, bundle: ModelBundle, train: LoadedDataset, test: LoadedDataset) -> dict:
+    config = FinetuneConfig(args.epochs, args.lr, args.head_lr, args.weight_decay, args.warmup, args.batch_size,
+                            args.workers, args.seed)  # fmt: skip
+    head = None
+    if bundle.has_text:  # start the head at the zero-shot classifier: the usual, stable start for CLIP
+        head = text_head(
+            bundle.model, bundle.tokenizer, train.classnames, load_templates(args.templates), bundle.device
+        )
+    try:
+        result = finetune_image_encoder(bundle, train, config, head)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    logits, labels = predict(result.classifier, test, bundle, args.batch_size, args.workers)
+    report = classification_report(logits, labels, list(test.classnames))
+    folder = _folder(args)
+    checkpoint = folder / "final.pt"
+    save_checkpoint(checkpoint, bundle.model.state_dict(), head_weight=result.classifier.head.weight.detach().cpu(),
+                    head_bias=result.classifier.head.bias.detach().cpu(), classnames=list(train.classnames),
+                    model=args.model, base_weights=bundle.weights, method="linear_probe_finetune",
+                    epochs=args.epochs, accuracy=report["top1"])  # fmt: skip
+    results = {"accuracy": report["top1"], "frozen": False, "losses": result.losses, "per_class": report["per_class"],
+               "checkpoint": str(checkpoint), "samples": len(labels)}  # fmt: skip
+    print(
+        f"fine-tuned image encoder on {args.id_name}: test accuracy {100 * results['accuracy']:.2f}% after "
+        f"{args.epochs} epochs (loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}); checkpoint {checkpoint}"
+    )
+    save_figure(confusion_matrix_figure(report["confusion"], list(test.classnames), f"fine-tuned {args.id_name}"),
+                folder / "confusion_matrix.png")  # fmt: skip
+    return _save(folder, args, results, bundle)
+
+
+@torch.no_grad()
+def run_skimage(args: argparse.Namespace) -> dict[str, Any]:
+    names, images, descriptions = skimage_images(args.images)
+    bundle = _load(args)
+    _needs_text(bundle, args.mode)
+    batch = torch.stack([bundle.preprocess(image) for image in images]).to(bundle.device)
+    image_feats = bundle.model.encode_image(batch, normalize=True).float()
+    text_feats = bundle.model.encode_text(bundle.tokenizer(descriptions).to(bundle.device), normalize=True).float()
+    similarity = (image_feats @ text_feats.T).cpu().numpy()
+    head = text_head(bundle.model, bundle.tokenizer, CIFAR100, load_templates(args.templates), bundle.device)
+    probabilities = torch.softmax(100.0 * image_feats @ head.T, dim=1).cpu().numpy()
+    top5 = {
+        name: [(CIFAR100[k], float(p[k])) for k in np.argsort(-p)[:5]]
+        for name, p in zip(names, probabilities, strict=True)
+    }
+    print(f"{'image':<12} {'best description':<56} top CIFAR-100 label")
+    for row, name in enumerate(names):
+        label, prob = top5[name][0]
+        print(f"{name:<12} {descriptions[int(similarity[row].argmax())][:55]:<56} {label} ({100 * prob:.1f}%)")
+    folder = _folder(args)
+    save_figure(similarity_heatmap(similarity, images, descriptions, f"cosine similarity, {args.model}"),
+                folder / "similarity.png")  # fmt: skip
+    save_figure(top_labels_figure(images, names, list(top5.values()), "top-5 CIFAR-100 labels"), folder / "top5.png")
+    results = {"images": names, "descriptions": descriptions, "similarity": similarity.tolist(), "top5": top5}
+    return _save(folder, args, results, bundle)
+
+
+def _save(folder: Path, args: argparse.Namespace, results: dict[str, Any], bundle: ModelBundle) -> dict[str, Any]:
+    write_json(folder / "results.json", {"mode": args.mode, **results, **run_metadata(args),
+                                         "model_weights": bundle.weights})  # fmt: skip
+    print(f"saved results.json and figures in {folder}")
+    return {**results, "out_dir": str(folder)}
+
+
+RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "zeroshot": run_zeroshot,
+    "linear_probe": run_linear_probe,
+    "skimage": run_skimage,
+}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    check_model_name(args.model)
+    check_writable_dir(args.cache_dir, "--cache-dir")
+    if args.out_dir:
+        check_writable_dir(args.out_dir, "--out-dir")
+    if not 0 <= args.warmup < 1:
+        raise UserError(f"--warmup is a share of all steps in [0, 1), got {args.warmup}")
+    return RUNNERS[args.mode](args)
+
+
+def _from_python(mode: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Run a mode with keyword options named like the flags (`batch_size`, `pretrained`, `id_name`, ...)."""
+    args = build_parser().parse_args(["--mode", mode])
+    unknown = sorted(k for k in options if not hasattr(args, k))
+    if unknown:
+        raise TypeError(f"unknown options {unknown}; use the command-line flag names with _ for -")
+    for key, value in options.items():
+        setattr(args, key, value)
+    return run(args)
+
+
+def zero_shot_evaluation_CLIP(
+    image_dataset_name: str, test_labels: str | Sequence[str] | None = None, ckpt: str | None = None, **options: Any
+) -> dict[str, Any]:
+    """Zero-shot top-1/top-5/per-class accuracy of CLIP on a dataset, optionally with other class wording."""
+    return _from_python(
+        "zeroshot", {"id_name": image_dataset_name, "test_labels": test_labels, "ckpt": ckpt, **options}
+    )
+
+
+def linear_probe_evaluation_CLIP(image_dataset_name: str, **options: Any) -> dict[str, Any]:
+    """A frozen linear probe (or, with finetune=True, end-to-end fine-tuning of the image encoder)."""
+    return _from_python("linear_probe", {"id_name": image_dataset_name, **options})
+
+
+def play_with_skimage(**options: Any) -> dict[str, Any]:
+    """Image x description similarities and top-5 CIFAR-100 labels for scikit-image's sample images."""
+    return _from_python("skimage", options)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return guarded(run, build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""End-to-end fine-tuning of a model's image encoder with a linear head (the text tower never changes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils.data import LoadedDataset
+from utils.data.loading import make_loader
+from utils.device import autocast
+from utils.models import ModelBundle
+from utils.training import freeze_all_but, image_tower, run_epoch, warmup_cosine
+from utils.weights import fingerprint
+
+CLIP_LOGIT_SCALE = 100.0
+
+
+class ImageClassifier(torch.nn.Module):
+    """logits = head(normalise(image_tower(x))); the head starts from the zero-shot text head when there is one."""
+
+    def __init__(self, model: torch.nn.Module, classes: int, dim: int, text_head: torch.Tensor | None = None):
+        super().__init__()
+        self.model = model
+        self.head = torch.nn.Linear(dim, classes)
+        with torch.no_grad():
+            self.head.weight.copy_(CLIP_LOGIT_SCALE * text_head if text_head is not None else torch.zeros(classes, dim))
+            self.head.bias.zero_()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(F.normalize(self.model.encode_image(images).float(), dim=-1))
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 10
+    lr: float = 1e-5  # image encoder
+    head_lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: float = 0.1  # fraction of all steps
+    batch_size: int = 128
+    workers: int = 4
+    seed: int = 0
+
+
+@dataclass
+class FinetuneResult:
+    classifier: ImageClassifier
+    losses: list[float] = field(default_factory=list)
+
+
+def _text_fingerprint(model: torch.nn.Module) -> str | None:
+    """Hash of everything outside the image tower (the text tower of a CLIP model)."""
+    tower = {id(p) for p in image_tower(model).parameters()}
+    rest = torch.nn.ParameterList([p for p in model.parameters() if id(p) not in tower])
+    return fingerprint(rest) if len(rest) else None
+
+
+def finetune_image_encoder(
+    bundle: ModelBundle, train: LoadedDataset, config: FinetuneConfig, text_head: torch.Tensor | None = None
+) -> FinetuneResult:
+    """AdamW with warm-up and cosine decay on cross-entropy; checks that the text tower did not move."""
+    if not train.classnames:
+        raise ValueError(f"fine-tuning needs a labelled train split; {train.name} has no class names")
+    torch.manual_seed(config.seed)
+    classifier = ImageClassifier(bundle.model, len(train.classnames), bundle.embed_dim, text_head).to(bundle.device)
+    text_before = _text_fingerprint(bundle.model)
+    freeze_all_but(bundle.model, image_tower(bundle.model))
+    loader = make_loader(train.dataset, bundle.train_preprocess or bundle.preprocess, config.batch_size, config.workers,
+                         pin_memory=bundle.device.type == "cuda", shuffle=True, seed=config.seed)  # fmt: skip
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in image_tower(bundle.model).parameters()], "lr": config.lr},
+            {"params": list(classifier.head.parameters()), "lr": config.head_lr, "weight_decay": 0.0},
+        ],
+        weight_decay=config.weight_decay,
+    )
+    total = config.epochs * len(loader)
+    scheduler = warmup_cosine(optimizer, total, int(config.warmup * total))
+
+    def step(batch) -> torch.Tensor:
+        logits = classifier(batch.images.to(bundle.device, non_blocking=True))
+        return F.cross_entropy(logits.float(), batch.labels.to(bundle.device))
+
+    result = FinetuneResult(classifier)
+    classifier.train()
+    batches = lambda: (b for b in loader if b.images is not None)  # noqa: E731 - unreadable images are skipped
+    for epoch in range(config.epochs):
+        loss = run_epoch(step, batches(), optimizer, scheduler, bundle.device, f"fine-tune {epoch + 1}/{config.epochs}",
+                         batch_size=lambda b: len(b.labels))  # fmt: skip
+        result.losses.append(loss)
+    classifier.eval()
+    for param in bundle.model.parameters():
+        param.requires_grad_(True)
+    if _text_fingerprint(bundle.model) != text_before:
+        raise RuntimeError("the text tower changed during image-encoder fine-tuning")
+    return result
+
+
+@torch.no_grad()
+def predict(classifier: ImageClassifier, data: LoadedDataset, bundle: ModelBundle, batch_size: int, workers: int):
+    """(logits, labels) of every readable test image, through the (fine-tuned) network."""
+    logits, labels = [], []
+    for batch in make_loader(data.dataset, bundle.preprocess, batch_size, workers):
+        if batch.images is None:
+            continue
+        with autocast(bundle.device):
+            out = classifier(batch.images.to(bundle.device))
+        logits.append(out.float().cpu().numpy())
+        labels.append(batch.labels.numpy())
+    return np.concatenate(logits), np.concatenate(labels)
