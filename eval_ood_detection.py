@@ -30,7 +30,8 @@ from utils.negatives import load_words
 from utils.ood_eval import DataOptions, EvalOptions, evaluate, fitted, knn_ks, resolve_ood_sets
 from utils.prompts import TEMPLATE_SETS, load_templates
 from utils.report import markdown_table, table_rows, write_results
-from utils.scores import ALIASES, SCORES, canonical, needs_text, resolve_scores
+from utils.scores import ALIASES, CHECKPOINT_SCORES, SCORES, canonical, needs_text, resolve_scores
+from utils.weights import checkpoint_metadata
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def checkpoint_scores(scores: list[str], requested: Sequence[str], meta: dict) -> list[str]:
+    """kplus1 and group read their prompts from a finetune_clip.py checkpoint; without one they cannot run."""
+    named = {canonical(n) for n in requested if n.lower() != "all"}
+    missing = [s for s in scores if s in CHECKPOINT_SCORES and CHECKPOINT_SCORES[s] not in meta]
+    explicit = [s for s in missing if s in named]
+    if explicit:
+        raise UserError(f"{', '.join(explicit)} need --ckpt with a checkpoint from finetune_clip.py --method "
+                        f"{explicit[0]} (it stores the prompts the score uses)")  # fmt: skip
+    return [s for s in scores if s not in missing]
+
+
 def choose_scores(requested: Sequence[str], model: str) -> list[str]:
     """Registry names; with an image-only model `all` drops text scores and a text score named outright fails."""
     try:
@@ -110,7 +122,8 @@ def choose_scores(requested: Sequence[str], model: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> dict:
     check_model_name(args.model)
-    scores = choose_scores(args.score, args.model)
+    meta = checkpoint_metadata(args.ckpt)
+    scores = checkpoint_scores(choose_scores(args.score, args.model), args.score, meta)
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
     templates = load_templates(args.templates)
@@ -134,7 +147,7 @@ def run(args: argparse.Namespace) -> dict:
     ood_sets = resolve_ood_sets(args.id_name, args.out, data)
     bundle = load_model(args.model, args.pretrained, args.ckpt, device, args.model_cache_dir, args.seed)
     options = EvalOptions(templates, args.temperature, args.k, args.batch_size, args.workers, args.bootstrap,
-                          args.seed, args.neg_words)  # fmt: skip
+                          args.seed, args.neg_words, meta)  # fmt: skip
     evaluation = evaluate(bundle, id_test, ood_sets, scores, options, FeatureCache(args.cache_dir, args.feature_dtype),
                           id_train)  # fmt: skip
     accuracy = ", ".join(f"{k} {100 * v:.2f}%" if k.endswith("top1") else f"{k} {v:g}"

@@ -40,9 +40,14 @@ def toy():
 
 
 def _build(name: str, extras: dict, **kwargs) -> object:
+    """Each score with the extra inputs it takes: OOD names, negatives, an OOD prompt, groups with "others"."""
+    eye = np.eye(DIM, dtype=np.float32)
     extra = {
-        k: v for k, v in extras.items() if k.split("_")[0] in {"oracle": "ood", "neglabel": "negative"}.get(name, "")
-    }
+        "oracle": {"ood_text_features": extras["ood_text_features"]},
+        "neglabel": {"negative_text_features": extras["negative_text_features"]},
+        "kplus1": {"ood_prompt_features": _unit(eye[4:5] + eye[5:6])},  # the "OOD" prompt sits where OOD images are
+        "group": {"groups": [[0, 1], [2, 3]], "others_features": _unit(np.stack([eye[4] + eye[5], eye[4] + eye[5]]))},
+    }.get(name, {})
     return build_score(name, **extra, **kwargs)
 
 
@@ -97,6 +102,17 @@ def test_label_mass_is_id_share_of_a_joint_softmax(toy, name):
     joint = _softmax(100.0 * feats @ np.r_[ind.text_features, extra].T)
     expected = joint[:, :CLASSES].sum(1)
     assert np.allclose(_build(name, extras).fit(ind)(feats), expected, atol=1e-9)
+
+
+def test_group_score_is_minus_the_smallest_others_probability(toy):
+    ind, id_feats, ood_feats, _, _ = toy
+    feats = np.r_[id_feats, ood_feats]
+    others = _unit(np.random.default_rng(2).normal(size=(2, DIM)))
+    groups = [[0, 1], [2, 3]]
+    got = build_score("group", groups=groups, others_features=others).fit(ind)(feats)
+    p_others = [_softmax(100.0 * feats @ np.r_[ind.text_features[g], others[k : k + 1]].T)[:, -1]
+                for k, g in enumerate(groups)]  # fmt: skip
+    assert np.allclose(got, -np.minimum(*p_others), atol=1e-9)
 
 
 def test_label_mass_needs_its_labels():

@@ -19,7 +19,7 @@ from utils.negatives import negative_labels
 from utils.prompts import Template, text_head
 from utils.scores import SCORES, InDistribution, Score, build_score, needs_text
 from utils.scores.knn import KNN
-from utils.scores.label_mass import NegLabel, Oracle
+from utils.scores.label_mass import GroupOthers, KPlusOne, NegLabel, Oracle
 from utils.scores.linear_probe import _ProbeScore
 from utils.scores.zero_shot import ZeroShotScore
 
@@ -45,6 +45,7 @@ class EvalOptions:
     bootstrap: int = 0
     seed: int = 0
     neg_words: str | None = None  # NegLabel's candidate list; None: the shipped WordNet list
+    checkpoint_meta: dict = field(default_factory=dict)  # what finetune_clip.py saved beside the weights
 
 
 @dataclass
@@ -153,7 +154,36 @@ def _plan_neglabel(ctx: _Context, name: str) -> list[Plan]:
     return [(name, build_score(name, negative_text_features=features).fit(ctx.ind), None)]
 
 
-PLANNERS: dict[type[Score], Callable[[_Context, str], list[Plan]]] = {Oracle: _plan_oracle, NegLabel: _plan_neglabel}
+def _prompt_features(ctx: _Context, prompts: Sequence[str]) -> np.ndarray:
+    """Whole prompts (not class names) through the text encoder."""
+    return text_head(ctx.bundle.model, ctx.bundle.tokenizer, list(prompts), ["{}"], ctx.bundle.device).cpu().numpy()
+
+
+def _plan_kplus1(ctx: _Context, name: str) -> list[Plan]:
+    meta = ctx.options.checkpoint_meta
+    ood = _prompt_features(ctx, [meta["ood_prompt"]])
+    score = build_score(name, ood_prompt_features=ood, logit_scale=meta.get("logit_scale", 100.0))
+    return [(name, score.fit(ctx.ind), None)]
+
+
+def _plan_group(ctx: _Context, name: str) -> list[Plan]:
+    meta = ctx.options.checkpoint_meta
+    index = {c: k for k, c in enumerate(ctx.id_data.classnames)}
+    unknown = [c for g in meta["groups"] for c in g["classes"] if c not in index]
+    if unknown:
+        raise UserError(f"the checkpoint's groups name classes {unknown[:5]} that {ctx.id_data.name} does not have")
+    members = [[index[c] for c in g["classes"]] for g in meta["groups"]]
+    others = _prompt_features(ctx, [meta["others_prompt"].format(g["name"]) for g in meta["groups"]])
+    score = build_score(name, groups=members, others_features=others, logit_scale=meta.get("logit_scale", 100.0))
+    return [(name, score.fit(ctx.ind), None)]
+
+
+PLANNERS: dict[type[Score], Callable[[_Context, str], list[Plan]]] = {
+    Oracle: _plan_oracle,
+    NegLabel: _plan_neglabel,
+    KPlusOne: _plan_kplus1,
+    GroupOthers: _plan_group,
+}
 
 
 def _score_knn(ctx: _Context, ks: Sequence[int]) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:

@@ -122,3 +122,14 @@ def fingerprint(model: torch.nn.Module) -> str:
         digest.update(f"{key}:{data.dtype}:{tuple(data.shape)}".encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def checkpoint_metadata(path: str | None) -> dict:
+    """The plain values saved beside a checkpoint's weights (this project's fine-tuning metadata); {} if none."""
+    if not path:
+        return {}
+    read_state_dict(path)  # a clear error for unreadable files
+    if path.endswith(".safetensors"):
+        return {}
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v for k, v in saved.items() if k != "state_dict"} if isinstance(saved, dict) else {}

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 # What a corrupt, truncated or non-image file raises while decoding.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -62,13 +62,15 @@ def make_loader(
     pin_memory: bool = False,
     shuffle: bool = False,
     seed: int = 0,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
-    """A loader of `Batch`es: in dataset order (as the cache stores features) unless `shuffle` (seeded) for training."""
+    """A loader of `Batch`es: in dataset order (as the cache stores features) unless `shuffle` (seeded) or a sampler."""
     return DataLoader(
         Preprocessed(dataset, transform),
         batch_size=batch_size,
-        shuffle=shuffle,
-        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(seed) if shuffle or sampler is not None else None,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,

@@ -12,7 +12,7 @@ from typing import Any
 
 from utils.scores.base import InDistribution, Score
 from utils.scores.knn import KNN
-from utils.scores.label_mass import NegLabel, Oracle, mine_negative_labels
+from utils.scores.label_mass import GroupOthers, KPlusOne, NegLabel, Oracle, mine_negative_labels
 from utils.scores.linear_probe import ProbeEnergy, ProbeMaxLogit, ProbeMSP
 from utils.scores.mahalanobis import Mahalanobis, RelativeMahalanobis
 from utils.scores.zero_shot import MCM, Energy, MaxLogit, NegEntropy, SoftmaxVariance, ZeroShotScore
@@ -31,7 +31,10 @@ SCORES: dict[str, type[Score]] = {
     "lp_msp": ProbeMSP,
     "lp_energy": ProbeEnergy,
     "lp_maxlogit": ProbeMaxLogit,
+    "kplus1": KPlusOne,  # needs a checkpoint from finetune_clip.py --method kplus1
+    "group": GroupOthers,  # needs a checkpoint from finetune_clip.py --method group
 }
+CHECKPOINT_SCORES = {"kplus1": "ood_prompt", "group": "groups"}  # score -> the checkpoint metadata it reads
 ALIASES = {"maxlogit": "mis", "mahalanobis": "maha", "relative_mahalanobis": "rmd"}
 
 
@@ -64,6 +67,6 @@ def resolve_scores(names: Sequence[str]) -> list[str]:
 
 
 __all__ = [
-    "ALIASES", "SCORES", "InDistribution", "Score", "ZeroShotScore", "build_score", "canonical",
+    "ALIASES", "CHECKPOINT_SCORES", "SCORES", "InDistribution", "Score", "ZeroShotScore", "build_score", "canonical",
     "mine_negative_labels", "needs_text", "resolve_scores",
 ]  # fmt: skip

@@ -76,3 +76,40 @@ def mine_negative_labels(
     )
     keep = max(1, round(fraction * len(eta)))
     return np.argsort(eta, kind="stable")[:keep]
+
+
+class KPlusOne(LabelMass):
+    """Fine-tuning baseline #2 (a K+1-th "OOD" class): 1 − p(OOD) = ID mass of softmax(scale · [s_ID, s_OOD])."""
+
+    extra_name = "ood_prompt_features"
+
+    def __init__(self, ood_prompt_features: object = None, logit_scale: float = CLIP_LOGIT_SCALE):
+        super().__init__(ood_prompt_features, logit_scale)
+
+
+class GroupOthers(Score):
+    """MOS (Huang & Li, CVPR 2021): −min_g p_others(g), p from each group's softmax over its classes + "others"."""
+
+    needs = ("text_features",)
+
+    def __init__(self, groups: list[list[int]] | None = None, others_features: object = None,
+                 logit_scale: float = CLIP_LOGIT_SCALE):  # fmt: skip
+        super().__init__()
+        if not groups or others_features is None:
+            raise ValueError("GroupOthers needs groups (class indices per group) and others_features [G, D]")
+        self.groups, self.others = groups, l2_normalise(as_array(others_features))
+        if len(self.others) != len(groups):
+            raise ValueError(f"{len(groups)} groups but {len(self.others)} others_features")
+        self.logit_scale = float(logit_scale)
+
+    def _fit(self, ind: InDistribution) -> None:
+        self.id_text = l2_normalise(as_array(ind.text_features))
+
+    def _score(self, features: np.ndarray) -> np.ndarray:
+        class_logits = self.logit_scale * (features @ self.id_text.T).astype(np.float64)
+        others_logits = self.logit_scale * (features @ self.others.T).astype(np.float64)
+        p_others = [
+            np.exp(others_logits[:, g] - logsumexp(np.c_[class_logits[:, members], others_logits[:, g]]))
+            for g, members in enumerate(self.groups)
+        ]
+        return -np.min(np.stack(p_others, axis=1), axis=1)

@@ -1,0 +1,172 @@
+"""OOD-aware fine-tuning of CLIP: the project notes' four baselines.
+
+    python finetune_clip.py --in imagenet10 --method contrastive --epochs 10 --out-dir runs/in10-contrastive
+    python finetune_clip.py --in digits --method kplus1 --model tiny --pretrained none --lr 3e-4
+    torchrun --nproc_per_node=4 finetune_clip.py --in imagenet10 --method oe --aux imagenet100 --out-dir runs/oe
+
+Methods: contrastive (CLIP's loss on ID image-caption pairs, class-aware targets), kplus1 (a K+1-th "OOD"
+prompt trained on auxiliary outliers), oe (outlier exposure: uniform predictions on outliers), group
+(MOS-style groups, each with an "others" slot). The run folder gets final.pt (weights + what the method's
+score needs; --ckpt loads it everywhere), last.pt (the full training state, for --resume) and metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from utils.atomic import write_json
+from utils.cache import FeatureCache
+from utils.classification import classification_report, logits_of
+from utils.cli import (
+    add_data_args,
+    add_model_args,
+    check_writable_dir,
+    guarded,
+    positive_float,
+    positive_int,
+    run_folder,
+    run_metadata,
+)
+from utils.clip_training import FREEZE, TrainConfig, save_final, train
+from utils.data import get_spec, load_dataset
+from utils.device import resolve_device
+from utils.distributed import barrier, close, init_world, local_device
+from utils.errors import UserError
+from utils.features import image_features
+from utils.leakage import check_no_leakage
+from utils.models import check_model_name, load_model
+from utils.ood_finetune import DEFAULT_OOD_PROMPT, DEFAULT_OTHERS_PROMPT, METHODS, load_groups
+from utils.prompts import TEMPLATE_SETS, load_templates, text_head
+from utils.weights import fingerprint
+
+DEFAULT_AUX = {"digits": "digits_aux"}  # the offline experiment's outliers: digits 5-6
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--in", dest="id_name", default="imagenet10", help="ID dataset to train on (default: imagenet10)"
+    )
+    parser.add_argument(
+        "--method", choices=list(METHODS), default="contrastive", help="objective (default: contrastive)"
+    )
+    parser.add_argument("--aux", default=None,
+                        help="auxiliary outlier pool (a dataset name or folder:PATH) for kplus1, oe and group "
+                             f"(default: {', '.join(f'{k} -> {v}' for k, v in DEFAULT_AUX.items())})")  # fmt: skip
+    parser.add_argument("--eval-out", nargs="+", default=None, metavar="NAME",
+                        help="the OOD sets the model will be tested on; the auxiliary pool must not overlap them "
+                             "(default: the ID set's standard OOD partners)")  # fmt: skip
+    parser.add_argument("--freeze", choices=FREEZE, default="none", help="tower kept fixed (default: none)")
+    parser.add_argument("--epochs", type=positive_int, default=10, help="epochs (default: 10)")
+    parser.add_argument("--lr", type=positive_float, default=1e-5, help="AdamW learning rate (default: 1e-5)")
+    parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default: 0.1)")
+    parser.add_argument("--warmup", type=float, default=0.1, help="warm-up share of all steps (default: 0.1)")
+    parser.add_argument("--accumulate", type=positive_int, default=1, help="gradient accumulation steps (default: 1)")
+    parser.add_argument("--templates", default="ensemble",
+                        help=f"caption templates for contrastive: {' | '.join(TEMPLATE_SETS)} | a file (default: "
+                             "ensemble); class prompts are always 'a photo of a {}.', as the scores use")  # fmt: skip
+    parser.add_argument("--oe-weight", type=float, default=0.5, help="oe: weight of the outlier term (default: 0.5)")
+    parser.add_argument("--ood-prompt", default=DEFAULT_OOD_PROMPT, help=f"kplus1: the OOD class's prompt "
+                        f"(default: {DEFAULT_OOD_PROMPT!r})")  # fmt: skip
+    parser.add_argument(
+        "--groups",
+        default=None,
+        help='group: a JSON file {"groups": [{"name", "classes"}]} (default: configs/groups/<in>.json)',
+    )
+    parser.add_argument(
+        "--others-prompt",
+        default=DEFAULT_OTHERS_PROMPT,
+        help=f"group: the others slot's prompt, {{}} = group name (default: {DEFAULT_OTHERS_PROMPT!r})",
+    )
+    parser.add_argument(
+        "--out-dir", default=None, help="run folder (default: results/finetune/<in>/<method>/<model>/<timestamp>)"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
+    add_model_args(parser)
+    add_data_args(parser)
+    parser.set_defaults(batch_size=64)
+    return parser
+
+
+def _method_options(args: argparse.Namespace, classnames: Sequence[str]) -> dict[str, Any]:
+    options = {"kplus1": {"ood_prompt": args.ood_prompt}, "oe": {"oe_weight": args.oe_weight}}.get(args.method, {})
+    if args.method == "group":
+        options = {"groups": load_groups(args.groups, args.id_name, classnames), "others_prompt": args.others_prompt}
+    return options
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    check_model_name(args.model)
+    if args.model.startswith("timm:"):
+        raise UserError("finetune_clip.py trains CLIP models (image and text towers); timm backbones have no text")
+    if not 0 <= args.warmup < 1:
+        raise UserError(f"--warmup is a share of all steps in [0, 1), got {args.warmup}")
+    world = init_world(resolve_device(args.device))
+    try:
+        return _run(args, world)
+    finally:
+        close(world)
+
+
+def _run(args: argparse.Namespace, world) -> dict[str, Any]:
+    device = local_device(resolve_device(args.device), world)
+    if world.distributed and not args.out_dir:
+        raise UserError("under torchrun, pass --out-dir so that every process writes to the same run folder")
+    if args.resume and not (args.out_dir and (Path(args.out_dir) / "last.pt").is_file()):
+        raise UserError(f"--resume needs --out-dir of an earlier run holding last.pt (got {args.out_dir})")
+    check_writable_dir(args.out_dir or "results", "--out-dir")
+    captions = load_templates(args.templates)
+    train_data = load_dataset(args.id_name, "train", args.data_root, args.download, args.limit, args.seed)
+    if not train_data.classnames:
+        raise UserError(f"'{args.id_name}' has no class names (a flat folder?); fine-tuning needs labelled images")
+    aux_name = args.aux or DEFAULT_AUX.get(args.id_name)
+    aux = None
+    if METHODS[args.method].needs_aux:
+        if not aux_name:
+            raise UserError(f"--method {args.method} trains on auxiliary outliers: pass --aux DATASET")
+        split = "train" if "train" in get_spec(aux_name).splits else "test"  # a plain folder is one pool
+        aux = load_dataset(aux_name, split, args.data_root, args.download, args.limit, args.seed)
+        eval_out = args.eval_out or [n for n in get_spec(args.id_name).ood if n != args.id_name]
+        check_no_leakage(aux, eval_out, args.data_root)
+    options = _method_options(args, train_data.classnames)
+    bundle = load_model(args.model, args.pretrained, args.ckpt, device, args.model_cache_dir, args.seed)
+    if not bundle.has_text:
+        raise UserError(f"{args.model} has no text encoder")
+    objective = METHODS[args.method](bundle.model, bundle.tokenizer, train_data.classnames, captions, **options)
+    config = TrainConfig(args.method, args.model, args.id_name, aux.name if aux else None, args.epochs, args.lr,
+                         args.weight_decay, args.warmup, args.batch_size, args.accumulate, args.freeze, args.seed,
+                         args.workers)  # fmt: skip
+    out_dir = Path(args.out_dir) if args.resume else None
+    if out_dir is None:
+        out_dir = Path(args.out_dir) if world.distributed else None
+        if world.main:
+            out_dir = run_folder(args.out_dir, ["finetune", args.id_name, args.method, args.model], overwrite=True)
+        barrier(world)
+    log = train(bundle, objective, train_data, aux, config, out_dir, world, resume=args.resume)
+    bundle = dataclasses.replace(bundle, fingerprint=fingerprint(bundle.model))  # new weights, new cache key
+    summary: dict[str, Any] = {"method": args.method, "log": log, "out_dir": str(out_dir)}
+    if world.main:
+        test = load_dataset(args.id_name, "test", args.data_root, args.download, args.limit, args.seed)
+        head = text_head(bundle.model, bundle.tokenizer, test.classnames, TEMPLATE_SETS["single"], device).cpu().numpy()
+        feats = image_features(bundle, test, FeatureCache(args.cache_dir, args.feature_dtype), 256, args.workers)
+        summary["zero_shot_top1"] = classification_report(logits_of(feats.features, head), feats.labels,
+                                                          list(test.classnames))["top1"]  # fmt: skip
+        extra = {"base_weights": bundle.weights, "zero_shot_top1": summary["zero_shot_top1"]}
+        save_final(out_dir / "final.pt", bundle, objective, config, extra)
+        write_json(out_dir / "results.json", {**summary, **run_metadata(args)})
+        print(f"{args.method} on {args.id_name}: zero-shot top-1 {100 * summary['zero_shot_top1']:.2f}% after "
+              f"{args.epochs} epochs; final.pt, last.pt and metrics.jsonl in {out_dir}")  # fmt: skip
+    barrier(world)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return guarded(run, build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""finetune_clip.py: the four objectives, checkpoints, exact resume, the leakage guard, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import eval_ood_detection
+import finetune_clip
+import utils.clip_training
+from tests.conftest import write_images
+from utils.data import load_dataset
+from utils.data.loading import make_loader
+from utils.models import load_model
+from utils.ood_finetune import METHODS, load_groups
+from utils.prompts import TEMPLATE_SETS
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = ["--in", "digits", "--model", "tiny", "--pretrained", "none", "--workers", "0", "--limit", "64",
+         "--batch-size", "32", "--lr", "3e-4", "--weight-decay", "0"]  # fmt: skip
+CLASSES = ["digit zero", "digit one", "digit two", "digit three", "digit four"]
+
+
+def _options(method: str) -> dict:
+    if method == "group":
+        return {"groups": load_groups(None, "digits", CLASSES)}
+    return {}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_objective_loss_is_finite_and_decreases(method):
+    """A few steps on one fixed batch: the objective is differentiable and optimisable."""
+    bundle = load_model("tiny", "none", seed=0)
+    objective = METHODS[method](bundle.model, bundle.tokenizer, CLASSES, TEMPLATE_SETS["single"], **_options(method))
+    ids = load_dataset("digits", "train", limit=24)
+    aux = load_dataset("digits_aux", "train", limit=12)
+    batch = next(iter(make_loader(ids.dataset, bundle.preprocess, 24, 0)))
+    aux_images = next(iter(make_loader(aux.dataset, bundle.preprocess, 12, 0))).images
+    optimizer = torch.optim.AdamW(bundle.model.parameters(), lr=1e-3)
+    losses = []
+    for step in range(5):
+        loss = objective(batch.images, batch.labels, aux_images, [0, 0, step, 0])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
+
+
+def _train(tmp_path, method, *extra, out="run"):
+    return finetune_clip.main([*QUICK, "--method", method, "--out-dir", str(tmp_path / out),
+                               "--cache-dir", str(tmp_path / "cache"), *extra])  # fmt: skip
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_each_method_trains_saves_and_scores(tmp_path, method):
+    summary = _train(tmp_path, method, "--epochs", "1")
+    run = tmp_path / "run"
+    assert (run / "last.pt").is_file() and (run / "metrics.jsonl").is_file()
+    final = torch.load(run / "final.pt", weights_only=True)
+    assert final["method"] == method and final["classnames"] == CLASSES
+    assert 0 <= summary["zero_shot_top1"] <= 1
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["epoch"] == 1 and record["loss"] == record["loss"]  # finite, not NaN
+    assert load_model("tiny", "none", ckpt=str(run / "final.pt")).fingerprint  # --ckpt reads it
+    score = {"kplus1": "kplus1", "group": "group"}.get(method, "mcm")
+    argv = ["--in", "digits", "--model", "tiny", "--pretrained", "none", "--workers", "0", "--ckpt",
+            str(run / "final.pt"), "--score", score, "--limit", "40", "--no-plots", "--out-dir", str(tmp_path / "eval"),
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    result = eval_ood_detection.main(argv)
+    assert 0 <= result["metrics"][score]["digits_ood"]["AUROC"] <= 1
+
+
+def test_checkpoint_scores_need_their_checkpoint(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        eval_ood_detection.main(["--in", "digits", "--model", "tiny", "--pretrained", "none", "--score", "kplus1",
+                                 "--out-dir", str(tmp_path / "e"), "--cache-dir", str(tmp_path / "c")])  # fmt: skip
+    assert "finetune_clip.py --method kplus1" in capsys.readouterr().err
+
+
+def test_resume_reaches_the_same_weights(tmp_path, monkeypatch):
+    _train(tmp_path, "kplus1", "--epochs", "2", out="straight")
+    original = utils.clip_training._write_log
+
+    def crash_after_first_epoch(path, records):
+        original(path, records)
+        if len(records) == 1:
+            raise KeyboardInterrupt  # killed between epochs: last.pt holds epoch 1
+
+    monkeypatch.setattr(utils.clip_training, "_write_log", crash_after_first_epoch)
+    with pytest.raises(SystemExit):
+        _train(tmp_path, "kplus1", "--epochs", "2", out="interrupted")
+    assert torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(utils.clip_training, "_write_log", original)
+    _train(tmp_path, "kplus1", "--epochs", "2", "--resume", out="interrupted")
+    a = torch.load(tmp_path / "straight" / "final.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "interrupted" / "final.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, capsys):
+    _train(tmp_path, "oe", "--epochs", "1")
+    with pytest.raises(SystemExit):
+        _train(tmp_path, "oe", "--epochs", "1", "--resume", "--seed", "3")
+    assert "other settings (seed)" in capsys.readouterr().err
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
+    from utils.atomic import atomic_path
+
+    path = tmp_path / "last.pt"
+    torch.save({"epoch": 1}, path)
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_bytes(b"half a checkpoint")
+        raise RuntimeError("killed mid-write")
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_leakage_guard(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _train(tmp_path, "oe", "--aux", "digits_ood")
+    assert "also an OOD test set" in capsys.readouterr().err
+    write_images(tmp_path / "pool" / "digit seven", 3, seed=0)
+    with pytest.raises(SystemExit):
+        _train(tmp_path, "oe", "--aux", f"folder:{tmp_path / 'pool'}")
+    assert "shares classes with the OOD test set digits_ood: digit seven" in capsys.readouterr().err
+    write_images(tmp_path / "ood", 3, seed=1)
+    with pytest.raises(SystemExit):
+        _train(tmp_path, "oe", "--aux", f"folder:{tmp_path / 'ood'}", "--eval-out", f"folder:{tmp_path / 'ood'}")
+    assert "also an OOD test set" in capsys.readouterr().err
+
+
+def test_bad_inputs(tmp_path, capsys):
+    groups = tmp_path / "groups.json"
+    groups.write_text(json.dumps({"groups": [{"name": "round", "classes": ["digit zero"]}]}))
+    cases = [
+        (["--method", "group", "--groups", str(groups)], "every class of digits exactly once"),
+        (["--method", "oe", "--in", "cifar10", "--data-root", str(tmp_path / "d"), "--no-download"], "cifar-10"),
+        (["--method", "contrastive", "--model", "timm:test_vit"], "no text"),
+        (["--method", "contrastive", "--resume"], "--resume needs --out-dir"),
+    ]
+    for argv, expected in cases:
+        with pytest.raises(SystemExit) as info:
+            finetune_clip.main([*QUICK, "--cache-dir", str(tmp_path / "c"), *argv])
+        assert info.value.code == 2
+        assert expected in capsys.readouterr().err
+
+
+def test_torchrun_two_processes(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(torchrun), "--nproc_per_node=2", "--standalone", "finetune_clip.py", *QUICK, "--method", "contrastive",
+           "--epochs", "1", "--out-dir", str(tmp_path / "ddp"), "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = torch.load(tmp_path / "ddp" / "final.pt", weights_only=True)
+    assert final["method"] == "contrastive" and final["config"]["batch_size"] == 32
+    assert load_model("tiny", "none", ckpt=str(tmp_path / "ddp" / "final.pt"))

@@ -1,0 +1,175 @@
+"""The four OOD-aware fine-tuning objectives of the project notes, as modules whose forward returns the loss.
+
+Each wraps the CLIP model (so DistributedDataParallel sees one forward) and writes the metadata its
+evaluation score needs into the final checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils.errors import UserError
+from utils.prompts import Template, render
+
+MAX_LOGIT_SCALE = 100.0
+DEFAULT_OOD_PROMPT = "a photo of an unknown object."
+DEFAULT_OTHERS_PROMPT = "a photo of something that is not a {}."
+GROUPS_DIR = Path(__file__).resolve().parent.parent / "configs" / "groups"
+
+
+def logit_scale(model: torch.nn.Module) -> torch.Tensor:
+    """CLIP's learned temperature, capped at 100 as in CLIP's training."""
+    return model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+
+def encode_texts(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], device: torch.device) -> torch.Tensor:
+    return F.normalize(model.encode_text(tokenizer(list(texts)).to(device)).float(), dim=-1)
+
+
+def class_prompts(classnames: Sequence[str], templates: Sequence[Template]) -> list[str]:
+    """One prompt per class: the first template (the class head the scores use is built the same way)."""
+    return [render(templates[:1], name)[0] for name in classnames]
+
+
+class Objective(torch.nn.Module):
+    """Base: holds the model, tokenizer and class names; `forward(images, labels, aux, step_seed)` -> loss."""
+
+    needs_aux = False
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, classnames: Sequence[str],
+                 templates: Sequence[Template], **_: Any):  # fmt: skip
+        super().__init__()
+        self.model, self.tokenizer = model, tokenizer
+        self.classnames, self.templates = list(classnames), list(templates)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_image(images).float(), dim=-1)
+
+    def texts(self, prompts: Sequence[str]) -> torch.Tensor:
+        return encode_texts(self.model, self.tokenizer, prompts, next(self.model.parameters()).device)
+
+    def metadata(self) -> dict[str, Any]:
+        return {}
+
+
+class Contrastive(Objective):
+    """Baseline #1: CLIP's contrastive loss on (image, caption) pairs with class-aware targets.
+
+    Captions of the same class are positives of each other, never negatives: the target of image i is
+    uniform over the captions in the batch that share its class (and vice versa).
+    """
+
+    def forward(self, images, labels, aux, step_seed) -> torch.Tensor:
+        rng = np.random.default_rng(step_seed)
+        captions = [render([self.templates[int(rng.integers(len(self.templates)))]], self.classnames[int(y)])[0]
+                    for y in labels]  # fmt: skip
+        image_feats, text_feats = self.image_features(images), self.texts(captions)
+        logits = logit_scale(self.model) * image_feats @ text_feats.T
+        same = (labels[:, None] == labels[None, :]).float()
+        targets = same / same.sum(dim=1, keepdim=True)
+        return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+class KPlusOne(Objective):
+    """Baseline #2: a (K+1)-th "OOD" class, its prompt configurable, trained on an auxiliary outlier pool."""
+
+    needs_aux = True
+
+    def __init__(self, *args: Any, ood_prompt: str = DEFAULT_OOD_PROMPT, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.ood_prompt = ood_prompt
+
+    def forward(self, images, labels, aux, step_seed) -> torch.Tensor:
+        text = self.texts([*class_prompts(self.classnames, self.templates), self.ood_prompt])
+        both = torch.cat([images, aux])
+        targets = torch.cat([labels, torch.full((len(aux),), len(self.classnames), device=labels.device)])
+        return F.cross_entropy(logit_scale(self.model) * self.image_features(both) @ text.T, targets)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"ood_prompt": self.ood_prompt}
+
+
+class OutlierExposure(Objective):
+    """Baseline #3 (Hendrycks et al., ICLR 2019): ID cross-entropy + w · CE(uniform over ID prompts) on outliers."""
+
+    needs_aux = True
+
+    def __init__(self, *args: Any, oe_weight: float = 0.5, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.oe_weight = oe_weight
+
+    def forward(self, images, labels, aux, step_seed) -> torch.Tensor:
+        text = self.texts(class_prompts(self.classnames, self.templates))
+        scale = logit_scale(self.model)
+        id_loss = F.cross_entropy(scale * self.image_features(images) @ text.T, labels)
+        aux_log_p = F.log_softmax(scale * self.image_features(aux) @ text.T, dim=1)
+        return id_loss + self.oe_weight * (-aux_log_p.mean(dim=1)).mean()
+
+
+def load_groups(spec: str | None, dataset: str, classnames: Sequence[str]) -> list[dict[str, Any]]:
+    """Groups [{name, classes}] from a JSON file, or the shipped default for the dataset; every class in one group."""
+    path = Path(spec) if spec else GROUPS_DIR / f"{dataset}.json"
+    if not path.is_file():
+        shipped = ", ".join(p.stem for p in sorted(GROUPS_DIR.glob("*.json")))
+        raise UserError(f"no group configuration {path}; pass --groups FILE (shipped defaults: {shipped})")
+    try:
+        groups = json.loads(path.read_text())["groups"]
+        members = [c for g in groups for c in g["classes"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f'{path}: expected {{"groups": [{{"name": ..., "classes": [...]}}, ...]}} ({err})') from err
+    if sorted(members) != sorted(classnames):
+        odd = sorted(c for c in set(members) if members.count(c) > 1 or c not in classnames)
+        raise UserError(f"{path}: the groups must hold every class of {dataset} exactly once; "
+                        f"missing {sorted(set(classnames) - set(members))}, extra or repeated {odd}")  # fmt: skip
+    return groups
+
+
+class Grouping(Objective):
+    """Baseline #4, MOS-style (Huang & Li, CVPR 2021): one softmax per group over its classes + "others".
+
+    ID images are their class in their group and "others" elsewhere; auxiliary outliers are "others" everywhere.
+    """
+
+    needs_aux = True
+
+    def __init__(self, *args: Any, groups: list[dict[str, Any]] | None = None,
+                 others_prompt: str = DEFAULT_OTHERS_PROMPT, **kwargs: Any):  # fmt: skip
+        super().__init__(*args, **kwargs)
+        if not groups:
+            raise UserError("the group method needs a group configuration")
+        self.groups, self.others_prompt = groups, others_prompt
+        index = {name: k for k, name in enumerate(self.classnames)}
+        self.members = [[index[c] for c in g["classes"]] for g in groups]
+
+    def forward(self, images, labels, aux, step_seed) -> torch.Tensor:
+        prompts = class_prompts(self.classnames, self.templates)
+        others = [self.others_prompt.format(g["name"]) for g in self.groups]
+        text = self.texts([*prompts, *others])
+        feats = self.image_features(torch.cat([images, aux]))
+        every = torch.cat([labels, torch.full((len(aux),), -1, device=labels.device)])
+        logits = logit_scale(self.model) * feats @ text.T
+        loss = 0.0
+        for g, members in enumerate(self.members):
+            group_logits = torch.cat([logits[:, members], logits[:, len(prompts) + g : len(prompts) + g + 1]], dim=1)
+            lookup = torch.full((len(self.classnames) + 1,), len(members), device=labels.device)  # default: others
+            lookup[torch.tensor(members, device=labels.device)] = torch.arange(len(members), device=labels.device)
+            loss = loss + F.cross_entropy(group_logits, lookup[every])
+        return loss / len(self.members)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"groups": self.groups, "others_prompt": self.others_prompt}
+
+
+METHODS: dict[str, type[Objective]] = {
+    "contrastive": Contrastive,
+    "kplus1": KPlusOne,
+    "oe": OutlierExposure,
+    "group": Grouping,
+}
