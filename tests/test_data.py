@@ -14,6 +14,7 @@ from utils.data.loading import collate, make_loader, sample_name
 from utils.errors import UserError
 
 OFFLINE = ("digits", "digits_ood", "digits_aux")
+BUILT_IN_FAR_OOD = ("faces", "skimage_textures")
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
@@ -24,7 +25,7 @@ def test_every_spec_says_how_to_get_it(name):
     assert all(partner in DATASETS for partner in spec.ood)
 
 
-@pytest.mark.parametrize("name", sorted(set(DATASETS) - set(OFFLINE)))
+@pytest.mark.parametrize("name", sorted(set(DATASETS) - set(OFFLINE) - set(BUILT_IN_FAR_OOD)))
 def test_missing_dataset_names_url_and_layout(tmp_path, name):
     spec = DATASETS[name]
     with pytest.raises(UserError) as info:
@@ -57,7 +58,17 @@ def test_digits_classes_and_reserved_outliers():
     assert DATASETS["digits"].classnames == ["digit zero", "digit one", "digit two", "digit three", "digit four"]
     assert [n.split()[-1] for n in DATASETS["digits_ood"].classnames] == ["seven", "eight", "nine"]
     assert [n.split()[-1] for n in DATASETS["digits_aux"].classnames] == ["five", "six"]
-    assert DATASETS["digits"].ood == ("digits_ood",)
+    assert DATASETS["digits"].ood == ("digits_ood", "faces", "skimage_textures")
+
+
+@pytest.mark.parametrize(
+    ("name", "count", "classes"), [("faces", 100, ("face",)), ("skimage_textures", 192, ("brick", "grass", "gravel"))]
+)
+def test_built_in_far_ood_sets(name, count, classes):
+    data = load_dataset(name)
+    assert len(data.dataset) == count and data.classnames == classes
+    image, label = data.dataset[count - 1]
+    assert image.size == (32, 32) and image.mode == "RGB" and label == len(classes) - 1
 
 
 def test_limit_is_seeded_and_deterministic():

@@ -40,13 +40,13 @@ def test_first_working_path_digits_mcm(tmp_path, capsys):
     assert set(metrics) == set(METRICS)
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
     assert saved["metrics"] == summary["metrics"]
-    assert saved["samples"] == {"ID": 271, "digits_ood": 160}
+    assert saved["samples"] == {"ID": 271, "digits_ood": 160, "faces": 100, "skimage_textures": 192}
     assert 0.0 <= saved["accuracy"]["zero_shot_top1"] <= 1.0
     assert saved["config"]["id_name"] == "digits" and "torch" in saved["packages"] and "git_commit" in saved
     printed = capsys.readouterr().out
     assert "| mcm | digits_ood |" in printed and f"{100 * metrics['AUROC']:.2f}" in printed
     rows = list(csv.DictReader((folder / "results.csv").open()))
-    assert [(r["score"], r["ood"]) for r in rows] == [("mcm", "digits_ood")]
+    assert [r["ood"] for r in rows] == ["digits_ood", "faces", "skimage_textures", "average"]
     assert float(rows[0]["AUROC"]) == round(100 * metrics["AUROC"], 2)
     assert "| mcm | digits_ood |" in (folder / "results.md").read_text()
     for png in ("hist_mcm.png", "roc_mcm.png"):
@@ -92,6 +92,7 @@ def test_rerun_with_other_score_does_no_forward_pass(tmp_path, monkeypatch):
 
 def test_bootstrap_intervals_in_outputs(tmp_path):
     run(tmp_path, "--in", "digits", "--score", "mcm", "--bootstrap", "30", "--limit", "60", "--no-plots")
+    assert "| average |" in (tmp_path / "out" / "results.md").read_text()
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     low, high = saved["intervals"]["mcm"]["digits_ood"]["AUROC"]
     assert low <= saved["metrics"]["mcm"]["digits_ood"]["AUROC"] <= high
@@ -123,7 +124,7 @@ def test_trained_checkpoint_and_folder_ood(tmp_path):
 
 def test_limit(tmp_path):
     summary = run(tmp_path, "--in", "digits", "--limit", "30", "--no-plots")
-    assert summary["samples"] == {"ID": 30, "digits_ood": 30}
+    assert summary["samples"] == {"ID": 30, "digits_ood": 30, "faces": 30, "skimage_textures": 30}
 
 
 def test_missing_default_ood_set_is_skipped(tmp_path, monkeypatch, capsys):

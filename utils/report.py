@@ -33,23 +33,27 @@ def table_rows(evaluation: Evaluation) -> list[dict[str, Any]]:
     return rows
 
 
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Every column of any row, in first-seen order (average rows have no confidence intervals)."""
+    return list(dict.fromkeys(k for row in rows for k in row)) if rows else ["score", "ood", *METRICS]
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """A table to paste: FPR95 and FPR95_OOD lower is better, the AU* metrics higher."""
-    columns = list(rows[0]) if rows else ["score", "ood", *METRICS]
+    columns = _columns(rows)
     lines = [
         "| " + " | ".join(columns) + " |",
         "|" + "|".join("---" if c in ("score", "ood") else "---:" for c in columns) + "|",
     ]
     for row in rows:
-        lines.append(
-            "| " + " | ".join(f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns) + " |"
-        )
+        cells = (f"{row[c]:.2f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def _csv_text(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["score", "ood", *METRICS])
+    writer = csv.DictWriter(buffer, fieldnames=_columns(rows), restval="")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()

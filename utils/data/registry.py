@@ -11,6 +11,7 @@ import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from utils import classnames as names
+from utils.data import skimage_sets
 from utils.data.digits import Digits
 from utils.data.folder import ImageFiles
 from utils.errors import UserError
@@ -162,11 +163,19 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "digits": DatasetSpec(
         build=_digits(0, 1, 2, 3, 4), source="ships with scikit-learn (offline)", layout="nothing: built in",
-        classnames=[f"digit {w}" for w in names.DIGIT_WORDS[:5]], ood=("digits_ood",),
+        classnames=[f"digit {w}" for w in names.DIGIT_WORDS[:5]], ood=("digits_ood", "faces", "skimage_textures"),
     ),
     "digits_ood": DatasetSpec(
         build=_digits(7, 8, 9), source="ships with scikit-learn (offline)", layout="nothing: built in",
         classnames=[f"digit {w}" for w in names.DIGIT_WORDS[7:]],
+    ),
+    "faces": DatasetSpec(  # far OOD for digits
+        build=lambda root, split, download: skimage_sets.faces(), source="ships with scikit-image (offline)",
+        layout="nothing: built in", splits=("test",),
+    ),
+    "skimage_textures": DatasetSpec(  # far OOD for digits
+        build=lambda root, split, download: skimage_sets.texture_patches(), source="ships with scikit-image (offline)",
+        layout="nothing: built in", splits=("test",),
     ),
     "digits_aux": DatasetSpec(  # auxiliary outliers for OOD-aware fine-tuning, never a test set
         build=_digits(5, 6), source="ships with scikit-learn (offline)", layout="nothing: built in",
