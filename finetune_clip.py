@@ -26,6 +26,7 @@ from utils.cli import (
     add_model_args,
     check_writable_dir,
     guarded,
+    non_negative_float,
     positive_float,
     positive_int,
     run_folder,
@@ -63,13 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--freeze", choices=FREEZE, default="none", help="tower kept fixed (default: none)")
     parser.add_argument("--epochs", type=positive_int, default=10, help="epochs (default: 10)")
     parser.add_argument("--lr", type=positive_float, default=1e-5, help="AdamW learning rate (default: 1e-5)")
-    parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default: 0.1)")
+    parser.add_argument(
+        "--weight-decay", type=non_negative_float, default=0.1, help="AdamW weight decay (default: 0.1)"
+    )
     parser.add_argument("--warmup", type=float, default=0.1, help="warm-up share of all steps (default: 0.1)")
     parser.add_argument("--accumulate", type=positive_int, default=1, help="gradient accumulation steps (default: 1)")
     parser.add_argument("--templates", default="ensemble",
                         help=f"caption templates for contrastive: {' | '.join(TEMPLATE_SETS)} | a file (default: "
                              "ensemble); class prompts are always 'a photo of a {}.', as the scores use")  # fmt: skip
-    parser.add_argument("--oe-weight", type=float, default=0.5, help="oe: weight of the outlier term (default: 0.5)")
+    parser.add_argument(
+        "--oe-weight", type=non_negative_float, default=0.5, help="oe: weight of the outlier term (default: 0.5)"
+    )
     parser.add_argument("--ood-prompt", default=DEFAULT_OOD_PROMPT, help=f"kplus1: the OOD class's prompt "
                         f"(default: {DEFAULT_OOD_PROMPT!r})")  # fmt: skip
     parser.add_argument(
@@ -131,7 +136,7 @@ def _run(args: argparse.Namespace, world) -> dict[str, Any]:
         split = "train" if "train" in get_spec(aux_name).splits else "test"  # a plain folder is one pool
         aux = load_dataset(aux_name, split, args.data_root, args.download, args.limit, args.seed)
         eval_out = args.eval_out or [n for n in get_spec(args.id_name).ood if n != args.id_name]
-        check_no_leakage(aux, eval_out, args.data_root)
+        check_no_leakage(aux, eval_out, args.data_root, train_data)
     options = _method_options(args, train_data.classnames)
     bundle = load_model(args.model, args.pretrained, args.ckpt, device, args.model_cache_dir, args.seed)
     if not bundle.has_text:

@@ -15,7 +15,7 @@ import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
-from utils.cli import guarded, positive_int
+from utils.cli import check_writable_dir, guarded, non_negative_int, positive_int
 from utils.errors import UserError
 from utils.imagenet_subsets import (
     SPLITS,
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"caption templates: {' | '.join(TEMPLATE_SETS)} | a file (default: ensemble)",
     )
     parser.add_argument("--captions-per-image", type=positive_int, default=1, help="captions per image (default: 1)")
-    parser.add_argument("--seed", type=int, default=0, help="caption sampling seed (default: 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="caption sampling seed (default: 0)")
     parser.add_argument("--captioner", default=None,
                         help="a Hugging Face image-captioning model (e.g. Salesforce/blip-image-captioning-base) to "
                              "caption each training image; needs the transformers package")  # fmt: skip
@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError(f"--imagenet-root {source} is not a folder")
     if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
         raise UserError(f"--out {out} lies inside the source tree {source}, which is never modified")
+    check_writable_dir(out, "--out")
     classes = subset_classes(args.subset, args.variant)
     templates = load_templates(args.templates)
     captioner = _captioner(args.captioner) if args.captioner else None

@@ -27,6 +27,7 @@ from utils.cli import (
     add_model_args,
     check_writable_dir,
     guarded,
+    non_negative_float,
     positive_float,
     positive_int,
     run_folder,
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--epochs", type=positive_int, default=10, help="fine-tuning epochs (default: 10)")
     group.add_argument("--lr", type=positive_float, default=1e-5, help="image encoder learning rate (default: 1e-5)")
     group.add_argument("--head-lr", type=positive_float, default=1e-3, help="linear head learning rate (default: 1e-3)")
-    group.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default: 0.1)")
+    group.add_argument("--weight-decay", type=non_negative_float, default=0.1, help="AdamW weight decay (default: 0.1)")
     group.add_argument("--warmup", type=float, default=0.1, help="warm-up share of all steps (default: 0.1)")
     parser.add_argument("--out-dir", default=None, help="results folder (default: results/play_with_clip/...)")
     parser.add_argument("--overwrite", action="store_true", help="write into --out-dir even if it holds results")
@@ -96,7 +97,10 @@ def parse_labels(spec: str | Sequence[str]) -> list[str]:
     if not isinstance(spec, str):
         labels = [str(s).strip() for s in spec]
     elif Path(spec).is_file():
-        labels = [line.strip() for line in Path(spec).read_text(encoding="utf-8").splitlines()]
+        try:
+            labels = [line.strip() for line in Path(spec).read_text(encoding="utf-8").splitlines()]
+        except UnicodeDecodeError as err:
+            raise UserError(f"--test-labels {spec} is not UTF-8 text: {err}") from err
     else:
         labels = [part.strip() for part in spec.split(",")]
     labels = [label for label in labels if label]

@@ -85,8 +85,9 @@ def test_checkpoint_scores_need_their_checkpoint(tmp_path, capsys):
     assert "finetune_clip.py --method kplus1" in capsys.readouterr().err
 
 
-def test_resume_reaches_the_same_weights(tmp_path, monkeypatch):
-    _train(tmp_path, "kplus1", "--epochs", "2", out="straight")
+@pytest.mark.parametrize("extra", [[], ["--accumulate", "2", "--workers", "2", "--batch-size", "24"]])
+def test_resume_reaches_the_same_weights(tmp_path, monkeypatch, extra):
+    _train(tmp_path, "kplus1", "--epochs", "2", *extra, out="straight")
     original = utils.clip_training._write_log
 
     def crash_after_first_epoch(path, records):
@@ -96,13 +97,25 @@ def test_resume_reaches_the_same_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr(utils.clip_training, "_write_log", crash_after_first_epoch)
     with pytest.raises(SystemExit):
-        _train(tmp_path, "kplus1", "--epochs", "2", out="interrupted")
+        _train(tmp_path, "kplus1", "--epochs", "2", *extra, out="interrupted")
     assert torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)["epoch"] == 1
     monkeypatch.setattr(utils.clip_training, "_write_log", original)
-    _train(tmp_path, "kplus1", "--epochs", "2", "--resume", out="interrupted")
+    _train(tmp_path, "kplus1", "--epochs", "2", "--resume", *extra, out="interrupted")
     a = torch.load(tmp_path / "straight" / "final.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "interrupted" / "final.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_accumulation_longer_than_an_epoch_still_trains(tmp_path):
+    _train(tmp_path, "oe", "--epochs", "1", "--accumulate", "50", "--batch-size", "16")
+    final = torch.load(tmp_path / "run" / "final.pt", weights_only=True)["state_dict"]
+    assert not torch.equal(final["visual.proj"], load_model("tiny", "none", seed=0).model.visual.proj)
+
+
+def test_class_prompts_match_the_evaluation_default():
+    from utils.ood_finetune import class_prompts
+
+    assert class_prompts(["cat", "digit one"]) == ["a photo of a cat.", "a photo of a digit one."]
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, capsys):
@@ -126,6 +139,9 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
 
 def test_leakage_guard(tmp_path, capsys):
     with pytest.raises(SystemExit):
+        _train(tmp_path, "kplus1", "--aux", "digits")
+    assert "overlaps the ID set digits" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         _train(tmp_path, "oe", "--aux", "digits_ood")
     assert "also an OOD test set" in capsys.readouterr().err
     write_images(tmp_path / "pool" / "digit seven", 3, seed=0)
@@ -141,11 +157,17 @@ def test_leakage_guard(tmp_path, capsys):
 def test_bad_inputs(tmp_path, capsys):
     groups = tmp_path / "groups.json"
     groups.write_text(json.dumps({"groups": [{"name": "round", "classes": ["digit zero"]}]}))
+    nested = tmp_path / "nested.json"
+    nested.write_text(json.dumps({"groups": [{"name": "all", "classes": [CLASSES]}]}))
     cases = [
         (["--method", "group", "--groups", str(groups)], "every class of digits exactly once"),
         (["--method", "oe", "--in", "cifar10", "--data-root", str(tmp_path / "d"), "--no-download"], "cifar-10"),
         (["--method", "contrastive", "--model", "timm:test_vit"], "no text"),
         (["--method", "contrastive", "--resume"], "--resume needs --out-dir"),
+        (["--method", "oe", "--weight-decay", "-1"], "argument --weight-decay"),
+        (["--method", "oe", "--oe-weight", "nan"], "argument --oe-weight"),
+        (["--method", "group", "--others-prompt", "not a {x}"], "--others-prompt needs exactly one"),
+        (["--method", "group", "--groups", str(nested)], "non-empty string name and a list of class-name strings"),
     ]
     for argv, expected in cases:
         with pytest.raises(SystemExit) as info:

@@ -129,3 +129,28 @@ def test_other_subsets_and_bad_inputs(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         make_imagenet10.main(["--imagenet-root", str(source), "--out", str(source / "inside")])
     assert "never modified" in capsys.readouterr().err
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for argv, expected in [(["--out", str(blocker)], "not a folder"), (["--out", str(tmp_path / "y"), "--seed", "-1"],
+                                                                       "argument --seed")]:  # fmt: skip
+        with pytest.raises(SystemExit):
+            make_imagenet10.main(["--imagenet-root", str(source), *argv])
+        assert expected in capsys.readouterr().err
+
+
+def test_bad_val_labels_file(tmp_path, capsys):
+    source = _fake_imagenet(tmp_path / "imagenet", list(classnames.IMAGENET10), flat_val=True)
+    (source / "LOC_val_solution.csv").write_text("Image,Label\nx,y\n")
+    with pytest.raises(SystemExit):
+        make_imagenet10.main(["--imagenet-root", str(source), "--out", str(tmp_path / "o")])
+    assert "is not a LOC_val_solution.csv" in capsys.readouterr().err
+
+
+def test_dangling_links_are_remade(tmp_path, source):
+    out = tmp_path / "imagenet10"
+    argv = ["--imagenet-root", str(source), "--out", str(out)]
+    make_imagenet10.main(argv)
+    link = next((out / "train" / "n04552348").iterdir())
+    link.unlink()
+    link.symlink_to(tmp_path / "gone.JPEG")
+    assert make_imagenet10.main(argv)["made"] == 1 and link.exists()

@@ -57,6 +57,14 @@ def test_test_labels_errors(tmp_path, capsys, labels, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_test_labels_file_not_utf8(tmp_path, capsys):
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes(b"\xff\xfe zero\n")
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--mode", "zeroshot", "--in", "digits", "--test-labels", str(labels))
+    assert "not UTF-8" in capsys.readouterr().err
+
+
 def test_frozen_linear_probe_is_a_real_classifier(tmp_path, monkeypatch):
     loaded = []
     original = play_with_clip._load

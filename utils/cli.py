@@ -63,6 +63,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def check_writable_dir(path: str | Path, flag: str) -> None:
     """Fail before any work when `path` cannot become a folder we can write in."""
     path = Path(path).expanduser().absolute()

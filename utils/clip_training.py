@@ -23,7 +23,20 @@ from utils.ood_finetune import Objective, logit_scale
 from utils.training import load_training_state, rng_state, save_checkpoint, set_rng_state, warmup_cosine
 
 FREEZE = ("none", "text", "image")  # which tower stays fixed
-RESUME_MUST_MATCH = ("method", "model", "id_name", "aux", "seed", "batch_size", "accumulate", "freeze", "epochs")
+RESUME_MUST_MATCH = (
+    "method",
+    "model",
+    "id_name",
+    "aux",
+    "seed",
+    "batch_size",
+    "accumulate",
+    "freeze",
+    "epochs",
+    "lr",
+    "weight_decay",
+    "warmup",
+)
 
 
 @dataclass
@@ -67,6 +80,7 @@ class _Cycle:
 
     def _restart(self):
         self.sampler.set_epoch(self.epoch * 1000 + self.passes)
+        self.loader.generator.manual_seed(self.epoch * 1000 + self.passes)
         self.passes += 1
         return iter(self.loader)
 
@@ -77,6 +91,15 @@ class _Cycle:
                 return batch
             self.iterator = self._restart()
         raise UserError("the auxiliary pool yields no readable images")
+
+
+def _any_rank(flag: bool, world: World) -> bool:
+    """True on every rank if it is true on any."""
+    if not world.distributed:
+        return flag
+    value = torch.tensor([int(flag)])
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def _write_log(path: Path, records: list[dict]) -> None:
@@ -115,7 +138,7 @@ def train(
         aux_sampler = _sampler(aux.dataset, world, config.seed + 1)
         aux_loader = make_loader(aux.dataset, transform, per_rank, config.workers, device.type == "cuda",
                                  sampler=aux_sampler, seed=config.seed + 1)  # fmt: skip
-    steps = config.epochs * (len(loader) // config.accumulate)
+    steps = config.epochs * -(-len(loader) // config.accumulate)  # the last, short accumulation steps too
     scheduler = warmup_cosine(optimizer, max(1, steps), int(config.warmup * steps))
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(device) == torch.float16)
     log: list[dict] = []
@@ -138,20 +161,21 @@ def train(
     objective.train()
     for epoch in range(start_epoch, config.epochs):
         torch.manual_seed(config.seed * 100_003 + epoch)  # augmentation randomness: a function of (seed, epoch)
+        loader.generator.manual_seed(config.seed * 100_003 + epoch)  # worker seeds too, so resume is exact
         sampler.set_epoch(epoch)
         aux_batches = _Cycle(aux_loader, aux_sampler, epoch) if aux_loader is not None else None
         total, seen, began = 0.0, 0, time.perf_counter()
         bar = tqdm(loader, desc=f"{config.method} {epoch + 1}/{config.epochs}", unit="batch", disable=not world.main,
                    dynamic_ncols=True, leave=False)  # fmt: skip
         for step, batch in enumerate(bar):
-            if batch.images is None:
+            if _any_rank(batch.images is None, world):  # every rank skips together, or DDP would wait forever
                 continue
             aux_images = aux_batches.next().images.to(device) if aux_batches else None
             with autocast(device):
                 loss = module(batch.images.to(device), batch.labels.to(device), aux_images,
                               [config.seed, epoch, step, world.rank])  # fmt: skip
             scaler.scale(loss / config.accumulate).backward()
-            if (step + 1) % config.accumulate == 0:
+            if (step + 1) % config.accumulate == 0 or step + 1 == len(loader):  # no gradient crosses an epoch
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)

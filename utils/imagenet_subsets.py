@@ -49,8 +49,11 @@ def _val_labels(source: Path, labels_file: Path | None) -> dict[str, str]:
             f"found ({path}). Pass --val-labels LOC_val_solution.csv (ImageId,PredictionString with the wnid first), "
             f"or reorganise val/ into val/<wnid>/ folders first (e.g. with the widely used valprep.sh script)"
         )
-    with open(path, newline="") as handle:
-        return {row["ImageId"]: row["PredictionString"].split()[0] for row in csv.DictReader(handle)}
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return {row["ImageId"]: row["PredictionString"].split()[0] for row in csv.DictReader(handle)}
+    except (KeyError, IndexError, UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"{path} is not a LOC_val_solution.csv (columns ImageId,PredictionString): {err!r}") from err
 
 
 def find_images(
@@ -77,7 +80,9 @@ def find_images(
 
 def place(source: Path, target: Path, copy: bool) -> bool:
     """Link (or copy) one image; an existing target is left alone (reruns finish what is missing). True if made."""
-    if target.exists() or target.is_symlink():
+    if target.is_symlink() and not target.exists():
+        target.unlink()  # a dangling link (the source moved): make it again
+    if target.exists():
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
     if copy:

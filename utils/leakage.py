@@ -14,10 +14,18 @@ def _files(data: LoadedDataset) -> set[Path]:
     return {Path(path).resolve() for path, _ in samples}
 
 
-def check_no_leakage(aux: LoadedDataset, ood_names: Sequence[str], root: str | Path) -> None:
-    """Refuse an auxiliary pool that is, or shares classes or image files with, an evaluation OOD set."""
+def check_no_leakage(
+    aux: LoadedDataset, ood_names: Sequence[str], root: str | Path, id_data: LoadedDataset | None = None
+) -> None:
+    """Refuse an auxiliary pool that is, or shares classes or image files with, the ID set or an evaluation OOD set."""
     aux_classes = {c.lower() for c in aux.classnames or []}
     aux_files = _files(aux)
+    if id_data is not None:
+        shared = aux_classes & {c.lower() for c in id_data.classnames or []}
+        if aux.name == id_data.name or shared or aux_files & _files(id_data):
+            what = f"classes {', '.join(sorted(shared)[:10])}" if shared else "images"
+            raise UserError(f"--aux {aux.name} overlaps the ID set {id_data.name} ({what}): the outlier pool would "
+                            f"teach the model that ID images are OOD")  # fmt: skip
     for name in ood_names:
         if name == aux.name:
             raise UserError(f"--aux {aux.name} is also an OOD test set ({name}): outliers seen in training would be "

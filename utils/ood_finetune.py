@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.errors import UserError
-from utils.prompts import Template, render
+from utils.prompts import TEMPLATE_SETS, Template, is_template, render
 
 MAX_LOGIT_SCALE = 100.0
 DEFAULT_OOD_PROMPT = "a photo of an unknown object."
@@ -33,9 +33,9 @@ def encode_texts(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], d
     return F.normalize(model.encode_text(tokenizer(list(texts)).to(device)).float(), dim=-1)
 
 
-def class_prompts(classnames: Sequence[str], templates: Sequence[Template]) -> list[str]:
-    """One prompt per class: the first template (the class head the scores use is built the same way)."""
-    return [render(templates[:1], name)[0] for name in classnames]
+def class_prompts(classnames: Sequence[str]) -> list[str]:
+    """One prompt per class, "a photo of a {}.": the evaluation's default class head is built the same way."""
+    return [render(TEMPLATE_SETS["single"], name)[0] for name in classnames]
 
 
 class Objective(torch.nn.Module):
@@ -87,7 +87,7 @@ class KPlusOne(Objective):
         self.ood_prompt = ood_prompt
 
     def forward(self, images, labels, aux, step_seed) -> torch.Tensor:
-        text = self.texts([*class_prompts(self.classnames, self.templates), self.ood_prompt])
+        text = self.texts([*class_prompts(self.classnames), self.ood_prompt])
         both = torch.cat([images, aux])
         targets = torch.cat([labels, torch.full((len(aux),), len(self.classnames), device=labels.device)])
         return F.cross_entropy(logit_scale(self.model) * self.image_features(both) @ text.T, targets)
@@ -106,7 +106,7 @@ class OutlierExposure(Objective):
         self.oe_weight = oe_weight
 
     def forward(self, images, labels, aux, step_seed) -> torch.Tensor:
-        text = self.texts(class_prompts(self.classnames, self.templates))
+        text = self.texts(class_prompts(self.classnames))
         scale = logit_scale(self.model)
         id_loss = F.cross_entropy(scale * self.image_features(images) @ text.T, labels)
         aux_log_p = F.log_softmax(scale * self.image_features(aux) @ text.T, dim=1)
@@ -122,6 +122,10 @@ def load_groups(spec: str | None, dataset: str, classnames: Sequence[str]) -> li
     try:
         groups = json.loads(path.read_text())["groups"]
         members = [c for g in groups for c in g["classes"]]
+        if not all(isinstance(g["name"], str) and g["name"] for g in groups) or not all(
+            isinstance(c, str) for c in members
+        ):
+            raise TypeError("every group needs a non-empty string name and a list of class-name strings")
     except (ValueError, KeyError, TypeError) as err:
         raise UserError(f'{path}: expected {{"groups": [{{"name": ..., "classes": [...]}}, ...]}} ({err})') from err
     if sorted(members) != sorted(classnames):
@@ -144,12 +148,14 @@ class Grouping(Objective):
         super().__init__(*args, **kwargs)
         if not groups:
             raise UserError("the group method needs a group configuration")
+        if not is_template(others_prompt):
+            raise UserError(f"--others-prompt needs exactly one {{}} for the group name, got {others_prompt!r}")
         self.groups, self.others_prompt = groups, others_prompt
         index = {name: k for k, name in enumerate(self.classnames)}
         self.members = [[index[c] for c in g["classes"]] for g in groups]
 
     def forward(self, images, labels, aux, step_seed) -> torch.Tensor:
-        prompts = class_prompts(self.classnames, self.templates)
+        prompts = class_prompts(self.classnames)
         others = [self.others_prompt.format(g["name"]) for g in self.groups]
         text = self.texts([*prompts, *others])
         feats = self.image_features(torch.cat([images, aux]))

@@ -30,7 +30,7 @@ def load_templates(spec: str) -> tuple[Template, ...]:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except UnicodeDecodeError as err:
         raise UserError(f"template file {path} is not UTF-8 text: {err}") from err
-    bad = [line for line in lines if not _is_template(line)]
+    bad = [line for line in lines if not is_template(line)]
     if not lines or bad:
         raise UserError(
             f"template file {path} needs one template per line, each with exactly one '{{}}'; bad: {bad[:3]}"
@@ -38,7 +38,8 @@ def load_templates(spec: str) -> tuple[Template, ...]:
     return tuple(lines)
 
 
-def _is_template(line: str) -> bool:
+def is_template(line: str) -> bool:
+    """Exactly one `{}` placeholder and nothing else `str.format` would choke on."""
     try:
         return line.format("\0").count("\0") == 1
     except (IndexError, KeyError, ValueError):

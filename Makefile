@@ -1,0 +1,21 @@
+# The offline digits experiment: train a tiny CLIP from scratch on scikit-learn's digits 0-4, then run the
+# whole toolkit on it. `make demo OUT=DIR` chooses the folder (default results/demo).
+PYTHON ?= python
+OUT ?= results/demo
+SEED ?= 0
+TINY = --model tiny --pretrained none --seed $(SEED) --workers 0 --cache-dir $(OUT)/cache
+
+.PHONY: demo test
+demo:
+	$(PYTHON) finetune_clip.py --in digits --method contrastive $(TINY) --epochs 12 --batch-size 64 --lr 3e-4 \
+		--weight-decay 0 --templates single --out-dir $(OUT)/train
+	$(PYTHON) eval_ood_detection.py --in digits --score all $(TINY) --ckpt $(OUT)/train/final.pt \
+		--out-dir $(OUT)/eval --overwrite
+	$(PYTHON) play_with_clip.py --mode zeroshot --in digits $(TINY) --ckpt $(OUT)/train/final.pt \
+		--out-dir $(OUT)/zeroshot --overwrite
+	$(PYTHON) play_with_clip.py --mode linear_probe --in digits $(TINY) --ckpt $(OUT)/train/final.pt \
+		--out-dir $(OUT)/linear_probe --overwrite
+	$(PYTHON) -m utils.demo $(OUT)
+
+test:
+	$(PYTHON) -m pytest
