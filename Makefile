@@ -5,9 +5,9 @@ OUT ?= results/demo
 SEED ?= 0
 TINY = --model tiny --pretrained none --seed $(SEED) --workers 0 --cache-dir $(OUT)/cache
 
-.PHONY: demo test
+.PHONY: demo test methods-table
 demo:
-	$(PYTHON) finetune_clip.py --in digits --method contrastive $(TINY) --epochs 12 --batch-size 64 --lr 3e-4 \
+	$(PYTHON) finetune_clip.py --in digits --method contrastive $(TINY) --epochs 30 --batch-size 64 --lr 3e-4 \
 		--weight-decay 0 --templates single --out-dir $(OUT)/train
 	$(PYTHON) eval_ood_detection.py --in digits --score all $(TINY) --ckpt $(OUT)/train/final.pt \
 		--out-dir $(OUT)/eval --overwrite
@@ -19,3 +19,7 @@ demo:
 
 test:
 	$(PYTHON) -m pytest
+
+# The four fine-tuning methods x 3 seeds on digits (about 30 minutes on 2 CPU cores): methods_table.md
+methods-table:
+	$(PYTHON) -m utils.demo table $(OUT)/methods 0 1 2

@@ -26,11 +26,57 @@ def summarise(out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    out = Path((argv or sys.argv[1:])[0])
+    argv = argv or sys.argv[1:]
+    if argv[0] == "table":  # python -m utils.demo table OUT [SEEDS...]
+        print(methods_table(Path(argv[1]), [int(s) for s in argv[2:]] or [0, 1, 2]))
+        return
+    out = Path(argv[0])
     summary = summarise(out)
     mcm = summary["ood"]["mcm"]["digits_ood"]
     print(f"digits demo: zero-shot top-1 {100 * summary['zero_shot_top1']:.2f}%, MCM vs digits 7-9 AUROC "
           f"{100 * mcm['AUROC']:.2f} / FPR95 {100 * mcm['FPR95']:.2f}; {out / 'summary.json'}")  # fmt: skip
+
+
+METHOD_SCORES = {"contrastive": [], "kplus1": ["kplus1"], "oe": [], "group": ["group"]}
+TABLE_SCORES = ["mcm", "energy", "knn", "maha"]
+
+
+def methods_table(out: Path, seeds: list[int], epochs: int = 30) -> str:
+    """The four fine-tuning methods x seeds on digits: mean ± std of AUROC and FPR95 per score and OOD set."""
+    import numpy as np
+
+    import eval_ood_detection
+    import finetune_clip
+
+    rows: dict[tuple[str, str, str], dict[str, list[float]]] = {}
+    accuracy: dict[str, list[float]] = {}
+    tiny = ["--model", "tiny", "--pretrained", "none", "--workers", "0", "--cache-dir", str(out / "cache")]
+    for method, own in METHOD_SCORES.items():
+        for seed in seeds:
+            run = out / f"{method}-seed{seed}"
+            train = ["--in", "digits", "--method", method, *tiny, "--seed", str(seed), "--epochs", str(epochs),
+                     "--batch-size", "64", "--lr", "3e-4", "--weight-decay", "0", "--templates", "single"]  # fmt: skip
+            summary = finetune_clip.main([*train, "--out-dir", str(run)])
+            accuracy.setdefault(method, []).append(summary["zero_shot_top1"])
+            result = eval_ood_detection.main(["--in", "digits", *tiny, "--seed", str(seed), "--ckpt",
+                                              str(run / "final.pt"), "--score", *TABLE_SCORES, *own, "--no-plots",
+                                              "--out-dir", str(run / "eval"), "--overwrite"])  # fmt: skip
+            for score, per_set in result["metrics"].items():
+                for ood, metrics in per_set.items():
+                    cell = rows.setdefault((method, score, ood), {"AUROC": [], "FPR95": []})
+                    cell["AUROC"].append(metrics["AUROC"])
+                    cell["FPR95"].append(metrics["FPR95"])
+
+    def fmt(values: list[float]) -> str:
+        return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
+
+    lines = ["| method | ID zero-shot top-1 | score | OOD set | AUROC ↑ | FPR95 ↓ |", "|---|---:|---|---|---:|---:|"]
+    for (method, score, ood), cell in rows.items():
+        lines.append(f"| {method} | {fmt(accuracy[method])} | {score} | {ood} | {fmt(cell['AUROC'])} | "
+                     f"{fmt(cell['FPR95'])} |")  # fmt: skip
+    table = "\n".join(lines)
+    (out / "methods_table.md").write_text(table + "\n")
+    return table
 
 
 if __name__ == "__main__":
