@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.arrays import as_array
 from utils.atomic import write_json
 from utils.cache import FeatureCache
 from utils.classification import classification_report, logits_of
@@ -36,7 +37,7 @@ from utils.cli import (
 from utils.data import LoadedDataset, load_dataset
 from utils.device import resolve_device
 from utils.errors import UserError
-from utils.features import as_float32, image_features
+from utils.features import image_features
 from utils.finetune_classifier import FinetuneConfig, finetune_image_encoder, predict
 from utils.linear_probe import fit_linear_probe
 from utils.models import ModelBundle, check_model_name, load_model
@@ -167,7 +168,7 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     cache = FeatureCache(args.cache_dir, args.feature_dtype)
     train_feats = image_features(bundle, train, cache, args.batch_size, args.workers)
     test_feats = image_features(bundle, test, cache, args.batch_size, args.workers)
-    probe = fit_linear_probe(as_float32(train_feats.features), train_feats.labels, seed=args.seed,
+    probe = fit_linear_probe(as_array(train_feats.features), train_feats.labels, seed=args.seed,
                              device=bundle.device)  # fmt: skip
     if fingerprint(bundle.model) != bundle.fingerprint:  # the frozen protocol's sanity check (MoCo's)
         raise RuntimeError("the encoder's weights changed during a frozen linear probe")

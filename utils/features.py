@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from utils.arrays import as_array
 from utils.cache import CachedFeatures, FeatureCache, cache_key
 from utils.data import LoadedDataset
 from utils.data.loading import make_loader, sample_name
@@ -112,11 +113,6 @@ def image_features(
     return entry
 
 
-def as_float32(features: np.ndarray) -> np.ndarray:
-    """Features as a float32 array in memory (the cache may hold float16)."""
-    return np.asarray(features, dtype=np.float32)
-
-
 def text_features(
     bundle: ModelBundle,
     names: Sequence[str],
@@ -150,4 +146,4 @@ def text_features(
                 writer.write(np.arange(start, start + len(batch)), head, np.full(len(batch), -1))
                 bar.update(len(batch))
         entry = cache.load(key)
-    return as_float32(entry.features)
+    return as_array(entry.features)

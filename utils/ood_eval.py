@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.arrays import as_array
 from utils.cache import FeatureCache
 from utils.data import LoadedDataset, get_spec, load_dataset
 from utils.errors import UserError
-from utils.features import as_float32, image_features
+from utils.features import image_features
 from utils.metrics import bootstrap_intervals, ood_metrics
 from utils.models import ModelBundle
 from utils.negatives import negative_labels
@@ -101,7 +102,7 @@ def top1(logits: Callable[[np.ndarray], np.ndarray], features: object, labels: n
     if len(labels) == 0 or labels.min() < 0:
         return None
     predictions = np.concatenate(
-        [logits(as_float32(features[i : i + 8192])).argmax(1) for i in range(0, len(labels), 8192)]
+        [logits(as_array(features[i : i + 8192])).argmax(1) for i in range(0, len(labels), 8192)]
     )
     return float(np.mean(predictions == labels))
 
@@ -224,7 +225,7 @@ def evaluate(
     result.samples = {"ID": len(id_feats.index), **{k: len(v.index) for k, v in ood.items()}}
     ind = InDistribution(
         text_features=text,
-        train_features=as_float32(train.features) if train is not None else None,
+        train_features=as_array(train.features) if train is not None else None,
         train_labels=train.labels if train is not None else None,
     )
     ctx = _Context(bundle, id_test, id_feats.features, ood, {d.name: d for d in ood_sets}, ind, options, cache, result)
