@@ -3,6 +3,7 @@
 python eval_ood_detection.py --in cifar10 --score MCM
 python eval_ood_detection.py --in imagenet --score all --k 100 1000
 python eval_ood_detection.py --in digits --score all --model tiny --pretrained none
+torchrun --nproc_per_node=8 eval_ood_detection.py --in imagenet --score all   # extraction on 8 GPUs
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+
+import torch
 
 from utils.cache import FeatureCache
 from utils.cli import (
@@ -24,7 +27,9 @@ from utils.cli import (
 )
 from utils.data import get_spec
 from utils.device import resolve_device
+from utils.distributed import World, close, init_world, local_device, main_first
 from utils.errors import UserError
+from utils.features import image_features
 from utils.models import TIMM_PREFIX, check_model_name, load_model
 from utils.negatives import load_words
 from utils.ood_eval import DataOptions, EvalOptions, evaluate, fitted, knn_ks, resolve_ood_sets
@@ -121,35 +126,40 @@ def choose_scores(requested: Sequence[str], model: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict:
+    world = init_world(resolve_device(args.device))
+    try:
+        return _run(args, world)
+    finally:
+        close(world)
+
+
+def _run(args: argparse.Namespace, world: World) -> dict:
+    """Under torchrun every rank encodes a shard of each dataset; rank 0 alone scores and reports."""
     check_model_name(args.model)
     meta = checkpoint_metadata(args.ckpt)
     scores = checkpoint_scores(choose_scores(args.score, args.model), args.score, meta)
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
     templates = load_templates(args.templates)
-    device = resolve_device(args.device)
+    device = local_device(resolve_device(args.device), world)
     data = DataOptions(args.data_root, args.download, args.limit, args.seed)
     for name in [args.id_name, *(args.out or [])]:
         get_spec(name)  # every name is checked before anything is downloaded
     check_writable_dir(args.cache_dir, "--cache-dir")
     if args.out_dir:
         check_writable_dir(args.out_dir, "--out-dir")
-    id_test = data.load(args.id_name, "test")
-    if any(needs_text(s) for s in scores) and not id_test.classnames:
-        raise UserError(f"'{args.id_name}' has no class names (a flat folder?), which {', '.join(scores)} need; "
-                        f"use an ImageFolder tree with one folder per class")  # fmt: skip
-    id_train = data.load(args.id_name, "train") if any(fitted(s) for s in scores) else None
-    if "knn" in scores and max(knn_ks(args.id_name, args.k)) > len(id_train.dataset):
-        raise UserError(f"knn: k={max(knn_ks(args.id_name, args.k))} needs at least k training images; "
-                        f"{args.id_name} train has {len(id_train.dataset)}")  # fmt: skip
-    if "neglabel" in scores:
-        load_words(args.neg_words)  # a missing or empty word list fails now, not after extraction
-    ood_sets = resolve_ood_sets(args.id_name, args.out, data)
-    bundle = load_model(args.model, args.pretrained, args.ckpt, device, args.model_cache_dir, args.seed)
+    with main_first(world):  # rank 0 downloads, the others then find the files
+        id_test, id_train, ood_sets, bundle = _load(args, scores, data, device)
     options = EvalOptions(templates, args.temperature, args.k, args.batch_size, args.workers, args.bootstrap,
                           args.seed, args.neg_words, meta)  # fmt: skip
-    evaluation = evaluate(bundle, id_test, ood_sets, scores, options, FeatureCache(args.cache_dir, args.feature_dtype),
-                          id_train)  # fmt: skip
+    cache = FeatureCache(args.cache_dir, args.feature_dtype)
+    if world.distributed:
+        for dataset in [id_train, id_test, *ood_sets]:
+            if dataset is not None:
+                image_features(bundle, dataset, cache, args.batch_size, args.workers, world)
+        if not world.main:
+            return {}
+    evaluation = evaluate(bundle, id_test, ood_sets, scores, options, cache, id_train)
     accuracy = ", ".join(f"{k} {100 * v:.2f}%" if k.endswith("top1") else f"{k} {v:g}"
                          for k, v in evaluation.accuracy.items())  # fmt: skip
     print(f"\nID {args.id_name}: {evaluation.samples['ID']} test images" + (f"; {accuracy}" if accuracy else ""))
@@ -162,6 +172,23 @@ def run(args: argparse.Namespace) -> dict:
     print(f"\nsaved results.json, results.csv, results.md{', plots' if args.plots else ''} in {out_dir}")
     return {"metrics": evaluation.metrics, "accuracy": evaluation.accuracy, "samples": evaluation.samples,
             "out_dir": str(out_dir)}  # fmt: skip
+
+
+def _load(args: argparse.Namespace, scores: list[str], data: DataOptions, device: torch.device) -> tuple:
+    """The ID test (and train, if a score fits on it) split, the OOD sets and the model, each checked."""
+    id_test = data.load(args.id_name, "test")
+    if any(needs_text(s) for s in scores) and not id_test.classnames:
+        raise UserError(f"'{args.id_name}' has no class names (a flat folder?), which {', '.join(scores)} need; "
+                        f"use an ImageFolder tree with one folder per class")  # fmt: skip
+    id_train = data.load(args.id_name, "train") if any(fitted(s) for s in scores) else None
+    if "knn" in scores and max(knn_ks(args.id_name, args.k)) > len(id_train.dataset):
+        raise UserError(f"knn: k={max(knn_ks(args.id_name, args.k))} needs at least k training images; "
+                        f"{args.id_name} train has {len(id_train.dataset)}")  # fmt: skip
+    if "neglabel" in scores:
+        load_words(args.neg_words)  # a missing or empty word list fails now, not after extraction
+    ood_sets = resolve_ood_sets(args.id_name, args.out, data)
+    bundle = load_model(args.model, args.pretrained, args.ckpt, device, args.model_cache_dir, args.seed)
+    return id_test, id_train, ood_sets, bundle
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

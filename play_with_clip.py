@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.arrays import as_array
 from utils.atomic import write_json
 from utils.cache import FeatureCache
 from utils.classification import classification_report, logits_of
@@ -168,7 +167,7 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     cache = FeatureCache(args.cache_dir, args.feature_dtype)
     train_feats = image_features(bundle, train, cache, args.batch_size, args.workers)
     test_feats = image_features(bundle, test, cache, args.batch_size, args.workers)
-    probe = fit_linear_probe(as_array(train_feats.features), train_feats.labels, seed=args.seed,
+    probe = fit_linear_probe(train_feats.features, train_feats.labels, seed=args.seed,
                              device=bundle.device)  # fmt: skip
     if fingerprint(bundle.model) != bundle.fingerprint:  # the frozen protocol's sanity check (MoCo's)
         raise RuntimeError("the encoder's weights changed during a frozen linear probe")

@@ -78,26 +78,121 @@ def test_changed_checkpoint_bytes_miss(tmp_path, digits):
     assert feature_key(a, digits, "float16") != feature_key(a, digits, "float32")
 
 
-def test_crash_mid_extraction_leaves_nothing_valid(tiny, digits, tmp_path, monkeypatch):
-    cache = FeatureCache(tmp_path)
-    original = tiny.model.encode_image
+def _interrupt(bundle, data, cache, monkeypatch, batch_size: int, call: int = 3, checkpoint_seconds: float = -1.0):
+    """Extract until forward pass `call` is killed (checkpointing every `checkpoint_seconds`), then heal the model."""
+    import utils.extraction
+
+    monkeypatch.setattr(utils.extraction, "CHECKPOINT_SECONDS", checkpoint_seconds)
+    original = bundle.model.encode_image
     calls = {"n": 0}
 
-    def dies_on_third(*args, **kwargs):
+    def dies(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == call:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(tiny.model, "encode_image", dies_on_third)
+    monkeypatch.setattr(bundle.model, "encode_image", dies)
     with pytest.raises(KeyboardInterrupt):
-        image_features(tiny, digits, cache, batch_size=16, workers=0)
+        image_features(bundle, data, cache, batch_size=batch_size, workers=0)
+    monkeypatch.setattr(bundle.model, "encode_image", original)
+
+
+@pytest.mark.parametrize(("checkpoint_seconds", "batches_left"), [(-1.0, 2), (1e9, 4)])
+def test_interrupted_extraction_resumes_from_its_last_checkpoint(
+    tiny, digits, tmp_path, monkeypatch, checkpoint_seconds, batches_left
+):
+    """Killed in batch 3 of 4: with a checkpoint after every batch only batches 3-4 are encoded again; with no
+    checkpoint yet, all 4. Either way the entry equals an uninterrupted extraction and appears only when whole."""
+    cache = FeatureCache(tmp_path / "resumed")
+    _interrupt(tiny, digits, cache, monkeypatch, 16, checkpoint_seconds=checkpoint_seconds)
     key = feature_key(tiny, digits, "float16")
-    assert cache.load(key) is None
-    assert not cache.path(key).exists()
-    assert not list(tmp_path.glob(".*.tmp"))  # the temporary folder is removed on the way out
-    monkeypatch.setattr(tiny.model, "encode_image", original)
-    assert image_features(tiny, digits, cache, batch_size=16, workers=0).features.shape == (50, 64)
+    assert cache.load(key) is None and not cache.path(key).exists()
+    assert cache.partial_path(key).is_dir()
+    counter = CountingEncoder(tiny, monkeypatch)
+    resumed = image_features(tiny, digits, cache, batch_size=16, workers=0)
+    assert counter.calls == batches_left
+    assert not cache.partial_path(key).exists()
+    assert sorted(p.name for p in cache.path(key).iterdir()) == ["features.npy", "index.npy", "labels.npy", "meta.json"]
+    whole = image_features(tiny, digits, FeatureCache(tmp_path / "whole"), batch_size=16, workers=0)
+    assert np.array_equal(resumed.features, whole.features)
+    assert np.array_equal(resumed.labels, whole.labels) and np.array_equal(resumed.index, whole.index)
+
+
+def test_partial_entry_of_another_layout_starts_afresh(tiny, digits, tmp_path, monkeypatch):
+    """Progress made with another batch size (so other shard boundaries) is not reused."""
+    cache = FeatureCache(tmp_path)
+    _interrupt(tiny, digits, cache, monkeypatch, 16)
+    counter = CountingEncoder(tiny, monkeypatch)
+    image_features(tiny, digits, cache, batch_size=10, workers=0)
+    assert counter.calls == 5
+
+
+def test_resumed_extraction_keeps_the_skipped_images(tiny, image_tree, tmp_path, monkeypatch):
+    (image_tree / "cats" / "aa_broken.png").write_bytes(b"garbage")  # row 0: skipped before the interruption
+    data = load_dataset(f"folder:{image_tree}")
+    cache = FeatureCache(tmp_path)
+    _interrupt(tiny, data, cache, monkeypatch, 2, call=2)
+    with pytest.warns(UserWarning, match="skipped 1 of"):
+        resumed = image_features(tiny, data, cache, batch_size=2, workers=0)
+    with pytest.warns(UserWarning, match="skipped 1 of"):
+        whole = image_features(tiny, data, FeatureCache(tmp_path / "whole"), batch_size=2, workers=0)
+    assert resumed.skipped == whole.skipped and "aa_broken.png" in resumed.skipped[0]["name"]
+    assert np.array_equal(resumed.index, whole.index) and 0 not in resumed.index
+
+
+def test_crash_while_publishing_starts_afresh(tiny, image_tree, tmp_path, monkeypatch):
+    """Killed while compacting (rows already moved): the folder is no longer taken for resumable."""
+    import utils.extraction
+
+    (image_tree / "cats" / "aa_broken.png").write_bytes(b"garbage")  # a skipped row, so compaction moves rows
+    data = load_dataset(f"folder:{image_tree}")
+    cache = FeatureCache(tmp_path)
+    finish = utils.extraction.finish_rows
+
+    def dies_after_compacting(*args):
+        finish(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(utils.extraction, "finish_rows", dies_after_compacting)
+    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning):
+        image_features(tiny, data, cache, batch_size=4, workers=0)
+    monkeypatch.setattr(utils.extraction, "finish_rows", finish)
+    counter = CountingEncoder(tiny, monkeypatch)
+    with pytest.warns(UserWarning, match="skipped 1 of 11"):
+        entry = image_features(tiny, data, cache, batch_size=4, workers=0)
+    assert counter.calls == 3 and entry.features.shape == (10, 64)
+
+
+def test_partial_entry_with_a_damaged_features_file_starts_afresh(tiny, digits, tmp_path, monkeypatch):
+    cache = FeatureCache(tmp_path)
+    _interrupt(tiny, digits, cache, monkeypatch, 16)
+    (cache.partial_path(feature_key(tiny, digits, "float16")) / "features.npy").write_bytes(b"\x93NUMPY broken")
+    counter = CountingEncoder(tiny, monkeypatch)
+    entry = image_features(tiny, digits, cache, batch_size=16, workers=0)
+    assert counter.calls == 4
+    whole = image_features(tiny, digits, FeatureCache(tmp_path / "whole"), batch_size=16, workers=0)
+    assert np.array_equal(entry.features, whole.features)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 8])
+@pytest.mark.parametrize(("rows", "batch_size"), [(50, 16), (7, 4), (1000, 256), (3, 5)])
+def test_shards_tile_the_rows_at_batch_boundaries(rows, batch_size, world_size):
+    from utils.extraction import shard_rows
+
+    shards = [shard_rows(rows, batch_size, r, world_size) for r in range(world_size)]
+    assert [i for s in shards for i in s] == list(range(rows))
+    assert all(s.start % batch_size == 0 for s in shards if len(s))
+
+
+def test_one_run_at_a_time_extracts_a_key(tmp_path):
+    from utils.cache import _try_lock
+
+    cache = FeatureCache(tmp_path)
+    with cache.lock("abc"), open(tmp_path / ".locks" / "abc.lock", "a+") as other:
+        assert not _try_lock(other)
+    with open(tmp_path / ".locks" / "abc.lock", "a+") as other:
+        assert _try_lock(other)
 
 
 def test_half_written_entry_is_ignored(tiny, digits, tmp_path, monkeypatch):
@@ -194,12 +289,16 @@ def test_stale_temporary_folders_are_cleaned_live_ones_kept(tmp_path):
 
     cache = FeatureCache(tmp_path)
     old, live = tmp_path / ".abc.x.tmp", tmp_path / ".def.y.tmp"
-    old.mkdir()
-    live.mkdir()
-    two_days_ago = time.time() - 2 * 24 * 3600
+    old_partial, resumable = tmp_path / ".abc.partial", tmp_path / ".def.partial"
+    for folder in (old, live, old_partial, resumable):
+        folder.mkdir()
+    two_days_ago, eight_days_ago = time.time() - 2 * 24 * 3600, time.time() - 8 * 24 * 3600
     os.utime(old, (two_days_ago, two_days_ago))
-    cache._clean_stale()
+    os.utime(resumable, (two_days_ago, two_days_ago))  # an interrupted extraction waits a week to be resumed
+    os.utime(old_partial, (eight_days_ago, eight_days_ago))
+    cache.clean_stale()
     assert not old.exists() and live.exists()
+    assert not old_partial.exists() and resumable.exists()
 
 
 def test_transient_os_errors_are_not_recorded_as_bad_images():

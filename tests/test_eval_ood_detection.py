@@ -235,3 +235,39 @@ def test_list_models(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "tiny:" in out and "ViT-B-16: openai" in out and "timm:NAME" in out
+
+
+def test_torchrun_extraction_matches_one_process(tmp_path):
+    """Two ranks (gloo, CPU) each encode a shard of every dataset; rank 0 assembles caches identical to one
+    process's, bit for bit, and reports the same metrics."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["eval_ood_detection.py", "--in", "digits", *TINY, "--score", "mcm", "knn", "--limit", "150",
+            "--batch-size", "32", "--no-plots"]  # fmt: skip
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node=2", "--standalone"]
+    runs = {"one": [sys.executable], "two": torchrun}
+    for name, launcher in runs.items():
+        cmd = [
+            *launcher,
+            *args,
+            "--cache-dir",
+            str(tmp_path / name / "cache"),
+            "--out-dir",
+            str(tmp_path / name / "out"),
+        ]
+        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    entries = {name: sorted(p.name for p in (tmp_path / name / "cache").iterdir() if not p.name.startswith("."))
+               for name in runs}  # fmt: skip
+    assert entries["one"] == entries["two"] and len(entries["one"]) == 5  # train, test and 3 OOD sets
+    for key in entries["one"]:
+        for array in ("features.npy", "labels.npy", "index.npy"):
+            one, two = (np.load(tmp_path / name / "cache" / key / array) for name in runs)
+            assert np.array_equal(one, two), (key, array)
+    metrics = [json.loads((tmp_path / name / "out" / "results.json").read_text())["metrics"] for name in runs]
+    assert metrics[0] == metrics[1]

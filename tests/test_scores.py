@@ -156,6 +156,48 @@ def test_knn_sweep_is_one_search(toy, monkeypatch):
         assert np.allclose(sweep[k], build_score("knn", k=k).fit(ind)(id_feats), atol=1e-6)
 
 
+@pytest.fixture
+def float16_bank(toy, tmp_path):
+    """The toy training features as a memory-mapped float16 file, as the cache stores them."""
+    ind = toy[0]
+    bank = np.lib.format.open_memmap(tmp_path / "bank.npy", mode="w+", dtype=np.float16, shape=ind.train_features.shape)
+    bank[:] = ind.train_features
+    bank.flush()
+    return np.load(tmp_path / "bank.npy", mmap_mode="r"), ind.train_labels
+
+
+@pytest.mark.parametrize(("bank_chunk", "query_chunk"), [(7, 5), (64, 1024), (10_000, 3)])
+def test_knn_streams_a_float16_bank_in_blocks(toy, float16_bank, monkeypatch, bank_chunk, query_chunk):
+    """Any block sizes give sklearn's k-th distances on the float16 bank (the running top-k merge is exact)."""
+    import utils.scores.knn as knn_module
+
+    monkeypatch.setattr(knn_module, "BANK_CHUNK", bank_chunk)
+    monkeypatch.setattr(knn_module, "QUERY_CHUNK", query_chunk)
+    bank, _ = float16_bank
+    _, id_feats, ood_feats, _, _ = toy
+    feats = np.r_[id_feats, ood_feats]
+    reference = bank.astype(np.float32)
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+    distances, _ = NearestNeighbors(n_neighbors=30).fit(reference).kneighbors(feats)
+    sweep = build_score("knn", k=30).fit(InDistribution(train_features=bank)).sweep(feats, [1, 10, 30])
+    for k in (1, 10, 30):
+        assert np.allclose(sweep[k], -distances[:, k - 1], atol=1e-5)
+
+
+def test_linear_probe_streams_a_float16_bank_in_blocks(toy, float16_bank, monkeypatch):
+    """Blocks of 16 rows from a float16 memmap: the same probe as one float32 block of the same values."""
+    import utils.linear_probe as lp
+
+    bank, labels = float16_bank
+    whole = fit_linear_probe(bank.astype(np.float32), labels, Cs=[0.1, 10.0])
+    monkeypatch.setattr(lp, "ROW_CHUNK", 16)
+    blocks = lp.to_blocks(bank, labels)
+    assert len(blocks) == -(-len(labels) // 16) and blocks[0][0].dtype == torch.float16
+    streamed = fit_linear_probe(bank, labels, Cs=[0.1, 10.0])
+    assert streamed.C == whole.C
+    assert np.abs(streamed.logits(toy[1]) - whole.logits(toy[1])).max() < 1e-3
+
+
 def test_knn_k_larger_than_bank(toy):
     with pytest.raises(ValueError, match="at least k"):
         build_score("knn", k=10_000).fit(toy[0])
@@ -210,7 +252,7 @@ def test_linear_probe_picks_c_on_held_out_data():
     x, y = t.from_numpy(feats), t.from_numpy(labels)
     accuracies = []
     for c in Cs:
-        w, b = train_logistic_regression(x[fit_idx], y[fit_idx], 3, c)
+        w, b = train_logistic_regression([(x[fit_idx], y[fit_idx])], 3, c)
         accuracies.append(((x[val_idx] @ w.T + b).argmax(1) == y[val_idx]).float().mean().item())
     assert len(set(accuracies)) > 1  # the choice matters on this data
     assert probe.validation_accuracy == pytest.approx(max(accuracies), abs=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 
 import numpy as np
@@ -18,8 +19,22 @@ def as_array(x: object, dtype: type = np.float32) -> np.ndarray:
 
 def chunks(features: object, size: int = CHUNK) -> Iterator[np.ndarray]:
     """Consecutive row blocks of `features` as float32 arrays."""
+    for block in row_blocks(features, size):
+        yield as_array(block)
+
+
+def row_blocks(features: object, size: int = CHUNK) -> Iterator[np.ndarray]:
+    """Consecutive row blocks of `features` in their own dtype.
+
+    A read-only memory map is streamed, not accumulated: the pages of each block are dropped from this process
+    once it is used (the data stays on disk and in the OS page cache), so scanning a bank larger than RAM never
+    grows the resident memory by the bank's size.
+    """
+    mapping = getattr(features, "_mmap", None) if getattr(features, "mode", None) == "r" else None
     for start in range(0, len(features), size):
-        yield as_array(features[start : start + size])
+        yield features[start : start + size]
+        if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+            mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:

