@@ -41,3 +41,14 @@ def image_tree(tmp_path: Path) -> Path:
     write_images(root / "cats", 5, seed=1)
     write_images(root / "dogs", 5, seed=2)
     return root
+
+
+def assert_one_clear_error(call, capsys, expected: str, out: Path) -> str:
+    """`call()` exits with code 2 and a message holding `expected`, no traceback, nothing written to `out`."""
+    with pytest.raises(SystemExit) as info:
+        call()
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert not out.exists()
+    return err

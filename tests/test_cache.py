@@ -317,3 +317,30 @@ def test_transient_os_errors_are_not_recorded_as_bad_images():
 
     with pytest.raises(OSError, match="Too many open files"):
         Preprocessed(Flaky(), lambda x: x)[0]
+
+
+def test_interrupted_text_encoding_resumes(tiny, tmp_path, monkeypatch):
+    """Long word lists (NegLabel's 75k) go through the same resumable writer: batch 3 of 4 killed, 2 redone."""
+    import utils.extraction
+    import utils.features
+    from utils.features import text_features
+    from utils.prompts import TEMPLATE_SETS
+
+    monkeypatch.setattr(utils.extraction, "CHECKPOINT_SECONDS", -1.0)
+    names, templates = [f"word{i}" for i in range(10)], TEMPLATE_SETS["single"]
+    original, calls = utils.features.text_head, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(utils.features, "text_head", counted)
+    cache = FeatureCache(tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        text_features(tiny, names, templates, cache, classes_per_batch=3)
+    resumed = text_features(tiny, names, templates, cache, classes_per_batch=3)
+    assert len(calls) == 5  # 2 before the interruption, the failing one, then batches 3 and 4
+    whole = text_features(tiny, names, templates, FeatureCache(tmp_path / "whole"), classes_per_batch=3)
+    assert resumed.shape == (10, 64) and np.array_equal(resumed, whole)

@@ -10,6 +10,7 @@ import torch
 
 import play_with_clip
 import utils.features
+from tests.conftest import assert_one_clear_error
 from utils.models import load_model
 from utils.weights import fingerprint
 
@@ -142,12 +143,7 @@ def test_python_api(tmp_path):
     ],
 )
 def test_bad_input(tmp_path, capsys, argv, expected):
-    with pytest.raises(SystemExit) as info:
-        run(tmp_path, *argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert expected in err and "Traceback" not in err
-    assert not (tmp_path / "out").exists()
+    assert_one_clear_error(lambda: run(tmp_path, *argv), capsys, expected, tmp_path / "out")
 
 
 def test_checkpoint_of_another_architecture(tmp_path, capsys):

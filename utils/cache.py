@@ -1,7 +1,7 @@
 """On-disk feature cache: one folder per key, streamed to disk in chunks, published atomically.
 
-An entry is valid only once its folder carries its final name and a `meta.json` that matches the arrays;
-a run killed mid-extraction leaves a hidden temporary folder that is never read (and is cleaned up later).
+An entry is valid only once its folder carries its final name and a `meta.json` that matches the arrays; while
+it is written (utils/extraction.py) it lives in a hidden `.KEY.partial` folder that is never read as an entry.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -21,14 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from utils.atomic import atomic_dir
 from utils.errors import UserError
 
 FORMAT_VERSION = 1
 DTYPES = {"float16": np.float16, "float32": np.float32}
 STALE_TMP_SECONDS = 24 * 3600
 STALE_PARTIAL_SECONDS = 7 * 24 * 3600
-HEARTBEAT_SECONDS = 60
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -49,30 +46,6 @@ class CachedFeatures:
     @property
     def skipped(self) -> list[dict[str, str]]:
         return self.meta.get("skipped", [])
-
-
-class _Writer:
-    """Fills preallocated memory-mapped arrays row by row; skipped rows are compacted away at the end."""
-
-    def __init__(self, folder: Path, rows: int, dim: int, dtype: np.dtype):
-        self.folder, self.rows, self.dim = folder, rows, dim
-        self.features = np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype=dtype, shape=(rows, dim))
-        self.labels = np.full(rows, -1, dtype=np.int64)
-        self.valid = np.zeros(rows, dtype=bool)
-        self.heartbeat = time.time()
-
-    def write(self, positions: np.ndarray, features: np.ndarray, labels: np.ndarray) -> None:
-        self.features[positions] = features
-        self.labels[positions] = labels
-        self.valid[positions] = True
-        if time.time() - self.heartbeat > HEARTBEAT_SECONDS:  # tells other runs' clean-up this folder is alive
-            os.utime(self.folder)
-            self.heartbeat = time.time()
-
-    def finish(self) -> int:
-        self.features.flush()
-        self.features = None
-        return finish_rows(self.folder, self.labels, self.valid)
 
 
 def finish_rows(folder: Path, labels: np.ndarray, valid: np.ndarray) -> int:
@@ -142,27 +115,14 @@ class FeatureCache:
             return None
         return CachedFeatures(features, labels, index, meta)
 
-    @contextmanager
-    def writer(self, key: str, rows: int, dim: int, meta: dict[str, Any]) -> Iterator[_Writer]:
-        """Stream an entry to a temporary folder; it becomes visible only if the block completes."""
-        self.clean_stale()
-        final = self.path(key)
-        if final.exists() and self.load(key) is None:  # an invalid leftover (e.g. an older format): replace it
-            shutil.rmtree(final, ignore_errors=True)
-        with atomic_dir(final) as tmp:
-            writer = _Writer(tmp, rows, dim, DTYPES[self.dtype])
-            yield writer
-            kept = writer.finish()
-            (tmp / "meta.json").write_text(json.dumps(self.record(meta, kept, dim), indent=2, default=str))
-
     def clean_stale(self) -> None:
-        """Remove temporary folders killed runs left a day ago, and unfinished extractions not resumed in a week."""
+        """Remove temporary folders (of older versions) left a day ago, and extractions not resumed in a week."""
         if not self.root.is_dir():
             return
         for folder, age in [*((t, STALE_TMP_SECONDS) for t in self.root.glob(".*.tmp")),
                             *((p, STALE_PARTIAL_SECONDS) for p in self.root.glob(".*.partial"))]:  # fmt: skip
             try:
-                if time.time() - folder.stat().st_mtime > age:  # running writers touch theirs every minute
+                if time.time() - folder.stat().st_mtime > age:  # a running extraction checkpoints every 30 s
                     shutil.rmtree(folder, ignore_errors=True)
             except FileNotFoundError:  # another run published or removed it meanwhile
                 continue

@@ -14,6 +14,8 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import numpy as np
 
 from utils.atomic import atomic_path, fsync, write_json
 from utils.cache import FeatureCache, finish_rows
+from utils.distributed import World, barrier, from_main
 
 CHECKPOINT_SECONDS = 30.0
 
@@ -135,7 +138,30 @@ def publish_partial(cache: FeatureCache, key: str, spec: dict[str, Any], meta: d
     os.rename(folder, final)
 
 
-def report_resume(name: str, done: int, rows: int) -> None:
-    if done:
-        print(f"resuming the features of {name} at {done} of {rows} images (an earlier run was interrupted)",
-              file=sys.stderr)  # fmt: skip
+@contextmanager
+def entry_writer(
+    cache: FeatureCache, key: str, spec: dict[str, Any], meta: dict[str, Any], world: World, name: str
+) -> Iterator[ShardWriter | None]:
+    """This rank's writer of entry `key` (None when another run finished it meanwhile); published on exit.
+
+    Every rank of `world` must enter. Rank 0 holds the entry's lock, resumes or starts its partial folder and,
+    once every rank closed its shard, publishes it. An exception leaves the partial folder to be resumed.
+    """
+    with cache.lock(key) if world.main else nullcontext():
+        if from_main(cache.load(key) is not None, world):
+            yield None
+        else:
+            if world.main:
+                cache.clean_stale()
+                done = prepare_partial(cache.partial_path(key), spec)
+                if done:
+                    print(f"resuming {name} at row {done} of {spec['rows']} (an earlier run was interrupted)",
+                          file=sys.stderr)  # fmt: skip
+            barrier(world)
+            shard = ShardWriter(cache.partial_path(key), world.rank, spec)
+            yield shard
+            shard.close()
+            barrier(world)
+            if world.main:
+                publish_partial(cache, key, spec, meta)
+    barrier(world)

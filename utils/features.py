@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -17,9 +16,9 @@ from utils.cache import CachedFeatures, FeatureCache, cache_key
 from utils.data import LoadedDataset
 from utils.data.loading import make_loader, sample_name
 from utils.device import autocast, precision_tag
-from utils.distributed import World, barrier, from_main
+from utils.distributed import World
 from utils.errors import UserError
-from utils.extraction import ShardWriter, prepare_partial, publish_partial, report_resume
+from utils.extraction import ShardWriter, entry_writer
 from utils.models import ModelBundle
 from utils.prompts import Template, render, text_head
 
@@ -76,21 +75,10 @@ def extract(
     world = world or World()
     spec = {"rows": len(data.dataset), "dim": bundle.embed_dim, "dtype": cache.dtype, "batch_size": batch_size,
             "world_size": world.size}  # fmt: skip
-    with cache.lock(key) if world.main else nullcontext():
-        if not from_main(cache.load(key) is not None, world):  # another run may have finished it meanwhile
-            if world.main:
-                cache.clean_stale()
-                report_resume(f"{data.name}/{data.split}", prepare_partial(cache.partial_path(key), spec), spec["rows"])
-            barrier(world)
-            shard = ShardWriter(cache.partial_path(key), world.rank, spec)
+    meta = {"model": bundle.name, "weights": bundle.weights, "dataset": data.identity, "classnames": data.classnames}
+    with entry_writer(cache, key, spec, meta, world, f"the features of {data.name}/{data.split}") as shard:
+        if shard is not None:
             _encode(bundle, data, shard, batch_size, workers, show=world.main)
-            shard.close()
-            barrier(world)
-            if world.main:
-                meta = {"model": bundle.name, "weights": bundle.weights, "dataset": data.identity,
-                        "classnames": data.classnames}  # fmt: skip
-                publish_partial(cache, key, spec, meta)
-    barrier(world)
 
 
 def _encode(bundle: ModelBundle, data: LoadedDataset, shard: ShardWriter, batch_size: int, workers: int,
@@ -162,15 +150,17 @@ def text_features(
     )
     entry = cache.load(key)
     if entry is None:
-        meta = {"model": bundle.name, "weights": bundle.weights, "text_count": len(names), "skipped": []}
+        spec = {"rows": len(names), "dim": bundle.embed_dim, "dtype": cache.dtype, "batch_size": classes_per_batch,
+                "world_size": 1}  # fmt: skip
+        meta = {"model": bundle.name, "weights": bundle.weights, "text_count": len(names)}
         with (
-            cache.writer(key, len(names), bundle.embed_dim, meta) as writer,
+            entry_writer(cache, key, spec, meta, World(), "the text features") as shard,
             tqdm(total=len(names), unit="name", desc="text features", dynamic_ncols=True) as bar,
         ):
-            for start in range(0, len(names), classes_per_batch):
+            for start in range(shard.next_row if shard else len(names), len(names), classes_per_batch):
                 batch = list(names[start : start + classes_per_batch])
                 head = text_head(bundle.model, bundle.tokenizer, batch, templates, bundle.device).cpu().numpy()
-                writer.write(np.arange(start, start + len(batch)), head, np.full(len(batch), -1))
+                shard.write(np.arange(start, start + len(batch)), head, np.full(len(batch), -1), len(batch), [])
                 bar.update(len(batch))
         entry = cache.load(key)
     return as_array(entry.features)
