@@ -15,14 +15,14 @@ demo:
 		--out-dir $(OUT)/zeroshot --overwrite
 	$(PYTHON) play_with_clip.py --mode linear_probe --in digits $(TINY) --ckpt $(OUT)/train/final.pt \
 		--out-dir $(OUT)/linear_probe --overwrite
-	$(PYTHON) -m utils.demo $(OUT)
+	$(PYTHON) -m tools.demo $(OUT)
 
 test:
 	$(PYTHON) -m pytest
 
 # The four fine-tuning methods x 3 seeds on digits (about an hour on 2 CPU cores; resumable): methods_table.md
 methods-table:
-	$(PYTHON) -m utils.demo table $(OUT)/methods 0 1 2
+	$(PYTHON) -m tools.demo table $(OUT)/methods 0 1 2
 
 # The benchmarks (bench/), full size, one after the other; each prints a markdown table (about 30 min on 2 cores)
 bench:

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from utils.atomic import write_json
-from utils.cache import FeatureCache
-from utils.classification import classification_report, logits_of
 from utils.cli import (
     add_data_args,
     add_model_args,
     check_writable_dir,
+    from_args,
     guarded,
     non_negative_float,
     positive_float,
@@ -32,17 +31,22 @@ from utils.cli import (
     run_folder,
     run_metadata,
 )
-from utils.clip_training import FREEZE, TrainConfig, save_final, train
-from utils.data import get_spec, load_dataset
+from utils.data.leakage import check_no_leakage
+from utils.data.loading import DataOptions
+from utils.data.registry import get_spec
 from utils.device import resolve_device
 from utils.distributed import barrier, close, init_world, local_device
 from utils.errors import UserError
-from utils.features import image_features
-from utils.leakage import check_no_leakage
-from utils.models import check_model_name, load_model
-from utils.ood_finetune import DEFAULT_OOD_PROMPT, DEFAULT_OTHERS_PROMPT, METHODS, load_groups
-from utils.prompts import TEMPLATE_SETS, load_templates, text_head
-from utils.weights import fingerprint
+from utils.evaluation.classification import classification_report, logits_of
+from utils.features.images import image_features
+from utils.features.store import FeatureCache
+from utils.features.text import text_embeddings
+from utils.models.loading import check_model_name, has_text_encoder, load_model
+from utils.models.weights import fingerprint
+from utils.prompts import TEMPLATE_SETS, load_templates
+from utils.training.clip_finetune import TrainConfig, save_model, train
+from utils.training.objectives import DEFAULT_OOD_PROMPT, DEFAULT_OTHERS_PROMPT, METHODS, load_groups
+from utils.training.towers import FREEZE
 
 DEFAULT_AUX = {"digits": "digits_aux"}  # the offline experiment's outliers: digits 5-6
 
@@ -106,7 +110,7 @@ def _method_options(args: argparse.Namespace, classnames: Sequence[str]) -> dict
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     check_model_name(args.model)
-    if args.model.startswith("timm:"):
+    if not has_text_encoder(args.model):
         raise UserError("finetune_clip.py trains CLIP models (image and text towers); timm backbones have no text")
     if not 0 <= args.warmup < 1:
         raise UserError(f"--warmup is a share of all steps in [0, 1), got {args.warmup}")
@@ -125,7 +129,8 @@ def _run(args: argparse.Namespace, world) -> dict[str, Any]:
         raise UserError(f"--resume needs --out-dir of an earlier run holding last.pt (got {args.out_dir})")
     check_writable_dir(args.out_dir or "results", "--out-dir")
     captions = load_templates(args.templates)
-    train_data = load_dataset(args.id_name, "train", args.data_root, args.download, args.limit, args.seed)
+    data = from_args(DataOptions, args, root=args.data_root)
+    train_data = data.load(args.id_name, "train")
     if not train_data.classnames:
         raise UserError(f"'{args.id_name}' has no class names (a flat folder?); fine-tuning needs labelled images")
     aux_name = args.aux or DEFAULT_AUX.get(args.id_name)
@@ -133,18 +138,13 @@ def _run(args: argparse.Namespace, world) -> dict[str, Any]:
     if METHODS[args.method].needs_aux:
         if not aux_name:
             raise UserError(f"--method {args.method} trains on auxiliary outliers: pass --aux DATASET")
-        split = "train" if "train" in get_spec(aux_name).splits else "test"  # a plain folder is one pool
-        aux = load_dataset(aux_name, split, args.data_root, args.download, args.limit, args.seed)
+        aux = data.load(aux_name, "train" if "train" in get_spec(aux_name).splits else "test")  # a folder is one pool
         eval_out = args.eval_out or [n for n in get_spec(args.id_name).ood if n != args.id_name]
         check_no_leakage(aux, eval_out, args.data_root, train_data)
     options = _method_options(args, train_data.classnames)
     bundle = load_model(args.model, args.pretrained, args.ckpt, device, args.model_cache_dir, args.seed)
-    if not bundle.has_text:
-        raise UserError(f"{args.model} has no text encoder")
-    objective = METHODS[args.method](bundle.model, bundle.tokenizer, train_data.classnames, captions, **options)
-    config = TrainConfig(args.method, args.model, args.id_name, aux.name if aux else None, args.epochs, args.lr,
-                         args.weight_decay, args.warmup, args.batch_size, args.accumulate, args.freeze, args.seed,
-                         args.workers)  # fmt: skip
+    objective = METHODS[args.method](bundle, train_data.classnames, captions, **options)
+    config = from_args(TrainConfig, args, aux=aux.name if aux else None)
     out_dir = Path(args.out_dir) if args.resume else None
     if out_dir is None:
         out_dir = Path(args.out_dir) if world.distributed else None
@@ -155,18 +155,21 @@ def _run(args: argparse.Namespace, world) -> dict[str, Any]:
     bundle = dataclasses.replace(bundle, fingerprint=fingerprint(bundle.model))  # new weights, new cache key
     summary: dict[str, Any] = {"method": args.method, "log": log, "out_dir": str(out_dir)}
     if world.main:
-        test = load_dataset(args.id_name, "test", args.data_root, args.download, args.limit, args.seed)
-        head = text_head(bundle.model, bundle.tokenizer, test.classnames, TEMPLATE_SETS["single"], device).cpu().numpy()
-        feats = image_features(bundle, test, FeatureCache(args.cache_dir, args.feature_dtype), 256, args.workers)
-        summary["zero_shot_top1"] = classification_report(logits_of(feats.features, head), feats.labels,
-                                                          list(test.classnames))["top1"]  # fmt: skip
-        extra = {"base_weights": bundle.weights, "zero_shot_top1": summary["zero_shot_top1"]}
-        save_final(out_dir / "final.pt", bundle, objective, config, extra)
+        summary["zero_shot_top1"] = _zero_shot_top1(bundle, data.load(args.id_name, "test"), args)
+        save_model(out_dir / "final.pt", bundle, objective, config, base_weights=bundle.weights,
+                   zero_shot_top1=summary["zero_shot_top1"])  # fmt: skip
         write_json(out_dir / "results.json", {**summary, **run_metadata(args)})
         print(f"{args.method} on {args.id_name}: zero-shot top-1 {100 * summary['zero_shot_top1']:.2f}% after "
               f"{args.epochs} epochs; final.pt, last.pt and metrics.jsonl in {out_dir}")  # fmt: skip
     barrier(world)
     return summary
+
+
+def _zero_shot_top1(bundle, test, args: argparse.Namespace) -> float:
+    """The fine-tuned model's zero-shot accuracy on the ID test split, with the prompt the scores use."""
+    head = text_embeddings(bundle, test.classnames, TEMPLATE_SETS["single"])
+    feats = image_features(bundle, test, FeatureCache(args.cache_dir, args.feature_dtype), 256, args.workers)
+    return classification_report(logits_of(feats.features, head), feats.labels, list(test.classnames))["top1"]
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from utils.cli import check_writable_dir, guarded, non_negative_int, positive_int
-from utils.errors import UserError
-from utils.imagenet_subsets import (
+from utils.data.imagenet_subsets import (
     SPLITS,
     caption_records,
     find_images,
@@ -26,6 +25,7 @@ from utils.imagenet_subsets import (
     write_jsonl,
     write_manifest,
 )
+from utils.errors import UserError
 from utils.prompts import TEMPLATE_SETS, load_templates
 
 

@@ -19,13 +19,11 @@ import numpy as np
 import torch
 
 from utils.atomic import write_json
-from utils.cache import FeatureCache
-from utils.classification import classification_report, logits_of
-from utils.classnames import CIFAR100
 from utils.cli import (
     add_data_args,
     add_model_args,
     check_writable_dir,
+    from_args,
     guarded,
     non_negative_float,
     positive_float,
@@ -33,18 +31,23 @@ from utils.cli import (
     run_folder,
     run_metadata,
 )
-from utils.data import LoadedDataset, load_dataset
-from utils.device import resolve_device
+from utils.data.classnames import CIFAR100
+from utils.data.loading import DataOptions, LoadedDataset
+from utils.data.skimage import SKIMAGE_IMAGES, skimage_images
+from utils.device import autocast, resolve_device
 from utils.errors import UserError
-from utils.features import image_features
-from utils.finetune_classifier import FinetuneConfig, finetune_image_encoder, predict
-from utils.linear_probe import fit_linear_probe
-from utils.models import ModelBundle, check_model_name, load_model
-from utils.playground import SKIMAGE_IMAGES, skimage_images
-from utils.plots import confusion_matrix_figure, save_figure, similarity_heatmap, top_labels_figure
-from utils.prompts import TEMPLATE_SETS, load_templates, text_head
-from utils.training import save_checkpoint
-from utils.weights import fingerprint
+from utils.evaluation.classification import classification_report, logits_of
+from utils.evaluation.plots import confusion_matrix_figure, save_figure, similarity_heatmap, top_labels_figure
+from utils.features.images import DEFAULT_VIEW, VIEWS, image_features
+from utils.features.store import FeatureCache
+from utils.features.text import text_embeddings
+from utils.models import CLIP_LOGIT_SCALE
+from utils.models.loading import ModelBundle, check_model_name, load_model
+from utils.prompts import AS_IS, TEMPLATE_SETS, load_templates
+from utils.training.checkpoints import save_checkpoint
+from utils.training.image_classifier import FinetuneConfig, finetune_image_encoder, predict
+from utils.training.logistic_regression import fit_linear_probe
+from utils.training.towers import kept_frozen
 
 MODES = ("zeroshot", "linear_probe", "skimage")
 
@@ -116,7 +119,7 @@ def _load(args: argparse.Namespace) -> ModelBundle:
 
 
 def _data(args: argparse.Namespace, split: str) -> LoadedDataset:
-    data = load_dataset(args.id_name, split, args.data_root, args.download, args.limit, args.seed)
+    data = from_args(DataOptions, args, root=args.data_root).load(args.id_name, split)
     if not data.classnames:
         raise UserError(f"'{args.id_name}' has no class names (a flat folder?); {args.mode} needs labelled images")
     return data
@@ -144,7 +147,7 @@ def run_zeroshot(args: argparse.Namespace) -> dict[str, Any]:
     bundle = _load(args)
     _needs_text(bundle, args.mode)
     cache = FeatureCache(args.cache_dir, args.feature_dtype)
-    text = text_head(bundle.model, bundle.tokenizer, names, templates, bundle.device).cpu().numpy()
+    text = text_embeddings(bundle, names, templates)
     feats = image_features(bundle, data, cache, args.batch_size, args.workers)
     report = classification_report(logits_of(feats.features, text), feats.labels, names)
     results = {"top1": report["top1"], "top5": report["top5"], "per_class": report["per_class"], "classnames": names,
@@ -165,12 +168,10 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     if args.finetune:
         return _finetune(args, bundle, train, test)
     cache = FeatureCache(args.cache_dir, args.feature_dtype)
-    train_feats = image_features(bundle, train, cache, args.batch_size, args.workers)
-    test_feats = image_features(bundle, test, cache, args.batch_size, args.workers)
-    probe = fit_linear_probe(train_feats.features, train_feats.labels, seed=args.seed,
-                             device=bundle.device)  # fmt: skip
-    if fingerprint(bundle.model) != bundle.fingerprint:  # the frozen protocol's sanity check (MoCo's)
-        raise RuntimeError("the encoder's weights changed during a frozen linear probe")
+    with kept_frozen(bundle.model, "all"):  # the frozen protocol's sanity check (MoCo's)
+        train_feats = image_features(bundle, train, cache, args.batch_size, args.workers)
+        test_feats = image_features(bundle, test, cache, args.batch_size, args.workers)
+        probe = fit_linear_probe(train_feats.features, train_feats.labels, seed=args.seed, device=bundle.device)
     report = classification_report(probe.logits(test_feats.features), test_feats.labels, list(test.classnames))
     results = {"accuracy": report["top1"], "C": probe.C, "validation_accuracy": probe.validation_accuracy,
                "per_class": report["per_class"], "frozen": True, "samples": len(test_feats.labels)}  # fmt: skip
@@ -183,13 +184,10 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _finetune(args: argparse.Namespace, bundle: ModelBundle, train: LoadedDataset, test: LoadedDataset) -> dict:
-    config = FinetuneConfig(args.epochs, args.lr, args.head_lr, args.weight_decay, args.warmup, args.batch_size,
-                            args.workers, args.seed)  # fmt: skip
+    config = from_args(FinetuneConfig, args)
     head = None
     if bundle.has_text:  # start the head at the zero-shot classifier: the usual, stable start for CLIP
-        head = text_head(
-            bundle.model, bundle.tokenizer, train.classnames, load_templates(args.templates), bundle.device
-        )
+        head = torch.from_numpy(text_embeddings(bundle, train.classnames, load_templates(args.templates)))
     try:
         result = finetune_image_encoder(bundle, train, config, head)
     except ValueError as err:
@@ -219,11 +217,12 @@ def run_skimage(args: argparse.Namespace) -> dict[str, Any]:
     bundle = _load(args)
     _needs_text(bundle, args.mode)
     batch = torch.stack([bundle.preprocess(image) for image in images]).to(bundle.device)
-    image_feats = bundle.model.encode_image(batch, normalize=True).float()
-    text_feats = bundle.model.encode_text(bundle.tokenizer(descriptions).to(bundle.device), normalize=True).float()
-    similarity = (image_feats @ text_feats.T).cpu().numpy()
-    head = text_head(bundle.model, bundle.tokenizer, CIFAR100, load_templates(args.templates), bundle.device)
-    probabilities = torch.softmax(100.0 * image_feats @ head.T, dim=1).cpu().numpy()
+    with autocast(bundle.device):
+        image_feats = VIEWS[DEFAULT_VIEW].encode(bundle, batch)
+    image_feats = torch.nn.functional.normalize(image_feats.float(), dim=-1).cpu().numpy()
+    similarity = image_feats @ text_embeddings(bundle, descriptions, AS_IS).T
+    head = text_embeddings(bundle, CIFAR100, load_templates(args.templates))
+    probabilities = torch.softmax(torch.from_numpy(CLIP_LOGIT_SCALE * image_feats @ head.T), dim=1).numpy()
     top5 = {
         name: [(CIFAR100[k], float(p[k])) for k in np.argsort(-p)[:5]]
         for name, p in zip(names, probabilities, strict=True)

@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 
 from bench.common import median_seconds, parser, report
-from utils.cache import FeatureCache
 from utils.data import load_dataset
 from utils.device import autocast
-from utils.features import extract, feature_key
-from utils.models import load_model
+from utils.features.images import extract, feature_key
+from utils.features.store import FeatureCache
+from utils.models.loading import load_model
 
 
 def write_jpegs(folder: Path, count: int, size: tuple[int, int], seed: int = 0) -> None:

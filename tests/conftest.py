@@ -12,7 +12,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from utils.models import ModelBundle, load_model  # noqa: E402
+from utils.models.loading import ModelBundle, load_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

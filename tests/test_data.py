@@ -8,9 +8,8 @@ import torch
 from PIL import Image
 
 from tests.conftest import write_images
-from utils import classnames
-from utils.data import DATASETS, load_dataset
-from utils.data.loading import collate, make_loader, sample_name
+from utils.data import DATASETS, classnames, load_dataset
+from utils.data.loaders import collate, make_loader, sample_name
 from utils.errors import UserError
 
 OFFLINE = ("digits", "digits_ood", "digits_aux")
@@ -97,7 +96,7 @@ def test_image_folder_tree(image_tree):
     ],
 )
 def test_readable_classnames(raw, readable):
-    from utils.data.registry import readable_classname
+    from utils.data.loading import readable_classname
 
     assert readable_classname(raw) == readable
 

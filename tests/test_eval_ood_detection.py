@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 import eval_ood_detection
-import utils.features
+import utils.features.images
 from tests.conftest import assert_one_clear_error, write_images
 from utils.data import DATASETS
-from utils.metrics import METRICS
-from utils.scores import CHECKPOINT_SCORES, SCORES
+from utils.evaluation.metrics import METRICS
+from utils.evaluation.inputs import RESOLVERS, requirements
+from utils.scores import SCORES
 
 TINY = ["--model", "tiny", "--pretrained", "none", "--workers", "0", "--batch-size", "128"]
 WORDS = ["tree", "banana", "cloud", "river", "mountain", "chair", "piano", "ocean", "house", "road", "lamp", "fox"]
@@ -60,12 +61,14 @@ def test_every_score_one_extraction(tmp_path, words, monkeypatch):
     write_images(tmp_path / "noise", 20, seed=3)
     noise = f"folder:{tmp_path / 'noise'}"
     calls = []
-    original = utils.features.extract
-    monkeypatch.setattr(utils.features, "extract", lambda *a, **k: calls.append(a[1].name) or original(*a, **k))
+    original = utils.features.images.extract
+    monkeypatch.setattr(utils.features.images, "extract", lambda *a, **k: calls.append(a[1].name) or original(*a, **k))
     summary = run(tmp_path, "--in", "digits", "--out", "digits_ood", noise, "--score", "all", "--k", "5", "20",
                   "--neg-words", str(words), "--no-plots")  # fmt: skip
     assert sorted(calls) == sorted(["digits", "digits", "digits_ood", noise])  # ID test + train, two OOD sets
-    labels = [s for s in SCORES if s != "knn" and s not in CHECKPOINT_SCORES] + ["knn@5", "knn@20"]
+    without_checkpoint = [s for s in SCORES if set(requirements(s)) <= set(RESOLVERS)]  # all but kplus1 and group
+    labels = [s for s in without_checkpoint if s != "knn"] + ["knn@5", "knn@20"]
+    assert len(labels) == len(SCORES) - 1
     assert set(summary["metrics"]) == set(labels)
     for label in labels:
         expected = {"digits_ood"} if label == "oracle" else {"digits_ood", noise}  # the noise folder has no names
@@ -83,8 +86,8 @@ def test_every_score_one_extraction(tmp_path, words, monkeypatch):
 def test_rerun_with_other_score_does_no_forward_pass(tmp_path, monkeypatch):
     run(tmp_path, "--in", "digits", "--score", "mcm", "knn", out="a")
     calls = []
-    original = utils.features.extract
-    monkeypatch.setattr(utils.features, "extract", lambda *a, **k: calls.append(a) or original(*a, **k))
+    original = utils.features.images.extract
+    monkeypatch.setattr(utils.features.images, "extract", lambda *a, **k: calls.append(a) or original(*a, **k))
     second = run(tmp_path, "--in", "digits", "--score", "maxlogit", "rmd", "--k", "3", "--templates", "ensemble",
                  "--no-plots", out="b")  # fmt: skip
     assert calls == [] and set(second["metrics"]) == {"mis", "rmd"}
@@ -110,7 +113,7 @@ def test_image_only_timm_backbone(tmp_path, capsys):
 def test_trained_checkpoint_and_folder_ood(tmp_path):
     import torch
 
-    from utils.models import load_model
+    from utils.models.loading import load_model
 
     ckpt = tmp_path / "final.pt"
     torch.save({"state_dict": load_model("tiny", "none", seed=7).model.state_dict()}, ckpt)

@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 import make_imagenet10
-from utils import classnames
-from utils.data import load_dataset
+from utils.data import classnames, load_dataset
 
 DISTRACTORS = ["n01440764", "n01443537"]
 

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 from utils.errors import UserError
-from utils.models import _hf_candidates, cached_weights, fetch_pretrained, load_model
-from utils.weights import fingerprint
+from utils.models.loading import _hf_candidates, cached_weights, fetch_pretrained, load_model
+from utils.models.weights import fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,7 +137,7 @@ def test_offline_weights_error_is_immediate_and_helpful(tmp_path, monkeypatch):
 
 def test_unreachable_network_fails_fast(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr("utils.weights.network_reachable", lambda host: False)
+    monkeypatch.setattr("utils.models.weights.network_reachable", lambda host: False)
     with pytest.raises(UserError, match=r"huggingface\.co cannot be reached"):
         fetch_pretrained("ViT-B-32", "laion2b_s34b_b79k", cache_dir=str(tmp_path))
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import play_with_clip
-import utils.features
+import utils.features.images
 from tests.conftest import assert_one_clear_error
-from utils.models import load_model
-from utils.weights import fingerprint
+from utils.models.loading import load_model
+from utils.models.weights import fingerprint
 
 TINY = ["--model", "tiny", "--pretrained", "none", "--workers", "0", "--batch-size", "128"]
 OPTIONS = {"model": "tiny", "pretrained": "none", "workers": 0, "batch_size": 128}
@@ -41,8 +41,8 @@ def test_zeroshot(tmp_path):
 def test_other_labels_and_templates_reuse_the_cache(tmp_path, monkeypatch):
     run(tmp_path, "--mode", "zeroshot", "--in", "digits", out="a")
     calls = []
-    original = utils.features.extract
-    monkeypatch.setattr(utils.features, "extract", lambda *a, **k: calls.append(a) or original(*a, **k))
+    original = utils.features.images.extract
+    monkeypatch.setattr(utils.features.images, "extract", lambda *a, **k: calls.append(a) or original(*a, **k))
     labels = tmp_path / "labels.txt"
     labels.write_text("0\n1\n2\n3\n4\n")
     results = run(tmp_path, "--mode", "zeroshot", "--in", "digits", "--test-labels", str(labels),

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestNeighbors
 
-from utils.linear_probe import fit_linear_probe
-from utils.scores import SCORES, InDistribution, build_score, mine_negative_labels, needs_text, resolve_scores
+from utils.scores import SCORES, InDistribution, Score, build_score, mine_negative_labels, needs_text, resolve_scores
 from utils.scores.mahalanobis import fit_class_gaussians
+from utils.training.logistic_regression import fit_linear_probe
 
 DIM, CLASSES = 16, 4
 
@@ -35,20 +40,37 @@ def toy():
     id_feats = _around(text[test_labels], 40, rng)
     ood_feats = _around(eye[4 + rng.integers(0, 2, size=30)], 30, rng)
     ind = InDistribution(text_features=text, train_features=train, train_labels=train_labels)
-    extras = {"ood_text_features": eye[4:6], "negative_text_features": eye[4:8]}
+    # One value per score input name (what a run's resolvers supply); a new score with a new input adds its value.
+    extras = {
+        "temperature": 1.0,
+        "k": 50,
+        "seed": 0,
+        "device": "cpu",
+        "logit_scale": 100.0,
+        "ood_text_features": eye[4:6],  # the OOD set's class names sit where the OOD images are
+        "negative_text_features": eye[4:8],
+        "ood_prompt_features": _unit(eye[4:5] + eye[5:6]),  # the "OOD" prompt too
+        "groups": [[0, 1], [2, 3]],
+        "others_features": _unit(np.stack([eye[4] + eye[5], eye[4] + eye[5]])),
+    }
     return ind, id_feats, ood_feats, test_labels, extras
 
 
 def _build(name: str, extras: dict, **kwargs) -> object:
-    """Each score with the extra inputs it takes: OOD names, negatives, an OOD prompt, groups with "others"."""
-    eye = np.eye(DIM, dtype=np.float32)
-    extra = {
-        "oracle": {"ood_text_features": extras["ood_text_features"]},
-        "neglabel": {"negative_text_features": extras["negative_text_features"]},
-        "kplus1": {"ood_prompt_features": _unit(eye[4:5] + eye[5:6])},  # the "OOD" prompt sits where OOD images are
-        "group": {"groups": [[0, 1], [2, 3]], "others_features": _unit(np.stack([eye[4] + eye[5], eye[4] + eye[5]]))},
-    }.get(name, {})
-    return build_score(name, **extra, **kwargs)
+    """A score built from the values of the inputs it declares, as a run would supply them."""
+    declared = {i: extras[i] for i in SCORES[name].inputs if i not in kwargs}
+    return build_score(name, **declared, **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(SCORES))
+def test_declarations_are_consistent(name):
+    from utils.features.images import VIEWS
+
+    cls = SCORES[name]
+    assert cls.view in VIEWS
+    assert cls.sweep_over is None or cls.sweep_over in cls.inputs
+    assert set(cls.needs) <= {"text_features", "train_features", "train_labels"}
+    assert (cls.classifier is None) == (cls.logits is Score.logits)  # a classifier gives its logits
 
 
 @pytest.mark.parametrize("name", sorted(SCORES))
@@ -186,7 +208,7 @@ def test_knn_streams_a_float16_bank_in_blocks(toy, float16_bank, monkeypatch, ba
 
 def test_linear_probe_streams_a_float16_bank_in_blocks(toy, float16_bank, monkeypatch):
     """Blocks of 16 rows from a float16 memmap: the same probe as one float32 block of the same values."""
-    import utils.linear_probe as lp
+    import utils.training.logistic_regression as lp
 
     bank, labels = float16_bank
     whole = fit_linear_probe(bank.astype(np.float32), labels, Cs=[0.1, 10.0])
@@ -241,7 +263,7 @@ def test_linear_probe_picks_c_on_held_out_data():
     """C maximises held-out accuracy (ties: the smaller C); the final probe is refit on all of train."""
     import torch as t
 
-    from utils.linear_probe import _split, train_logistic_regression
+    from utils.training.logistic_regression import _split, train_logistic_regression
 
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 3, size=300)
@@ -283,3 +305,76 @@ def test_names_and_errors(toy):
         build_score("mcm", temperature=0)
     with pytest.raises(ValueError, match="k must be"):
         build_score("knn", k=0)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+BANK_ROWS, BANK_DIM, BANK_QUERIES, BANK_BLOCK = 1_281_167, 512, 10_000, 65_536
+# Derived, not measured: a float32 cosine of unit vectors in D dimensions is within 3·D·u of the exact one (D·u for
+# the dot product, D·u for each vector's normalisation; u = 2^-24), and the k-th largest of perturbed values moves
+# no more than the largest perturbation. Compared as similarities: distances sqrt(2 - 2s) magnify errors near s = 1.
+SIMILARITY_TOLERANCE = 3 * BANK_DIM * float(np.finfo(np.float32).eps) / 2
+
+# Runs in a fresh process so that its peak resident memory is the KNN's alone.
+KNN_IN_A_PROCESS = """
+import json, sys
+import numpy as np
+from utils.scores import InDistribution, build_score
+bank = np.load(sys.argv[1], mmap_mode="r")
+queries = np.load(sys.argv[2])
+sweep = build_score("knn", k=50).fit(InDistribution(train_features=bank)).sweep(queries, [1, 50])
+# VmHWM: this process's own peak (ru_maxrss would include the parent's, inherited through fork and exec)
+status = open("/proc/self/status").read().split("VmHWM:")[1]
+peak = int(status.split()[0]) * 1024
+print(json.dumps({"peak": peak, "k1": sweep[1].tolist(), "k50": sweep[50].tolist()}))
+"""
+
+
+def _write_bank(path: Path) -> None:
+    """Distinct unit rows, written block by block (column rolls of one random block keep generation cheap)."""
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((BANK_BLOCK, BANK_DIM)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    bank = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(BANK_ROWS, BANK_DIM))
+    for i, start in enumerate(range(0, BANK_ROWS, BANK_BLOCK)):
+        block = np.roll(base, 7 * i + 1, axis=1)[: BANK_ROWS - start]
+        bank[start : start + len(block)] = block
+    bank.flush()
+    del bank
+
+
+@pytest.mark.scale
+def test_knn_on_an_imagenet_sized_bank_stays_in_bounded_memory(tmp_path):
+    bank_path, queries_path = tmp_path / "bank.npy", tmp_path / "queries.npy"
+    _write_bank(bank_path)
+    rows = np.sort(np.random.default_rng(1).choice(BANK_ROWS, BANK_QUERIES, replace=False))
+    np.save(queries_path, np.load(bank_path, mmap_mode="r")[rows].astype(np.float32))  # bank rows as test features
+    done = subprocess.run([sys.executable, "-c", KNN_IN_A_PROCESS, str(bank_path), str(queries_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1800)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    bank_bytes, peak = BANK_ROWS * BANK_DIM * 2, out["peak"]
+    message = f"peak RSS {peak / 2**30:.2f} GiB for a {bank_bytes / 2**30:.2f} GiB bank"
+    assert peak < bank_bytes + 2**30, message  # the bound asked for
+    assert peak < bank_bytes, message  # measured: 1.0 GiB with imports, so not even the float16 bank is resident
+    k1, k50 = np.array(out["k1"]), np.array(out["k50"])
+    assert (1 - _similarity(k1)).max() <= SIMILARITY_TOLERANCE  # every query is a bank row: its own neighbour
+    assert (k50 < k1).all() and np.isfinite(k50).all()
+    reference = _brute_force_k50(bank_path, rows[:20])
+    assert np.abs(_similarity(k50[:20]) - reference).max() <= SIMILARITY_TOLERANCE
+
+
+def _similarity(knn_scores: np.ndarray) -> np.ndarray:
+    """The cosine behind a KNN score −‖z − z_(k)‖ = −sqrt(2 − 2 cos)."""
+    return 1 - knn_scores**2 / 2
+
+
+def _brute_force_k50(bank_path: Path, rows: np.ndarray) -> np.ndarray:
+    """The 50th-largest cosine similarity of a few bank rows, by a plain float64 numpy scan of the whole bank."""
+    bank = np.load(bank_path, mmap_mode="r")
+    queries = bank[rows].astype(np.float64)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    sims = []
+    for start in range(0, BANK_ROWS, BANK_BLOCK):
+        block = bank[start : start + BANK_BLOCK].astype(np.float64)
+        sims.append(queries @ (block / np.linalg.norm(block, axis=1, keepdims=True)).T)
+    return -np.sort(-np.concatenate(sims, axis=1), axis=1)[:, 49]

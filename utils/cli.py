@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import platform
@@ -14,10 +15,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
-from utils.cache import DTYPES
 from utils.device import DEVICES
 from utils.errors import UserError
-from utils.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, list_models_with_tags
+from utils.features.store import DTYPES
+from utils.models.loading import DEFAULT_MODEL, DEFAULT_PRETRAINED, list_models_with_tags
 
 T = TypeVar("T")
 PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "scikit-learn", "scikit-image", "timm")
@@ -144,6 +145,15 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         choices=list(DTYPES),
         help="storage type of cached features (default: float16)",
     )
+
+
+def from_args(cls: type[T], args: argparse.Namespace, **given: Any) -> T:
+    """A config dataclass built by keyword: each field from the parsed argument of the same name, unless `given`."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no fields {unknown}")
+    return cls(**{n: getattr(args, n) for n in names if hasattr(args, n) and n not in given}, **given)
 
 
 def guarded(run: Callable[[argparse.Namespace], T], args: argparse.Namespace) -> T:

@@ -1,4 +1,4 @@
-"""Prompt templates and the zero-shot text head (class prompts encoded once, averaged, L2-normalised)."""
+"""Prompt templates: the named sets, template files, and rendering class names into prompts."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import open_clip
-import torch
 
 from utils.errors import UserError
 
 Template = str | Callable[[str], str]
-PROMPTS_PER_FORWARD = 1024  # text encoder batch: large enough to amortise overhead, small enough for any GPU
 
+AS_IS: tuple[Template, ...] = ("{}",)  # whole prompts, encoded as they are
 TEMPLATE_SETS: dict[str, tuple[Template, ...]] = {
     "single": ("a photo of a {}.",),  # MCM's default prompt
     "ensemble": tuple(open_clip.OPENAI_IMAGENET_TEMPLATES),  # the 80 OpenAI ImageNet templates
@@ -49,21 +48,3 @@ def is_template(line: str) -> bool:
 def render(templates: Sequence[Template], classname: str) -> list[str]:
     """Every prompt for one class name."""
     return [t.format(classname) if isinstance(t, str) else t(classname) for t in templates]
-
-
-@torch.no_grad()
-def text_head(
-    model: torch.nn.Module,
-    tokenizer: Callable,
-    classnames: Sequence[str],
-    templates: Sequence[Template],
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """C x D class embeddings in float32: open_clip's zero-shot classifier, transposed."""
-    if not classnames:
-        raise UserError("the class name list is empty")
-    per_batch = max(1, PROMPTS_PER_FORWARD // len(templates))
-    weights = open_clip.build_zero_shot_classifier(
-        model, tokenizer, list(classnames), list(templates), num_classes_per_batch=per_batch, device=device
-    )
-    return weights.T.float().contiguous()

@@ -1,5 +1,6 @@
-"""Datasets: the registry of names, folder and built-in datasets, and safe batched loading."""
+"""Datasets: the registry of names, building a split (class names, subsets, identity), and safe batched loading."""
 
-from utils.data.registry import DATASETS, FOLDER_PREFIX, DatasetSpec, LoadedDataset, get_spec, load_dataset
+from utils.data.loading import DataOptions, LoadedDataset, load_dataset
+from utils.data.registry import DATASETS, FOLDER_PREFIX, DatasetSpec, get_spec
 
-__all__ = ["DATASETS", "FOLDER_PREFIX", "DatasetSpec", "LoadedDataset", "get_spec", "load_dataset"]
+__all__ = ["DATASETS", "FOLDER_PREFIX", "DataOptions", "DatasetSpec", "LoadedDataset", "get_spec", "load_dataset"]

@@ -1,110 +1,102 @@
-"""Batched, preprocessed loading that survives unreadable images: they are skipped and reported, never fatal."""
+"""Building a registered dataset split: its class names, fixed subsets, `--limit`, and an identity for the cache."""
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
-from collections.abc import Callable
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
-import torch
-from PIL import Image
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
+import numpy as np
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
-# What a corrupt, truncated or non-image file raises while decoding.
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-# OSErrors that say nothing about the file (too many open files, I/O hiccups): never recorded as a skipped image.
-TRANSIENT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.EIO, errno.EAGAIN, errno.ENOMEM, errno.EINTR, errno.ESTALE,
-                    errno.ETIMEDOUT}  # fmt: skip
-
-
-class Preprocessed(Dataset):
-    """Applies `transform` to a (PIL image, label) dataset; a file that cannot be decoded yields an error note."""
-
-    def __init__(self, base: Dataset, transform: Callable):
-        self.base, self.transform = base, transform
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, int, str | None]:
-        try:
-            image, label = self.base[index]
-            return self.transform(image), int(label), index, None
-        except DECODE_ERRORS as err:
-            if isinstance(err, OSError) and err.errno in TRANSIENT_ERRNOS:
-                raise  # a passing system condition, not a bad file: fail now rather than skip it for good
-            return None, -1, index, f"{type(err).__name__}: {err}"
+from utils.data.registry import get_spec
+from utils.errors import UserError
 
 
 @dataclass
-class Batch:
-    images: torch.Tensor | None  # None when every image in the batch failed
-    labels: torch.Tensor
-    indices: torch.Tensor  # positions in the dataset of the images that loaded
-    failures: list[tuple[int, str]]  # (position, error) of those that did not
+class LoadedDataset:
+    """A built dataset with its class names and an identity string for the feature cache."""
+
+    name: str
+    split: str
+    dataset: Dataset
+    classnames: tuple[str, ...] | None
+    identity: str
 
 
-def collate(items: list[tuple[torch.Tensor | None, int, int, str | None]]) -> Batch:
-    good = [item for item in items if item[3] is None]
-    return Batch(
-        images=torch.stack([item[0] for item in good]) if good else None,
-        labels=torch.tensor([item[1] for item in good], dtype=torch.long),
-        indices=torch.tensor([item[2] for item in good], dtype=torch.long),
-        failures=[(item[2], item[3]) for item in items if item[3] is not None],
-    )
+@dataclass
+class DataOptions:
+    """Where datasets live and how much of each to use: the data flags every script shares."""
+
+    root: str | Path = "./data"
+    download: bool = True
+    limit: int | None = None
+    seed: int = 0
+
+    def load(self, name: str, split: str) -> LoadedDataset:
+        return load_dataset(name, split, self.root, self.download, self.limit, self.seed)
 
 
-def make_loader(
-    dataset: Dataset,
-    transform: Callable,
-    batch_size: int,
-    workers: int,
-    pin_memory: bool = False,
-    shuffle: bool = False,
-    seed: int = 0,
-    sampler: Sampler | None = None,
-) -> DataLoader:
-    """A loader of `Batch`es: in dataset order (as the cache stores features) unless `shuffle` (seeded) or a sampler."""
-    return DataLoader(
-        Preprocessed(dataset, transform),
-        batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
-        generator=torch.Generator().manual_seed(seed) if shuffle or sampler is not None else None,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-        prefetch_factor=2 if workers > 0 else None,
-        worker_init_fn=_yield_to_the_model if workers > 0 else None,
-    )
+def readable_classname(raw: str) -> str:
+    """A folder or dataset label as words for a prompt: '/b/bakery/shop' -> 'bakery shop', 'sea_lion' -> 'sea lion'."""
+    parts = [p for p in raw.strip("/").split("/") if p]
+    if len(parts) > 1 and len(parts[0]) == 1:  # Places365's alphabetical prefix
+        parts = parts[1:]
+    return " ".join(parts).replace("_", " ")
 
 
-LOADER_NICENESS = 10
+def _seeded_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
+    if size is None or size >= len(dataset):
+        return dataset
+    rng = np.random.default_rng(seed)
+    return Subset(dataset, np.sort(rng.choice(len(dataset), size=size, replace=False)).tolist())
 
 
-def _yield_to_the_model(_: int) -> None:
-    """Loader processes run at a lower priority: where cores are few they fill the model's idle gaps instead of
-    preempting its threads (bench/extraction.py measures the difference); with cores to spare it changes nothing."""
-    with contextlib.suppress(OSError, AttributeError):  # AttributeError: no os.nice on this platform
-        os.nice(LOADER_NICENESS)
-
-
-def sample_name(dataset: Dataset, index: int) -> str:
-    """A human-readable name (usually the file path) of item `index`, through Subset and ConcatDataset."""
+def dataset_identity(dataset: Dataset) -> str:
+    """What makes two builds of a dataset give the same images: sizes, subsets, file lists."""
     if isinstance(dataset, Subset):
-        return sample_name(dataset.dataset, int(dataset.indices[index]))
+        picked = np.asarray(dataset.indices, dtype=np.int64)
+        return f"subset({len(picked)}:{hash_bytes(picked.tobytes())})<{dataset_identity(dataset.dataset)}>"
     if isinstance(dataset, ConcatDataset):
-        part = next(k for k, end in enumerate(dataset.cumulative_sizes) if index < end)
-        offset = dataset.cumulative_sizes[part - 1] if part else 0
-        return sample_name(dataset.datasets[part], index - offset)
-    if hasattr(dataset, "describe"):
-        return dataset.describe(index)
-    for attr in ("samples", "imgs", "_image_files"):
-        items = getattr(dataset, attr, None)
-        if items is not None:
-            item = items[index]
-            return str(item[0] if isinstance(item, tuple) else item)
-    return f"item {index}"
+        return "+".join(dataset_identity(part) for part in dataset.datasets)
+    fp = dataset.fingerprint() if hasattr(dataset, "fingerprint") else ""
+    return f"{type(dataset).__name__}({len(dataset)}:{fp})"
+
+
+def hash_bytes(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+def load_dataset(
+    name: str,
+    split: str = "test",
+    root: str | Path = "./data",
+    download: bool = True,
+    limit: int | None = None,
+    seed: int = 0,
+) -> LoadedDataset:
+    """Build a dataset split (downloading where torchvision can), with its fixed subset and `--limit` applied.
+
+    A dataset that is missing and cannot be fetched raises one UserError naming where to get it.
+    """
+    spec = get_spec(name)
+    if split not in spec.splits:
+        raise UserError(f"dataset '{name}' has no '{split}' split (it has: {', '.join(spec.splits)})")
+    root = Path(root).expanduser()
+    try:
+        dataset = spec.build(root, split, download)
+    except (UserError, OSError, RuntimeError) as err:  # torchvision: URLError offline, RuntimeError if absent
+        raise UserError(
+            f"dataset '{name}' ({split}) is not available under {root}: {str(err).strip() or type(err).__name__}\n"
+            f"  get it from: {spec.source}\n  expected under --data-root: {spec.layout}"
+        ) from err
+    classes = spec.classnames() if callable(spec.classnames) else spec.classnames
+    if classes is None:
+        classes = [readable_classname(c) for c in getattr(dataset, "classes", None) or []]
+    dataset = _seeded_subset(dataset, spec.subset, seed=0)
+    if limit is not None:
+        if limit <= 0:
+            raise UserError(f"--limit must be positive, got {limit}")
+        dataset = _seeded_subset(dataset, limit, seed)
+    identity = f"{name}|{split}|{dataset_identity(dataset)}"
+    return LoadedDataset(name, split, dataset, tuple(classes) if classes else None, identity)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from torch.utils.data import ConcatDataset, Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset
 
-from utils import classnames as names
-from utils.data import skimage_sets
+from utils.data import classnames as names
+from utils.data import skimage
 from utils.data.digits import Digits
 from utils.data.folder import ImageFiles
 from utils.errors import UserError
@@ -33,17 +31,6 @@ class DatasetSpec:
     subset: int | None = None  # a fixed seeded subset of this size, part of the benchmark's definition
     ood: tuple[str, ...] = field(default_factory=tuple)  # default OOD partners when used as ID
     knn_k: int = 50  # KNN's default k (Sun et al. 2022: 50 for CIFAR, 1000 for the full ImageNet-1k train set)
-
-
-@dataclass
-class LoadedDataset:
-    """A built dataset with its class names and an identity string for the feature cache."""
-
-    name: str
-    split: str
-    dataset: Dataset
-    classnames: tuple[str, ...] | None
-    identity: str
 
 
 def _torchvision(cls_name: str, folder: str, **kwargs) -> Builder:
@@ -170,11 +157,11 @@ DATASETS: dict[str, DatasetSpec] = {
         classnames=[f"digit {w}" for w in names.DIGIT_WORDS[7:]],
     ),
     "faces": DatasetSpec(  # far OOD for digits
-        build=lambda root, split, download: skimage_sets.faces(), source="ships with scikit-image (offline)",
+        build=lambda root, split, download: skimage.faces(), source="ships with scikit-image (offline)",
         layout="nothing: built in", splits=("test",),
     ),
     "skimage_textures": DatasetSpec(  # far OOD for digits
-        build=lambda root, split, download: skimage_sets.texture_patches(), source="ships with scikit-image (offline)",
+        build=lambda root, split, download: skimage.texture_patches(), source="ships with scikit-image (offline)",
         layout="nothing: built in", splits=("test",),
     ),
     "digits_aux": DatasetSpec(  # auxiliary outliers for OOD-aware fine-tuning, never a test set
@@ -199,68 +186,3 @@ def get_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise UserError(f"unknown dataset '{name}'; known: {', '.join(DATASETS)}, or {FOLDER_PREFIX}PATH")
     return DATASETS[name]
-
-
-def readable_classname(raw: str) -> str:
-    """A folder or dataset label as words for a prompt: '/b/bakery/shop' -> 'bakery shop', 'sea_lion' -> 'sea lion'."""
-    parts = [p for p in raw.strip("/").split("/") if p]
-    if len(parts) > 1 and len(parts[0]) == 1:  # Places365's alphabetical prefix
-        parts = parts[1:]
-    return " ".join(parts).replace("_", " ")
-
-
-def _seeded_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
-    if size is None or size >= len(dataset):
-        return dataset
-    rng = np.random.default_rng(seed)
-    return Subset(dataset, np.sort(rng.choice(len(dataset), size=size, replace=False)).tolist())
-
-
-def dataset_identity(dataset: Dataset) -> str:
-    """What makes two builds of a dataset give the same images: sizes, subsets, file lists."""
-    if isinstance(dataset, Subset):
-        picked = np.asarray(dataset.indices, dtype=np.int64)
-        return f"subset({len(picked)}:{hash_bytes(picked.tobytes())})<{dataset_identity(dataset.dataset)}>"
-    if isinstance(dataset, ConcatDataset):
-        return "+".join(dataset_identity(part) for part in dataset.datasets)
-    fp = dataset.fingerprint() if hasattr(dataset, "fingerprint") else ""
-    return f"{type(dataset).__name__}({len(dataset)}:{fp})"
-
-
-def hash_bytes(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
-
-
-def load_dataset(
-    name: str,
-    split: str = "test",
-    root: str | Path = "./data",
-    download: bool = True,
-    limit: int | None = None,
-    seed: int = 0,
-) -> LoadedDataset:
-    """Build a dataset split (downloading where torchvision can), with its fixed subset and `--limit` applied.
-
-    A dataset that is missing and cannot be fetched raises one UserError naming where to get it.
-    """
-    spec = get_spec(name)
-    if split not in spec.splits:
-        raise UserError(f"dataset '{name}' has no '{split}' split (it has: {', '.join(spec.splits)})")
-    root = Path(root).expanduser()
-    try:
-        dataset = spec.build(root, split, download)
-    except (UserError, OSError, RuntimeError) as err:  # torchvision: URLError offline, RuntimeError if absent
-        raise UserError(
-            f"dataset '{name}' ({split}) is not available under {root}: {str(err).strip() or type(err).__name__}\n"
-            f"  get it from: {spec.source}\n  expected under --data-root: {spec.layout}"
-        ) from err
-    classes = spec.classnames() if callable(spec.classnames) else spec.classnames
-    if classes is None:
-        classes = [readable_classname(c) for c in getattr(dataset, "classes", None) or []]
-    dataset = _seeded_subset(dataset, spec.subset, seed=0)
-    if limit is not None:
-        if limit <= 0:
-            raise UserError(f"--limit must be positive, got {limit}")
-        dataset = _seeded_subset(dataset, limit, seed)
-    identity = f"{name}|{split}|{dataset_identity(dataset)}"
-    return LoadedDataset(name, split, dataset, tuple(classes) if classes else None, identity)

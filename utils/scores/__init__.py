@@ -3,6 +3,9 @@
 from utils.scores import SCORES, InDistribution, build_score
 knn = build_score("knn", k=50).fit(InDistribution(train_features=F, train_labels=y))
 s = knn(test_features)
+
+Each score class declares what it needs (see Score): a run supplies it by name, so adding a score touches its own
+file, this registry and, for a new kind of input, one resolver in utils/evaluation/inputs.py.
 """
 
 from __future__ import annotations
@@ -31,10 +34,9 @@ SCORES: dict[str, type[Score]] = {
     "lp_msp": ProbeMSP,
     "lp_energy": ProbeEnergy,
     "lp_maxlogit": ProbeMaxLogit,
-    "kplus1": KPlusOne,  # needs a checkpoint from finetune_clip.py --method kplus1
-    "group": GroupOthers,  # needs a checkpoint from finetune_clip.py --method group
+    "kplus1": KPlusOne,  # its inputs come from a checkpoint of finetune_clip.py --method kplus1
+    "group": GroupOthers,  # its inputs come from a checkpoint of finetune_clip.py --method group
 }
-CHECKPOINT_SCORES = {"kplus1": "ood_prompt", "group": "groups"}  # score -> the checkpoint metadata it reads
 ALIASES = {"maxlogit": "mis", "mahalanobis": "maha", "relative_mahalanobis": "rmd"}
 
 
@@ -67,6 +69,6 @@ def resolve_scores(names: Sequence[str]) -> list[str]:
 
 
 __all__ = [
-    "ALIASES", "CHECKPOINT_SCORES", "SCORES", "InDistribution", "Score", "ZeroShotScore", "build_score", "canonical",
+    "ALIASES", "SCORES", "InDistribution", "Score", "ZeroShotScore", "build_score", "canonical",
     "mine_negative_labels", "needs_text", "resolve_scores",
 ]  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +28,20 @@ __all__ = ["CHUNK", "InDistribution", "Score", "as_array", "chunks", "l2_normali
 
 
 class Score:
-    """Base class. Subclasses list the InDistribution fields they need in `needs`."""
+    """Base class. What a score needs is declared, so that a run can supply it without knowing the score:
+
+    - `needs`: the InDistribution fields `fit` reads (ID prompts, ID training features and labels);
+    - `inputs`: the constructor arguments a run supplies by name (utils/evaluation/inputs.py resolves each name);
+    - `sweep_over`: an input of which several values are served by one `sweep` call (KNN's k);
+    - `view`: which image features it scores (utils/features/images.py VIEWS);
+    - `classifier`: scores that also classify name their classifier and give its `logits`.
+    """
 
     needs: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
+    sweep_over: str | None = None
+    view: str = "global"
+    classifier: str | None = None
 
     def __init__(self) -> None:
         self._fitted = False
@@ -55,3 +67,15 @@ class Score:
     def _score(self, features: np.ndarray) -> np.ndarray:
         """Scores of one float32 block of rows."""
         raise NotImplementedError
+
+    def sweep(self, features: object, values: Sequence[Any]) -> dict[Any, np.ndarray]:
+        """Scores for several values of `sweep_over` from one pass (only scores that declare `sweep_over`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no sweep")
+
+    def logits(self, features: object) -> np.ndarray:
+        """The logits of this score's classifier (only scores that declare `classifier`)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a classifier")
+
+    def details(self) -> dict[str, float]:
+        """Fitted values worth reporting beside the results (e.g. the linear probe's chosen C)."""
+        return {}

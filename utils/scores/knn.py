@@ -55,6 +55,8 @@ class KNN(Score):
     """
 
     needs = ("train_features",)
+    inputs = ("k", "device")
+    sweep_over = "k"
 
     def __init__(self, k: int = 50, device: str | torch.device = "cpu"):
         super().__init__()

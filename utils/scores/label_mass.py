@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from utils.models import CLIP_LOGIT_SCALE  # the papers below use logits 100 · s
 from utils.scores.base import InDistribution, Score, as_array, chunks, l2_normalise
 from utils.scores.zero_shot import logsumexp
-
-CLIP_LOGIT_SCALE = 100.0  # CLIP's learned logit scale; both papers below use logits 100 · s
 
 
 class LabelMass(Score):
@@ -44,6 +43,7 @@ class Oracle(LabelMass):
     """Fort et al. (NeurIPS 2021), OOD class names known ("cheating"): ID mass in a softmax over ID ∪ OOD names."""
 
     extra_name = "ood_text_features"
+    inputs = ("ood_text_features",)
 
     def __init__(self, ood_text_features: object = None, logit_scale: float = CLIP_LOGIT_SCALE):
         super().__init__(ood_text_features, logit_scale)
@@ -53,6 +53,7 @@ class NegLabel(LabelMass):
     """NegLabel (Jiang et al., ICLR 2024): ID mass in a softmax over ID labels ∪ mined negative labels."""
 
     extra_name = "negative_text_features"
+    inputs = ("negative_text_features",)
 
     def __init__(self, negative_text_features: object = None, logit_scale: float = CLIP_LOGIT_SCALE):
         super().__init__(negative_text_features, logit_scale)
@@ -82,6 +83,7 @@ class KPlusOne(LabelMass):
     """Fine-tuning baseline #2 (a K+1-th "OOD" class): 1 − p(OOD) = ID mass of softmax(scale · [s_ID, s_OOD])."""
 
     extra_name = "ood_prompt_features"
+    inputs = ("ood_prompt_features", "logit_scale")
 
     def __init__(self, ood_prompt_features: object = None, logit_scale: float = CLIP_LOGIT_SCALE):
         super().__init__(ood_prompt_features, logit_scale)
@@ -91,6 +93,7 @@ class GroupOthers(Score):
     """MOS (Huang & Li, CVPR 2021): −min_g p_others(g), p from each group's softmax over its classes + "others"."""
 
     needs = ("text_features",)
+    inputs = ("groups", "others_features", "logit_scale")
 
     def __init__(self, groups: list[list[int]] | None = None, others_features: object = None,
                  logit_scale: float = CLIP_LOGIT_SCALE):  # fmt: skip

@@ -21,6 +21,7 @@ class ZeroShotScore(Score):
     """Base: reduces each row of s/T (s = cosine similarities to the ID prompts) to one number."""
 
     needs = ("text_features",)
+    inputs = ("temperature",)
 
     def __init__(self, temperature: float = 1.0):
         super().__init__()

@@ -1,13 +1,14 @@
 """The four OOD-aware fine-tuning objectives of the project notes, as modules whose forward returns the loss.
 
-Each wraps the CLIP model (so DistributedDataParallel sees one forward) and writes the metadata its
-evaluation score needs into the final checkpoint.
+Each wraps the CLIP model (so DistributedDataParallel sees one forward). An objective whose method has its own
+score says which score inputs it `provides` and fills them into the checkpoint's ScoreContract.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +17,20 @@ import torch
 import torch.nn.functional as F
 
 from utils.errors import UserError
+from utils.features.text import encode_texts
+from utils.models import CLIP_LOGIT_SCALE
+from utils.models.loading import ModelBundle
 from utils.prompts import TEMPLATE_SETS, Template, is_template, render
+from utils.training.checkpoints import ScoreContract
 
-MAX_LOGIT_SCALE = 100.0
 DEFAULT_OOD_PROMPT = "a photo of an unknown object."
 DEFAULT_OTHERS_PROMPT = "a photo of something that is not a {}."
-GROUPS_DIR = Path(__file__).resolve().parent.parent / "configs" / "groups"
+GROUPS_DIR = Path(__file__).resolve().parents[2] / "configs" / "groups"
 
 
 def logit_scale(model: torch.nn.Module) -> torch.Tensor:
     """CLIP's learned temperature, capped at 100 as in CLIP's training."""
-    return model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
-
-
-def encode_texts(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], device: torch.device) -> torch.Tensor:
-    return F.normalize(model.encode_text(tokenizer(list(texts)).to(device)).float(), dim=-1)
+    return model.logit_scale.exp().clamp(max=CLIP_LOGIT_SCALE)
 
 
 def class_prompts(classnames: Sequence[str]) -> list[str]:
@@ -39,27 +39,28 @@ def class_prompts(classnames: Sequence[str]) -> list[str]:
 
 
 class Objective(torch.nn.Module):
-    """Base: holds the model, tokenizer and class names; `forward(images, labels, aux, step_seed)` -> loss."""
+    """Base: holds the model and class names; `forward(images, labels, aux, step_seed)` -> loss."""
 
     needs_aux = False
+    provides: tuple[str, ...] = ()  # score inputs this method's checkpoint supplies (see ScoreContract)
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, classnames: Sequence[str],
-                 templates: Sequence[Template], **_: Any):  # fmt: skip
+    def __init__(self, bundle: ModelBundle, classnames: Sequence[str], templates: Sequence[Template], **_: Any):
         super().__init__()
-        self.model, self.tokenizer = model, tokenizer
+        self.bundle, self.model = bundle, bundle.model  # the model as a submodule: DDP sees its parameters
         self.classnames, self.templates = list(classnames), list(templates)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.model.encode_image(images).float(), dim=-1)
 
     def texts(self, prompts: Sequence[str]) -> torch.Tensor:
-        return encode_texts(self.model, self.tokenizer, prompts, next(self.model.parameters()).device)
+        return encode_texts(self.bundle, prompts)
 
-    def metadata(self) -> dict[str, Any]:
-        return {}
+    def contract(self, method: str) -> ScoreContract:
+        """What the checkpoint hands to the scores; subclasses that `provide` inputs add theirs."""
+        return ScoreContract(method, tuple(self.classnames), logit_scale(self.model).item())
 
 
-class Contrastive(Objective):
+class ContrastiveObjective(Objective):
     """Baseline #1: CLIP's contrastive loss on (image, caption) pairs with class-aware targets.
 
     Captions of the same class are positives of each other, never negatives: the target of image i is
@@ -77,10 +78,11 @@ class Contrastive(Objective):
         return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 
-class KPlusOne(Objective):
+class KPlusOneObjective(Objective):
     """Baseline #2: a (K+1)-th "OOD" class, its prompt configurable, trained on an auxiliary outlier pool."""
 
     needs_aux = True
+    provides = ("ood_prompt_features",)
 
     def __init__(self, *args: Any, ood_prompt: str = DEFAULT_OOD_PROMPT, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -92,11 +94,11 @@ class KPlusOne(Objective):
         targets = torch.cat([labels, torch.full((len(aux),), len(self.classnames), device=labels.device)])
         return F.cross_entropy(logit_scale(self.model) * self.image_features(both) @ text.T, targets)
 
-    def metadata(self) -> dict[str, Any]:
-        return {"ood_prompt": self.ood_prompt}
+    def contract(self, method: str) -> ScoreContract:
+        return replace(super().contract(method), texts={"ood_prompt_features": (self.ood_prompt,)})
 
 
-class OutlierExposure(Objective):
+class OutlierExposureObjective(Objective):
     """Baseline #3 (Hendrycks et al., ICLR 2019): ID cross-entropy + w · CE(uniform over ID prompts) on outliers."""
 
     needs_aux = True
@@ -135,13 +137,14 @@ def load_groups(spec: str | None, dataset: str, classnames: Sequence[str]) -> li
     return groups
 
 
-class Grouping(Objective):
+class GroupObjective(Objective):
     """Baseline #4, MOS-style (Huang & Li, CVPR 2021): one softmax per group over its classes + "others".
 
     ID images are their class in their group and "others" elsewhere; auxiliary outliers are "others" everywhere.
     """
 
     needs_aux = True
+    provides = ("groups", "others_features")
 
     def __init__(self, *args: Any, groups: list[dict[str, Any]] | None = None,
                  others_prompt: str = DEFAULT_OTHERS_PROMPT, **kwargs: Any):  # fmt: skip
@@ -156,8 +159,7 @@ class Grouping(Objective):
 
     def forward(self, images, labels, aux, step_seed) -> torch.Tensor:
         prompts = class_prompts(self.classnames)
-        others = [self.others_prompt.format(g["name"]) for g in self.groups]
-        text = self.texts([*prompts, *others])
+        text = self.texts([*prompts, *self.others_prompts()])
         feats = self.image_features(torch.cat([images, aux]))
         every = torch.cat([labels, torch.full((len(aux),), -1, device=labels.device)])
         logits = logit_scale(self.model) * feats @ text.T
@@ -169,13 +171,17 @@ class Grouping(Objective):
             loss = loss + F.cross_entropy(group_logits, lookup[every])
         return loss / len(self.members)
 
-    def metadata(self) -> dict[str, Any]:
-        return {"groups": self.groups, "others_prompt": self.others_prompt}
+    def others_prompts(self) -> list[str]:
+        return [self.others_prompt.format(g["name"]) for g in self.groups]
+
+    def contract(self, method: str) -> ScoreContract:
+        return replace(super().contract(method), texts={"others_features": tuple(self.others_prompts())},
+                       values={"groups": self.members})  # fmt: skip
 
 
 METHODS: dict[str, type[Objective]] = {
-    "contrastive": Contrastive,
-    "kplus1": KPlusOne,
-    "oe": OutlierExposure,
-    "group": Grouping,
+    "contrastive": ContrastiveObjective,
+    "kplus1": KPlusOneObjective,
+    "oe": OutlierExposureObjective,
+    "group": GroupObjective,
 }

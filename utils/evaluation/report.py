@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from utils.atomic import atomic_path, write_json
-from utils.metrics import METRICS
-from utils.ood_eval import Evaluation
-from utils.plots import roc_curves, save_figure, score_histograms
+from utils.evaluation.metrics import METRICS
+from utils.evaluation.pipeline import Evaluation
+from utils.evaluation.plots import roc_curves, save_figure, score_histograms
 
 AVERAGE = "average"
 
@@ -85,9 +85,9 @@ def write_results(folder: Path, evaluation: Evaluation, metadata: dict[str, Any]
             arrays[f"{score}/{name}/id"], arrays[f"{score}/{name}/ood"] = id_scores, ood_scores
     with atomic_path(written[3]) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **arrays)
-    if evaluation.negative_words is not None:
-        written.append(folder / "neglabel_words.txt")
-        _write_text(written[-1], "\n".join(evaluation.negative_words) + "\n")
+    for name, lines in evaluation.artifacts.items():
+        written.append(folder / f"{name}.txt")
+        _write_text(written[-1], "\n".join(lines) + "\n")
     if plots:
         for score, per_set in evaluation.scores.items():
             safe = score.replace("@", "_k")

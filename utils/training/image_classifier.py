@@ -8,14 +8,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.data import LoadedDataset
-from utils.data.loading import make_loader
+from utils.data.loaders import make_loader
+from utils.data.loading import LoadedDataset
 from utils.device import autocast
-from utils.models import ModelBundle
-from utils.training import freeze_all_but, image_tower, run_epoch, warmup_cosine
-from utils.weights import fingerprint
-
-CLIP_LOGIT_SCALE = 100.0
+from utils.models import CLIP_LOGIT_SCALE
+from utils.models.loading import ModelBundle
+from utils.training.loop import grad_scaler, run_epoch, warmup_cosine
+from utils.training.towers import freeze, image_tower, kept_frozen
 
 
 class ImageClassifier(torch.nn.Module):
@@ -51,51 +50,41 @@ class FinetuneResult:
     losses: list[float] = field(default_factory=list)
 
 
-def _text_fingerprint(model: torch.nn.Module) -> str | None:
-    """Hash of everything outside the image tower (the text tower of a CLIP model)."""
-    tower = {id(p) for p in image_tower(model).parameters()}
-    rest = torch.nn.ParameterList([p for p in model.parameters() if id(p) not in tower])
-    return fingerprint(rest) if len(rest) else None
-
-
 def finetune_image_encoder(
     bundle: ModelBundle, train: LoadedDataset, config: FinetuneConfig, text_head: torch.Tensor | None = None
 ) -> FinetuneResult:
-    """AdamW with warm-up and cosine decay on cross-entropy; checks that the text tower did not move."""
+    """AdamW with warm-up and cosine decay on cross-entropy; the text tower is frozen and checked unchanged."""
     if not train.classnames:
         raise ValueError(f"fine-tuning needs a labelled train split; {train.name} has no class names")
     torch.manual_seed(config.seed)
     classifier = ImageClassifier(bundle.model, len(train.classnames), bundle.embed_dim, text_head).to(bundle.device)
-    text_before = _text_fingerprint(bundle.model)
-    freeze_all_but(bundle.model, image_tower(bundle.model))
     loader = make_loader(train.dataset, bundle.train_preprocess or bundle.preprocess, config.batch_size, config.workers,
                          pin_memory=bundle.device.type == "cuda", shuffle=True, seed=config.seed)  # fmt: skip
+    freeze(bundle.model, "text")
     optimizer = torch.optim.AdamW(
         [
-            {"params": [p for p in image_tower(bundle.model).parameters()], "lr": config.lr},
+            {"params": list(image_tower(bundle.model).parameters()), "lr": config.lr},
             {"params": list(classifier.head.parameters()), "lr": config.head_lr, "weight_decay": 0.0},
         ],
         weight_decay=config.weight_decay,
     )
     total = config.epochs * len(loader)
     scheduler = warmup_cosine(optimizer, total, int(config.warmup * total))
+    scaler = grad_scaler(bundle.device)
 
-    def step(batch) -> torch.Tensor:
+    def step(batch, index: int) -> torch.Tensor:
         logits = classifier(batch.images.to(bundle.device, non_blocking=True))
         return F.cross_entropy(logits.float(), batch.labels.to(bundle.device))
 
     result = FinetuneResult(classifier)
     classifier.train()
-    batches = lambda: (b for b in loader if b.images is not None)  # noqa: E731 - unreadable images are skipped
-    for epoch in range(config.epochs):
-        loss = run_epoch(step, batches(), optimizer, scheduler, bundle.device, f"fine-tune {epoch + 1}/{config.epochs}",
-                         batch_size=lambda b: len(b.labels))  # fmt: skip
-        result.losses.append(loss)
+    with kept_frozen(bundle.model, "text"):
+        for epoch in range(config.epochs):
+            stats = run_epoch(step, loader, optimizer, scheduler, scaler, bundle.device,
+                              f"fine-tune {epoch + 1}/{config.epochs}")  # fmt: skip
+            result.losses.append(stats.loss)
     classifier.eval()
-    for param in bundle.model.parameters():
-        param.requires_grad_(True)
-    if _text_fingerprint(bundle.model) != text_before:
-        raise RuntimeError("the text tower changed during image-encoder fine-tuning")
+    freeze(bundle.model, "none")
     return result
 
 

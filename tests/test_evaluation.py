@@ -1,4 +1,4 @@
-"""Metrics: known answers and cross-checks against scikit-learn."""
+"""Evaluation: metrics against scikit-learn, the notebook's analyses, and the pipeline's stages and input resolvers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from utils.metrics import METRICS, bootstrap_intervals, fpr_at_tpr, ood_metrics
+from utils.evaluation.analysis import confidence_without_true_class, disagreements, rank_fraction
+from utils.evaluation.metrics import METRICS, bootstrap_intervals, fpr_at_tpr, ood_metrics
 
 
 def test_perfect_separation():
@@ -80,3 +81,21 @@ def test_bootstrap_intervals_bracket_the_estimate():
         assert low <= point[metric] <= high and high - low < 0.2
     assert intervals == bootstrap_intervals(id_scores, ood_scores, rounds=200, seed=1)  # seeded
     assert bootstrap_intervals(np.ones(5) * 2, np.zeros(5), rounds=20)["AUROC"] == (1.0, 1.0)
+
+
+def test_confidence_without_the_true_class():
+    text = np.eye(3, dtype=np.float32)
+    features = np.array([[1.0, 0.0, 0.0], [0.0, 0.6, 0.8]], dtype=np.float32)
+    with_true, without_true = confidence_without_true_class(features, np.array([0, 2]), text)
+    e = np.exp
+    assert with_true == pytest.approx([e(1) / (e(1) + 2), e(0.8) / (1 + e(0.6) + e(0.8))])
+    # image 0 without class 0: classes 1 and 2 tie at similarity 0; image 1 without class 2: class 1 wins
+    assert without_true == pytest.approx([0.5, e(0.6) / (1 + e(0.6))])
+
+
+def test_rank_fraction_and_disagreements():
+    assert rank_fraction(np.array([3.0, 1.0, 2.0])).tolist() == [1.0, 0.0, 0.5]
+    a = np.array([4.0, 3.0, 2.0, 1.0])
+    b = np.array([1.0, 3.0, 2.0, 4.0])
+    a_id_b_ood, b_id_a_ood = disagreements(a, b, count=1)
+    assert a_id_b_ood.tolist() == [0] and b_id_a_ood.tolist() == [3]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from timm.data import create_transform, resolve_data_config
 
 from utils.errors import UserError
-from utils.weights import ensure_can_download, hub_cached_file, load_into, quiet_root_logger, read_state_dict
+from utils.models.weights import ensure_can_download, hub_cached_file, load_into, quiet_root_logger, read_state_dict
 
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 

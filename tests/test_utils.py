@@ -1,4 +1,4 @@
-"""Device selection and atomic writes."""
+"""The leaf modules: device selection, atomic writes, prompt templates; and the rules of the package layout."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from utils.atomic import atomic_dir, write_json
 from utils.device import autocast, resolve_device
 from utils.errors import UserError
+from utils.prompts import TEMPLATE_SETS, load_templates, render
 
 
 def test_resolve_device():
@@ -49,3 +50,20 @@ def test_atomic_dir_publishes_only_on_success(tmp_path):
     with atomic_dir(tmp_path / "entry") as tmp:
         (tmp / "part").write_text("x")
     assert (tmp_path / "entry" / "part").read_text() == "x" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_template_sets():
+    assert TEMPLATE_SETS["single"] == ("a photo of a {}.",)
+    assert len(TEMPLATE_SETS["ensemble"]) == 80
+    assert render(TEMPLATE_SETS["ensemble"], "cat")[0] == "a bad photo of a cat."
+
+
+def test_template_file(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("a drawing of a {}.\n\nitap of a {}.\n")
+    assert load_templates(str(path)) == ("a drawing of a {}.", "itap of a {}.")
+    path.write_text("no placeholder here\n")
+    with pytest.raises(UserError, match="exactly one"):
+        load_templates(str(path))
+    with pytest.raises(UserError, match="neither a known set"):
+        load_templates(str(tmp_path / "missing.txt"))

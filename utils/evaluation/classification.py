@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from utils.arrays import chunks
+from utils.arrays import CHUNK, as_array, chunks
 
 
 def logits_of(features: object, weights: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
@@ -35,3 +35,13 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, classnames: Se
         "per_class": per_class,
         "confusion": confusion,
     }
+
+
+def top1(logits: Callable[[np.ndarray], np.ndarray], features: object, labels: np.ndarray) -> float | None:
+    """Top-1 accuracy of argmax classification, block by block; None if the set has no labels."""
+    if len(labels) == 0 or labels.min() < 0:
+        return None
+    predictions = np.concatenate(
+        [logits(as_array(features[i : i + CHUNK])).argmax(1) for i in range(0, len(labels), CHUNK)]
+    )
+    return float(np.mean(predictions == labels))

@@ -94,11 +94,32 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def check_fits(state: dict[str, torch.Tensor], model: torch.nn.Module, path: str, name: str) -> None:
+    """Refuse weights whose tensors have other shapes than the model's, naming the first few.
+
+    Positional embeddings may differ in their number of positions (open_clip interpolates those); any other
+    difference (widths, embedding dimension, patch size) means another architecture. Missing or extra tensors
+    (another depth) are refused by the strict load itself.
+    """
+    own = model.state_dict()
+    differ = [
+        f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}"
+        for key in sorted(state.keys() & own.keys())
+        if state[key].shape != own[key].shape
+        and not (key.endswith("positional_embedding") and state[key].shape[-1:] == own[key].shape[-1:])
+    ]
+    if differ:
+        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+        raise UserError(f"checkpoint {path} does not fit architecture {name}: tensor shapes differ "
+                        f"(checkpoint vs model): {'; '.join(differ[:3])}{more}")  # fmt: skip
+
+
 def load_into(load: Callable[[], object], path: str, name: str) -> None:
-    """Run `load()`, which fills a model from `path`, turning shape or key mismatches into one message."""
+    """Run `load()`, which fills a model from `path`, turning any mismatch into one message."""
     try:
         load()
-    except (RuntimeError, KeyError, ValueError, StopIteration, AttributeError) as err:
+    except (RuntimeError, KeyError, ValueError, StopIteration, AttributeError, AssertionError, IndexError) as err:
+        # AssertionError: open_clip asserts equal widths while resizing positional embeddings
         raise UserError(f"checkpoint {path} does not fit architecture {name}: {_first_lines(err)}") from err
 
 
@@ -122,14 +143,3 @@ def fingerprint(model: torch.nn.Module) -> str:
         digest.update(f"{key}:{data.dtype}:{tuple(data.shape)}".encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def checkpoint_metadata(path: str | None) -> dict:
-    """The plain values saved beside a checkpoint's weights (this project's fine-tuning metadata); {} if none."""
-    if not path:
-        return {}
-    read_state_dict(path)  # a clear error for unreadable files
-    if path.endswith(".safetensors"):
-        return {}
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v for k, v in saved.items() if k != "state_dict"} if isinstance(saved, dict) else {}

@@ -1,4 +1,4 @@
-"""Models: open_clip CLIP architectures and tags, local checkpoints, the offline `tiny` model, timm backbones."""
+"""Loading a model: open_clip architectures and tags, local checkpoints, the offline `tiny` model, timm backbones."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import open_clip
 import torch
 
 from utils.errors import UserError
-from utils.weights import (
+from utils.models.weights import (
+    check_fits,
     ensure_can_download,
     fingerprint,
     hub_cached_file,
@@ -23,7 +24,7 @@ from utils.weights import (
     read_state_dict,
 )
 
-CONFIG_DIR = Path(__file__).parent / "model_configs"
+CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)  # registers `tiny` (and any other config shipped here)
 
 DEFAULT_MODEL, DEFAULT_PRETRAINED = "ViT-B-16", "openai"  # the MCM paper's backbone
@@ -127,6 +128,11 @@ def _tag_overrides(name: str, tag: str | None) -> dict[str, Any]:
     return overrides
 
 
+def has_text_encoder(name: str) -> bool:
+    """Whether the architecture `name` encodes text (CLIP models do; image-only timm backbones do not)."""
+    return not name.startswith(TIMM_PREFIX)
+
+
 def check_model_name(name: str) -> None:
     """Fail early, before any data is fetched, on an architecture neither open_clip nor timm knows."""
     if name.startswith(TIMM_PREFIX):
@@ -160,7 +166,8 @@ def _load_open_clip(name: str, tag: str | None, ckpt: str | None, cache_dir: str
     except OSError as err:  # Hugging Face tokenizers and configs fetched from the hub
         raise UserError(f"{name} needs files from the Hugging Face hub that are not cached here: {err}") from err
     if weights_file:
-        read_state_dict(weights_file)  # readable, and nothing but tensors, before open_clip converts and loads it
+        # readable, nothing but tensors, and of this architecture's shapes, before open_clip converts and loads it
+        check_fits(read_state_dict(weights_file), model, weights_file, name)
         load_into(lambda: open_clip.load_checkpoint(model, weights_file, strict=True, weights_only=True),
                   weights_file, name)  # fmt: skip
     embed_dim = open_clip.get_model_config(name)["embed_dim"]
@@ -183,7 +190,7 @@ def load_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if name.startswith(TIMM_PREFIX):
-            from utils.timm_models import load_timm
+            from utils.models.timm_backbones import load_timm
 
             parts = load_timm(name[len(TIMM_PREFIX) :], tag, ckpt, cache_dir)
         else:

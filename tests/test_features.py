@@ -1,4 +1,5 @@
-"""The feature cache: hits, misses on changed weights, atomic writes, skipped images."""
+"""Features: the cache (hits, misses on changed weights, atomic writes, resume, skipped images), feature views in
+the key, and the one text encoder against open_clip's zero-shot classifier."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from utils.cache import FeatureCache
 from utils.data import load_dataset
-from utils.features import feature_key, image_features
-from utils.models import load_model
+from utils.features.images import feature_key, image_features
+from utils.features.store import FeatureCache
+from utils.features.text import encode_texts, text_embeddings
+from utils.models.loading import load_model
+from utils.prompts import load_templates
 
 
 class CountingEncoder:
@@ -80,9 +83,9 @@ def test_changed_checkpoint_bytes_miss(tmp_path, digits):
 
 def _interrupt(bundle, data, cache, monkeypatch, batch_size: int, call: int = 3, checkpoint_seconds: float = -1.0):
     """Extract until forward pass `call` is killed (checkpointing every `checkpoint_seconds`), then heal the model."""
-    import utils.extraction
+    import utils.features.writer
 
-    monkeypatch.setattr(utils.extraction, "CHECKPOINT_SECONDS", checkpoint_seconds)
+    monkeypatch.setattr(utils.features.writer, "CHECKPOINT_SECONDS", checkpoint_seconds)
     original = bundle.model.encode_image
     calls = {"n": 0}
 
@@ -143,21 +146,21 @@ def test_resumed_extraction_keeps_the_skipped_images(tiny, image_tree, tmp_path,
 
 def test_crash_while_publishing_starts_afresh(tiny, image_tree, tmp_path, monkeypatch):
     """Killed while compacting (rows already moved): the folder is no longer taken for resumable."""
-    import utils.extraction
+    import utils.features.writer
 
     (image_tree / "cats" / "aa_broken.png").write_bytes(b"garbage")  # a skipped row, so compaction moves rows
     data = load_dataset(f"folder:{image_tree}")
     cache = FeatureCache(tmp_path)
-    finish = utils.extraction.finish_rows
+    finish = utils.features.writer.finish_rows
 
     def dies_after_compacting(*args):
         finish(*args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(utils.extraction, "finish_rows", dies_after_compacting)
+    monkeypatch.setattr(utils.features.writer, "finish_rows", dies_after_compacting)
     with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning):
         image_features(tiny, data, cache, batch_size=4, workers=0)
-    monkeypatch.setattr(utils.extraction, "finish_rows", finish)
+    monkeypatch.setattr(utils.features.writer, "finish_rows", finish)
     counter = CountingEncoder(tiny, monkeypatch)
     with pytest.warns(UserWarning, match="skipped 1 of 11"):
         entry = image_features(tiny, data, cache, batch_size=4, workers=0)
@@ -178,7 +181,7 @@ def test_partial_entry_with_a_damaged_features_file_starts_afresh(tiny, digits, 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 8])
 @pytest.mark.parametrize(("rows", "batch_size"), [(50, 16), (7, 4), (1000, 256), (3, 5)])
 def test_shards_tile_the_rows_at_batch_boundaries(rows, batch_size, world_size):
-    from utils.extraction import shard_rows
+    from utils.features.writer import shard_rows
 
     shards = [shard_rows(rows, batch_size, r, world_size) for r in range(world_size)]
     assert [i for s in shards for i in s] == list(range(rows))
@@ -186,7 +189,7 @@ def test_shards_tile_the_rows_at_batch_boundaries(rows, batch_size, world_size):
 
 
 def test_one_run_at_a_time_extracts_a_key(tmp_path):
-    from utils.cache import _try_lock
+    from utils.features.store import _try_lock
 
     cache = FeatureCache(tmp_path)
     with cache.lock("abc"), open(tmp_path / ".locks" / "abc.lock", "a+") as other:
@@ -306,7 +309,7 @@ def test_transient_os_errors_are_not_recorded_as_bad_images():
 
     from torch.utils.data import Dataset
 
-    from utils.data.loading import Preprocessed
+    from utils.data.loaders import Preprocessed
 
     class Flaky(Dataset):
         def __len__(self):
@@ -321,14 +324,14 @@ def test_transient_os_errors_are_not_recorded_as_bad_images():
 
 def test_interrupted_text_encoding_resumes(tiny, tmp_path, monkeypatch):
     """Long word lists (NegLabel's 75k) go through the same resumable writer: batch 3 of 4 killed, 2 redone."""
-    import utils.extraction
-    import utils.features
-    from utils.features import text_features
+    import utils.features.text
+    import utils.features.writer
     from utils.prompts import TEMPLATE_SETS
 
-    monkeypatch.setattr(utils.extraction, "CHECKPOINT_SECONDS", -1.0)
+    monkeypatch.setattr(utils.features.writer, "CHECKPOINT_SECONDS", -1.0)
+    monkeypatch.setattr(utils.features.text, "NAMES_PER_ENTRY_WRITE", 3)
     names, templates = [f"word{i}" for i in range(10)], TEMPLATE_SETS["single"]
-    original, calls = utils.features.text_head, []
+    original, calls = utils.features.text._averaged, []
 
     def counted(*args, **kwargs):
         calls.append(1)
@@ -336,11 +339,62 @@ def test_interrupted_text_encoding_resumes(tiny, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(utils.features, "text_head", counted)
+    monkeypatch.setattr(utils.features.text, "_averaged", counted)
     cache = FeatureCache(tmp_path / "resumed")
     with pytest.raises(KeyboardInterrupt):
-        text_features(tiny, names, templates, cache, classes_per_batch=3)
-    resumed = text_features(tiny, names, templates, cache, classes_per_batch=3)
+        text_embeddings(tiny, names, templates, cache)
+    resumed = text_embeddings(tiny, names, templates, cache)
     assert len(calls) == 5  # 2 before the interruption, the failing one, then batches 3 and 4
-    whole = text_features(tiny, names, templates, FeatureCache(tmp_path / "whole"), classes_per_batch=3)
+    whole = text_embeddings(tiny, names, templates, FeatureCache(tmp_path / "whole"))
     assert resumed.shape == (10, 64) and np.array_equal(resumed, whole)
+
+
+@pytest.mark.parametrize("templates", ["single", "ensemble"])
+@pytest.mark.parametrize("per_forward", [1024, 7])
+def test_text_embeddings_equal_open_clip_zero_shot_classifier(tiny, templates, per_forward, monkeypatch):
+    """The one text encoder gives open_clip's zero-shot classifier (template-averaged, renormalised), any batching."""
+    import open_clip
+
+    import utils.features.text
+
+    monkeypatch.setattr(utils.features.text, "PROMPTS_PER_FORWARD", per_forward)
+    names = ["cat", "dog", "airplane", "a very long class name with many words"]
+    chosen = load_templates(templates)
+    ours = text_embeddings(tiny, names, chosen)
+    reference = open_clip.build_zero_shot_classifier(tiny.model, tiny.tokenizer, names, chosen, device="cpu")
+    assert ours.shape == (len(names), tiny.embed_dim) and ours.dtype == np.float32
+    assert np.allclose(ours, reference.T.numpy(), atol=1e-6)
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_encode_texts_is_differentiable_and_as_is_matches(tiny):
+    prompts = ["a photo of a cat.", "something else entirely"]
+    encoded = encode_texts(tiny, prompts)
+    assert encoded.requires_grad and encoded.dtype == torch.float32
+    assert np.allclose(encoded.detach().numpy(), text_embeddings(tiny, prompts), atol=1e-6)  # AS_IS: prompts as is
+    with torch.no_grad():
+        reference = tiny.model.encode_text(tiny.tokenizer(prompts), normalize=True)
+    assert torch.allclose(encoded.detach(), reference, atol=1e-6)
+
+
+def test_text_inputs_are_checked(tiny):
+    from utils.errors import UserError
+    from utils.models.loading import load_model as load
+
+    with pytest.raises(UserError, match="empty"):
+        text_embeddings(tiny, [])
+    with pytest.raises(UserError, match="no text encoder"):
+        encode_texts(load("timm:test_vit", "none"), ["a cat"])
+
+
+def test_view_is_part_of_the_key(tiny, digits, monkeypatch):
+    import utils.features.images as images
+    from utils.errors import UserError
+
+    patches = images.View(encode=lambda bundle, x: bundle.model.encode_image(x), dim=lambda b: b.embed_dim,
+                          description="a second view, for the test")  # fmt: skip
+    monkeypatch.setitem(images.VIEWS, "other", patches)
+    assert feature_key(tiny, digits, "float16", "global") != feature_key(tiny, digits, "float16", "other")
+    assert feature_key(tiny, digits, "float16") == feature_key(tiny, digits, "float16", "global")
+    with pytest.raises(UserError, match="unknown feature view"):
+        images.get_view("nope")

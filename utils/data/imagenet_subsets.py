@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import classnames as names
+from utils.data import classnames as names
 from utils.atomic import atomic_path
 from utils.data.folder import IMAGE_SUFFIXES
 from utils.errors import UserError

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from utils.atomic import atomic_path, fsync, write_json
-from utils.cache import FeatureCache, finish_rows
 from utils.distributed import World, barrier, from_main
+from utils.features.store import FeatureCache, finish_rows
 
 CHECKPOINT_SECONDS = 30.0
 

@@ -1,4 +1,4 @@
-"""Collect the offline digits experiment's results into one summary.json (called by `make demo`)."""
+"""The offline digits experiment's driver: its summary.json (`make demo`) and the methods x seeds table."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def summarise(out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     argv = argv or sys.argv[1:]
-    if argv[0] == "table":  # python -m utils.demo table OUT [SEEDS...]
+    if argv[0] == "table":  # python -m tools.demo table OUT [SEEDS...]
         print(methods_table(Path(argv[1]), [int(s) for s in argv[2:]] or [0, 1, 2]))
         return
     out = Path(argv[0])
@@ -37,8 +37,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{100 * mcm['AUROC']:.2f} / FPR95 {100 * mcm['FPR95']:.2f}; {out / 'summary.json'}")  # fmt: skip
 
 
-METHOD_SCORES = {"contrastive": [], "kplus1": ["kplus1"], "oe": [], "group": ["group"]}
-TABLE_SCORES = ["mcm", "energy", "knn", "maha"]
+TABLE_SCORES = ["mcm", "energy", "knn", "maha"]  # and each method's own score, where its checkpoint enables one
 
 
 def methods_table(out: Path, seeds: list[int], epochs: int = 30) -> str:
@@ -50,11 +49,14 @@ def methods_table(out: Path, seeds: list[int], epochs: int = 30) -> str:
 
     import eval_ood_detection
     import finetune_clip
+    from utils.evaluation.inputs import enabled_by
+    from utils.training.checkpoints import read_contract
+    from utils.training.objectives import METHODS
 
     rows: dict[tuple[str, str, str], dict[str, list[float]]] = {}
     accuracy: dict[str, list[float]] = {}
     tiny = ["--model", "tiny", "--pretrained", "none", "--workers", "0", "--cache-dir", str(out / "cache")]
-    for method, own in METHOD_SCORES.items():
+    for method in METHODS:
         for seed in seeds:
             run = out / f"{method}-seed{seed}"
             train = ["--in", "digits", "--method", method, *tiny, "--seed", str(seed), "--epochs", str(epochs),
@@ -64,6 +66,7 @@ def methods_table(out: Path, seeds: list[int], epochs: int = 30) -> str:
                 result = json.loads((run / "eval" / "results.json").read_text())
             else:
                 summary = finetune_clip.main([*train, "--out-dir", str(run)])
+                own = enabled_by(read_contract(str(run / "final.pt")))
                 result = eval_ood_detection.main(["--in", "digits", *tiny, "--seed", str(seed), "--ckpt",
                                                   str(run / "final.pt"), "--score", *TABLE_SCORES, *own, "--no-plots",
                                                   "--out-dir", str(run / "eval"), "--overwrite"])  # fmt: skip

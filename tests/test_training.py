@@ -1,0 +1,177 @@
+"""Training: the objectives, the one epoch loop, towers and the frozen check, checkpoints and the score contract,
+logistic regression against scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from utils.data.loaders import Batch, make_loader
+from utils.data.loading import load_dataset
+from utils.errors import UserError
+from utils.models.loading import load_model
+from utils.prompts import TEMPLATE_SETS
+from utils.training.checkpoints import CONTRACT_KEY, read_contract, save_final
+from utils.training.loop import grad_scaler, optimizer_steps, run_epoch, warmup_cosine
+from utils.training.objectives import METHODS, class_prompts, load_groups
+from utils.training.towers import freeze, kept_frozen, tower_parameters
+
+CLASSES = ["digit zero", "digit one", "digit two", "digit three", "digit four"]
+
+
+def _objective(method: str, bundle):
+    options = {"groups": load_groups(None, "digits", CLASSES)} if method == "group" else {}
+    return METHODS[method](bundle, CLASSES, TEMPLATE_SETS["single"], **options)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_objective_loss_is_finite_and_decreases(method):
+    """A few steps on one fixed batch: the objective is differentiable and optimisable."""
+    bundle = load_model("tiny", "none", seed=0)
+    objective = _objective(method, bundle)
+    ids = load_dataset("digits", "train", limit=24)
+    aux = load_dataset("digits_aux", "train", limit=12)
+    batch = next(iter(make_loader(ids.dataset, bundle.preprocess, 24, 0)))
+    aux_images = next(iter(make_loader(aux.dataset, bundle.preprocess, 12, 0))).images
+    optimizer = torch.optim.AdamW(bundle.model.parameters(), lr=1e-3)
+    losses = []
+    for step in range(5):
+        loss = objective(batch.images, batch.labels, aux_images, [0, 0, step, 0])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
+
+
+def test_class_prompts_match_the_evaluation_default():
+    assert class_prompts(["cat", "digit one"]) == ["a photo of a cat.", "a photo of a digit one."]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_contract_supplies_what_the_method_provides_and_round_trips(method, tiny, tmp_path):
+    objective = _objective(method, tiny)
+    contract = objective.contract(method)
+    assert contract.inputs - {"logit_scale"} == set(METHODS[method].provides)
+    assert contract.method == method and contract.classnames == tuple(CLASSES)
+    assert contract.logit_scale == pytest.approx(tiny.model.logit_scale.exp().item())
+    save_final(tmp_path / "final.pt", tiny.model.state_dict(), contract, note="plain values only")
+    assert read_contract(str(tmp_path / "final.pt")) == contract
+    assert load_model("tiny", "none", ckpt=str(tmp_path / "final.pt")).fingerprint == tiny.fingerprint
+
+
+def test_contract_of_plain_weights_and_damaged_ones(tiny, tmp_path):
+    torch.save(tiny.model.state_dict(), tmp_path / "plain.pt")
+    assert read_contract(str(tmp_path / "plain.pt")) is None and read_contract(None) is None
+    torch.save({"state_dict": tiny.model.state_dict(), CONTRACT_KEY: {"method": "kplus1"}}, tmp_path / "bad.pt")
+    with pytest.raises(UserError, match="damaged"):
+        read_contract(str(tmp_path / "bad.pt"))
+
+
+class _Loader(list):
+    """Batches of a toy regression, some of them unreadable (images None), with a len() like a DataLoader."""
+
+
+def _batches(pattern: str) -> _Loader:
+    """'x' a readable batch of 4 samples, '-' a batch whose images all failed to load."""
+    rng = np.random.default_rng(0)
+    out = _Loader()
+    for kind in pattern:
+        x = torch.from_numpy(rng.normal(size=(4, 3)).astype(np.float32))
+        images = x if kind == "x" else None
+        out.append(Batch(images, torch.zeros(4, dtype=torch.long), torch.arange(4), []))
+    return out
+
+
+def _sgd_by_hand(model, batches, accumulate: int, lr: float) -> int:
+    """The reference loop: readable batches add loss/accumulate; a step at each group's end; a last one for what is
+    left when the epoch's final batches were unreadable. Returns the number of steps."""
+    steps, pending = 0, False
+
+    def sgd_step():
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= lr * p.grad
+                p.grad = None
+
+    for index, batch in enumerate(batches):
+        if batch.images is None:
+            continue
+        (model(batch.images).pow(2).mean() / accumulate).backward()
+        pending = True
+        if (index + 1) % accumulate == 0 or index + 1 == len(batches):
+            sgd_step()
+            steps, pending = steps + 1, False
+    if pending:
+        sgd_step()
+        steps += 1
+    return steps
+
+
+@pytest.mark.parametrize(
+    ("pattern", "accumulate", "steps"),
+    [("xxxxx", 1, 5), ("xxxxx", 2, 3), ("xx-x-", 2, 2), ("xxx--", 3, 1), ("x-", 2, 1), ("xxx", 50, 1)],
+)
+def test_run_epoch_accumulates_skips_and_flushes(pattern, accumulate, steps):
+    """Same weights as a hand-written loop: accumulation groups, unreadable batches skipped, nothing left over."""
+    torch.manual_seed(0)
+    ours, reference = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+    reference.load_state_dict(ours.state_dict())
+    optimizer = torch.optim.SGD(ours.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    batches = _batches(pattern)
+    stats = run_epoch(lambda batch, index: ours(batch.images).pow(2).mean(), batches, optimizer, scheduler,
+                      grad_scaler(torch.device("cpu")), torch.device("cpu"), "test", accumulate)  # fmt: skip
+    assert _sgd_by_hand(reference, batches, accumulate, 0.1) == steps
+    assert scheduler.last_epoch == steps  # one schedule step per optimiser step
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(ours.parameters(), reference.parameters(), strict=True))
+    assert all(p.grad is None for p in ours.parameters())  # no gradient crosses into the next epoch
+    assert stats.samples == 4 * pattern.count("x")
+
+
+def test_schedule_and_step_count():
+    assert optimizer_steps(10, 3) == 4 and optimizer_steps(9, 3) == 3 and optimizer_steps(2, 50) == 1
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = warmup_cosine(optimizer, total_steps=10, warmup_steps=2)
+    rates = []
+    for _ in range(10):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:3] == pytest.approx([0.5, 1.0, 1.0]) and rates[-1] < 0.05
+
+
+def test_towers_partition_the_parameters(tiny):
+    image, text = tower_parameters(tiny.model, "image"), tower_parameters(tiny.model, "text")
+    assert len(image) + len(text) == len(list(tiny.model.parameters())) and image and text
+    assert {id(p) for p in image} == {id(p) for p in tiny.model.visual.parameters()}
+    trainable = freeze(tiny.model, "text")
+    assert {id(p) for p in trainable} == {id(p) for p in image}
+    assert all(not p.requires_grad for p in text)
+    freeze(tiny.model, "none")
+    assert all(p.requires_grad for p in tiny.model.parameters())
+    with pytest.raises(ValueError, match="unknown tower"):
+        tower_parameters(tiny.model, "audio")
+
+
+@pytest.mark.parametrize("tower", ["text", "image", "all"])
+def test_kept_frozen_notices_a_change(tower):
+    bundle = load_model("tiny", "none", seed=0)
+    with kept_frozen(bundle.model, tower):  # an untouched tower passes
+        pass
+    with pytest.raises(RuntimeError, match=f"frozen {tower} tower"), kept_frozen(bundle.model, tower), torch.no_grad():
+        tower_parameters(bundle.model, tower)[0].add_(1e-3)
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
+    from utils.atomic import atomic_path
+
+    path = tmp_path / "last.pt"
+    torch.save({"epoch": 1}, path)
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_bytes(b"half a checkpoint")
+        raise RuntimeError("killed mid-write")
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -1,0 +1,1 @@
+"""Project tools that drive the entry scripts: the offline demo, the README layout."""

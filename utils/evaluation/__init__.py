@@ -1,0 +1,2 @@
+"""Evaluation: the pipeline (encode -> score -> measure), the resolvers of score inputs, metrics, classification
+reports, result files and figures."""

@@ -1,0 +1,194 @@
+"""What a run supplies to scores, one resolver per input name.
+
+A score declares the InDistribution fields it fits on (`needs`) and its constructor inputs (`inputs`); each name
+is resolved here. A resolver says why its input cannot be had in this run (`missing`: the score is skipped under
+`--score all`, an error when named), checks what it can before any image is encoded (`check`), and builds the
+value once the features exist (`resolve`). Names without a resolver come from the fine-tuned checkpoint's
+ScoreContract, so a fine-tuning method with its own score needs no new resolver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from utils.data.loading import LoadedDataset
+from utils.data.registry import get_spec
+from utils.data.words import load_words
+from utils.distributed import World
+from utils.errors import UserError
+from utils.evaluation.options import EvalOptions
+from utils.features.store import CachedFeatures, FeatureCache
+from utils.features.text import text_embeddings
+from utils.models import CLIP_LOGIT_SCALE
+from utils.models.loading import ModelBundle, has_text_encoder
+from utils.scores import SCORES, mine_negative_labels
+from utils.training.checkpoints import ScoreContract
+from utils.training.objectives import METHODS
+
+NEGATIVE_FRACTION, NEGATIVE_PERCENTILE = 0.15, 95.0  # NegLabel's selection rule
+
+
+@dataclass
+class Experiment:
+    """What a run is about; filled in as the run goes (scores chosen, then data, then the model)."""
+
+    options: EvalOptions
+    model_name: str
+    contract: ScoreContract | None = None
+    id_test: LoadedDataset | None = None
+    id_train: LoadedDataset | None = None
+    ood_sets: list[LoadedDataset] = field(default_factory=list)
+    bundle: ModelBundle | None = None
+    cache: FeatureCache | None = None
+    world: World | None = None
+    notes: list[str] = field(default_factory=list)  # shown and saved with the results
+    artifacts: dict[str, list[str]] = field(default_factory=dict)  # name -> lines, saved as name.txt
+
+
+@dataclass
+class Encoded:
+    """The run's features: ID test and OOD sets per view, ID train (global view), the ID class-prompt embeddings."""
+
+    id_test: dict[str, CachedFeatures]
+    ood: dict[str, dict[str, CachedFeatures]]  # OOD set -> view -> features
+    id_train: CachedFeatures | None = None
+    text: np.ndarray | None = None
+
+
+class PerSet(dict):
+    """An input with one value per OOD set; sets without one are not scored by that score."""
+
+
+Check = Callable[[Experiment], None]
+Missing = Callable[[Experiment], str | None]
+
+
+@dataclass(frozen=True)
+class Resolver:
+    resolve: Callable[[Experiment, Encoded], Any]
+    check: Check = lambda exp: None  # before any image is encoded; raises UserError
+    missing: Missing = lambda exp: None  # why this input cannot be had in this run; None if it can
+
+
+def _image_only(exp: Experiment) -> str | None:
+    if has_text_encoder(exp.model_name):
+        return None
+    usable = [name for name, cls in SCORES.items() if "text_features" not in cls.needs]
+    return f"need a text encoder; {exp.model_name} is image-only (scores that run without one: {', '.join(usable)})"
+
+
+def _check_classnames(exp: Experiment) -> None:
+    if not exp.id_test.classnames:
+        raise UserError(f"'{exp.id_test.name}' has no class names (a flat folder?), which the zero-shot and label "
+                        f"scores need; use an ImageFolder tree with one folder per class")  # fmt: skip
+
+
+def _check_train(exp: Experiment) -> None:
+    if exp.id_train is None:
+        raise UserError(f"scores fitted on ID training features need the train split of '{exp.id_test.name}'")
+
+
+def _ks(exp: Experiment) -> list[int]:
+    return sorted(set(exp.options.k or [get_spec(exp.id_test.name).knn_k]))
+
+
+def _check_ks(exp: Experiment) -> None:
+    _check_train(exp)
+    k, rows = max(_ks(exp)), len(exp.id_train.dataset)
+    if k > rows:
+        raise UserError(f"--k {k} needs at least k training images; {exp.id_train.name} train has {rows}")
+
+
+def _ood_class_names(exp: Experiment, encoded: Encoded) -> PerSet:
+    """Each OOD set's own class names through the run's templates; sets without names get a note."""
+    values = PerSet()
+    for data in exp.ood_sets:
+        if data.classnames:
+            values[data.name] = text_embeddings(exp.bundle, data.classnames, exp.options.templates)
+        else:
+            exp.notes.append(f"skipped {data.name} for the scores that need its class names: it has none")
+    return values
+
+
+def _check_words(exp: Experiment) -> None:
+    load_words(exp.options.neg_words)  # a missing or empty list fails now, not after extraction
+
+
+def _negative_labels(exp: Experiment, encoded: Encoded) -> np.ndarray:
+    """Candidate words (not ID names), encoded once through the cache, mined against the ID class prompts."""
+    taken = {name.lower() for name in exp.id_test.classnames}
+    words = [w for w in load_words(exp.options.neg_words) if w.lower() not in taken]
+    candidates = text_embeddings(exp.bundle, words, exp.options.templates, exp.cache)
+    picked = mine_negative_labels(candidates, encoded.text, NEGATIVE_FRACTION, NEGATIVE_PERCENTILE)
+    exp.artifacts["neglabel_words"] = [words[i] for i in picked]
+    return candidates[picked]
+
+
+RESOLVERS: dict[str, Resolver] = {
+    # InDistribution fields (`needs`)
+    "text_features": Resolver(lambda exp, enc: enc.text, check=_check_classnames, missing=_image_only),
+    "train_features": Resolver(lambda exp, enc: enc.id_train.features, check=_check_train),
+    "train_labels": Resolver(lambda exp, enc: enc.id_train.labels, check=_check_train),
+    # constructor inputs (`inputs`)
+    "temperature": Resolver(lambda exp, enc: exp.options.temperature),
+    "seed": Resolver(lambda exp, enc: exp.options.seed),
+    "device": Resolver(lambda exp, enc: exp.bundle.device),
+    "k": Resolver(lambda exp, enc: _ks(exp), check=_check_ks),
+    "ood_text_features": Resolver(_ood_class_names),
+    "negative_text_features": Resolver(_negative_labels, check=_check_words),
+    "logit_scale": Resolver(lambda exp, enc: exp.contract.logit_scale if exp.contract else CLIP_LOGIT_SCALE),
+}
+
+
+def _from_checkpoint(name: str) -> Resolver:
+    """An input that a fine-tuned checkpoint supplies: prompts encoded by its text tower, or a plain value."""
+
+    def missing(exp: Experiment) -> str | None:
+        if exp.contract is not None and name in exp.contract.inputs:
+            return None
+        methods = [m for m, objective in METHODS.items() if name in objective.provides]
+        source = " or ".join(f"finetune_clip.py --method {m}" for m in methods) or "a fine-tuning method"
+        return f"needs {name}, which a checkpoint of {source} supplies: pass it with --ckpt"
+
+    def check(exp: Experiment) -> None:
+        if name in exp.contract.values and tuple(exp.id_test.classnames or ()) != exp.contract.classnames:
+            raise UserError(f"the checkpoint's {name} refer to its classes {list(exp.contract.classnames)[:5]}..., "
+                            f"but {exp.id_test.name} has the classes {list(exp.id_test.classnames or [])[:5]}...; "
+                            f"evaluate it on the dataset it was trained on")  # fmt: skip
+
+    def resolve(exp: Experiment, encoded: Encoded) -> Any:
+        if name in exp.contract.texts:
+            return text_embeddings(exp.bundle, exp.contract.texts[name])
+        return exp.contract.values[name]
+
+    return Resolver(resolve, check, missing)
+
+
+def resolver(name: str) -> Resolver:
+    return RESOLVERS.get(name) or _from_checkpoint(name)
+
+
+def requirements(score: str) -> tuple[str, ...]:
+    """Every name a score needs from the run: its InDistribution fields, then its constructor inputs."""
+    return (*SCORES[score].needs, *SCORES[score].inputs)
+
+
+def unavailable(score: str, exp: Experiment) -> str | None:
+    """Why `score` cannot run in this experiment (its first missing requirement), or None."""
+    return next((reason for name in requirements(score) if (reason := resolver(name).missing(exp))), None)
+
+
+def check(scores: Sequence[str], exp: Experiment) -> None:
+    """Every requirement of `scores` that can be checked before any image is encoded."""
+    for name in dict.fromkeys(n for score in scores for n in requirements(score)):
+        resolver(name).check(exp)
+
+
+def enabled_by(contract: ScoreContract | None) -> list[str]:
+    """The scores that run only with a fine-tuned checkpoint's inputs, and that this checkpoint can feed."""
+    supplied = contract.inputs if contract else set()
+    return [name for name in SCORES if (own := set(requirements(name)) - set(RESOLVERS)) and own <= supplied]

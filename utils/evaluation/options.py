@@ -1,0 +1,20 @@
+"""The settings of an evaluation run, built by keyword from the parsed arguments (or by hand in a notebook)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from utils.prompts import TEMPLATE_SETS, Template
+
+
+@dataclass
+class EvalOptions:
+    templates: Sequence[Template] = TEMPLATE_SETS["single"]
+    temperature: float = 1.0
+    k: Sequence[int] | None = None  # KNN's k values; None: the ID dataset's default
+    batch_size: int = 256
+    workers: int = 4
+    bootstrap: int = 0
+    seed: int = 0
+    neg_words: str | None = None  # candidate labels of negative-label scores; None: the shipped WordNet list

@@ -1,0 +1,200 @@
+"""The OOD evaluation pipeline, in stages: plan (which scores can run), encode (every dataset once, through the
+cache), score (fit each score on what it needs, score ID and OOD sets), measure (metrics and intervals)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from utils.arrays import as_array
+from utils.data.loading import DataOptions, LoadedDataset
+from utils.data.registry import get_spec
+from utils.errors import UserError
+from utils.evaluation.classification import top1
+from utils.evaluation.inputs import Encoded, Experiment, PerSet, requirements, resolver, unavailable
+from utils.evaluation.metrics import bootstrap_intervals, ood_metrics
+from utils.features.images import DEFAULT_VIEW, image_features
+from utils.features.store import CachedFeatures
+from utils.features.text import text_embeddings
+from utils.scores import SCORES, InDistribution, Score, canonical, resolve_scores
+
+Pairs = dict[str, tuple[np.ndarray, np.ndarray]]  # OOD set -> (ID test scores, OOD scores), per image
+
+
+@dataclass
+class Evaluation:
+    """Everything a run produced; `scores[label][ood_set]` = (ID test scores, OOD scores), per image."""
+
+    id_name: str
+    metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    intervals: dict[str, dict[str, dict[str, tuple[float, float]]]] = field(default_factory=dict)
+    scores: dict[str, Pairs] = field(default_factory=dict)
+    samples: dict[str, int] = field(default_factory=dict)
+    accuracy: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    artifacts: dict[str, list[str]] = field(default_factory=dict)
+
+
+def plan(requested: Sequence[str], exp: Experiment) -> list[str]:
+    """The scores to run: those named (each must be able to run here) and, for `all`, every one that can.
+
+    What `all` leaves out is printed with the reason; a named score that cannot run is a UserError.
+    """
+    try:
+        scores = resolve_scores(requested)
+        named = {canonical(n) for n in requested if n.lower() != "all"}
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    skipped: dict[str, list[str]] = {}
+    for score in scores:
+        reason = unavailable(score, exp)
+        if reason and score in named:
+            raise UserError(f"{score} {reason}")
+        if reason:
+            skipped.setdefault(reason, []).append(score)
+    for reason, names in skipped.items():
+        print(f"skipping {', '.join(names)}: {reason}", file=sys.stderr)
+    runnable = [s for s in scores if not any(s in names for names in skipped.values())]
+    if not runnable:
+        raise UserError(f"none of the scores {', '.join(scores)} can run here: {next(iter(skipped))}")
+    return runnable
+
+
+def needed(scores: Sequence[str], name: str) -> bool:
+    """Whether any of `scores` requires the input or InDistribution field `name`."""
+    return any(name in requirements(score) for score in scores)
+
+
+def resolve_ood_sets(id_name: str, requested: Sequence[str] | None, data: DataOptions) -> list[LoadedDataset]:
+    """OOD test sets: those named (each must be available) or the ID set's defaults (missing ones skipped)."""
+    names = list(requested) if requested else [n for n in get_spec(id_name).ood if n != id_name]
+    if not names:
+        raise UserError(f"'{id_name}' has no default OOD sets; name some with --out")
+    for name in names:
+        get_spec(name)  # unknown names fail before any download starts
+    loaded = []
+    for name in names:
+        try:
+            loaded.append(data.load(name, "test"))
+        except UserError as err:
+            if requested:
+                raise
+            reason = " ".join(line.strip() for line in str(err).splitlines())
+            print(f"skipping default OOD set {name}: {reason}", file=sys.stderr)
+    if not loaded:
+        raise UserError(
+            f"none of the default OOD sets of '{id_name}' ({', '.join(names)}) is available under "
+            f"{data.root}; get one (see the lines above) or name a folder with --out folder:PATH"
+        )
+    return loaded
+
+
+def encode(exp: Experiment, scores: Sequence[str]) -> Encoded:
+    """Image features of every dataset in every view the scores use (ID train only if a score fits on it), and the
+    ID class-prompt embeddings if a score compares with them. Under torchrun every rank must call this."""
+    options, views = exp.options, list(dict.fromkeys(SCORES[s].view for s in scores))
+
+    def features(data: LoadedDataset, view: str = DEFAULT_VIEW):
+        return image_features(exp.bundle, data, exp.cache, options.batch_size, options.workers, exp.world, view)
+
+    id_train = features(exp.id_train) if needed(scores, "train_features") else None
+    id_test = {view: features(exp.id_test, view) for view in views}
+    ood = {data.name: {view: features(data, view) for view in views} for data in exp.ood_sets}
+    text = None
+    if needed(scores, "text_features"):
+        text = text_embeddings(exp.bundle, exp.id_test.classnames, options.templates)
+    return Encoded(id_test, ood, id_train, text)
+
+
+@dataclass
+class _Fitted:
+    label: str  # the row label: the score's name, `name@value` for each value of a sweep
+    score: Score
+    sets: list[str]  # the OOD sets it scores
+    sweep: list | None = None
+
+
+def _build(name: str, exp: Experiment, encoded: Encoded, resolved: dict, shared: dict) -> list[_Fitted]:
+    """One fitted instance of `name` (one per OOD set where an input has a value per set).
+
+    `resolved` keeps each input once resolved for the scores after it; `shared` the fits that scores share.
+    """
+    cls = SCORES[name]
+    for need in requirements(name):
+        if need not in resolved:
+            before = len(exp.notes)
+            resolved[need] = resolver(need).resolve(exp, encoded)
+            exp.notes[before:] = [f"{name}: {note}" for note in exp.notes[before:]]
+    ind = InDistribution(**{need: resolved[need] for need in cls.needs}, shared=shared)
+    kwargs = {i: resolved[i] for i in cls.inputs}
+    sweep = kwargs.pop(cls.sweep_over) if cls.sweep_over else None
+    if sweep is not None:
+        kwargs[cls.sweep_over] = max(sweep)
+    per_set = {i: v for i, v in kwargs.items() if isinstance(v, PerSet)}
+    all_sets = [d.name for d in exp.ood_sets]
+    if not per_set:
+        return [_Fitted(name, cls(**kwargs).fit(ind), all_sets, sweep)]
+    sets = [s for s in all_sets if all(s in v for v in per_set.values())]
+    return [_Fitted(name, cls(**{**kwargs, **{i: v[s] for i, v in per_set.items()}}).fit(ind), [s], sweep)
+            for s in sets]  # fmt: skip
+
+
+def _scores_of(fitted: _Fitted, id_features: object, ood: dict[str, dict[str, CachedFeatures]]) -> dict[str, Pairs]:
+    """ID and OOD scores of one fitted instance, from one call over all its sets (one pass over a KNN bank)."""
+    parts = [as_array(id_features), *(as_array(ood[s][fitted.score.view].features) for s in fitted.sets)]
+    joined, ends = np.concatenate(parts), np.cumsum([len(p) for p in parts])[:-1]
+    values = fitted.score.sweep(joined, fitted.sweep) if fitted.sweep else {None: fitted.score(joined)}
+    rows = {}
+    for value, scored in values.items():
+        id_scores, *per_set = np.split(scored, ends)
+        label = fitted.label if value is None else f"{fitted.label}@{value}"
+        rows[label] = {s: (id_scores, o) for s, o in zip(fitted.sets, per_set, strict=True)}
+    return rows
+
+
+def score(exp: Experiment, encoded: Encoded, scores: Sequence[str]) -> Evaluation:
+    """Fit every score on what it needs and score the ID test set and each OOD set; classifiers' top-1 too."""
+    result = Evaluation(exp.id_test.name)
+    resolved, shared, classifiers = {}, {}, {}
+    for name in scores:
+        try:
+            for fitted in _build(name, exp, encoded, resolved, shared):
+                result.scores.update(_scores_of(fitted, encoded.id_test[fitted.score.view].features, encoded.ood))
+                if fitted.score.classifier:
+                    classifiers.setdefault(fitted.score.classifier, fitted.score)
+        except ValueError as err:  # what a score cannot fit on (too few samples, unlabelled data, ...)
+            raise UserError(f"score {name}: {err}") from err
+    test = encoded.id_test[DEFAULT_VIEW]
+    result.samples = {"ID": len(test.index), **{n: len(next(iter(v.values())).index) for n, v in encoded.ood.items()}}
+    if encoded.text is not None:
+        result.accuracy["zero_shot_top1"] = top1(lambda f: f @ encoded.text.T, test.features, test.labels)
+    for kind, classifier in classifiers.items():
+        result.accuracy[f"{kind}_top1"] = top1(classifier.logits, test.features, test.labels)
+        result.accuracy.update({f"{kind}_{k}": v for k, v in classifier.details().items()})
+    result.accuracy = {k: v for k, v in result.accuracy.items() if v is not None}
+    result.notes, result.artifacts = list(exp.notes), dict(exp.artifacts)
+    return result
+
+
+def measure(result: Evaluation, bootstrap: int = 0, seed: int = 0) -> Evaluation:
+    """Metrics of every (score, OOD set) pair, with bootstrap intervals if asked; fills `result` in place."""
+    for label, per_set in result.scores.items():
+        for ood_name, (id_scores, ood_scores) in per_set.items():
+            try:
+                result.metrics.setdefault(label, {})[ood_name] = ood_metrics(id_scores, ood_scores)
+                if bootstrap:
+                    result.intervals.setdefault(label, {})[ood_name] = bootstrap_intervals(
+                        id_scores, ood_scores, bootstrap, seed
+                    )
+            except ValueError as err:
+                raise UserError(f"score {label}, {result.id_name} vs {ood_name}: {err}") from err
+    return result
+
+
+def evaluate(exp: Experiment, scores: Sequence[str], encoded: Encoded | None = None) -> Evaluation:
+    """encode (unless given) -> score -> measure."""
+    encoded = encoded if encoded is not None else encode(exp, scores)
+    return measure(score(exp, encoded, scores), exp.options.bootstrap, exp.options.seed)

@@ -1,0 +1,86 @@
+"""The one text encoder: prompts -> L2-normalised CLIP text embeddings, for training and evaluation alike.
+
+`encode_texts` is the forward pass (differentiable: the fine-tuning objectives train through it);
+`text_embeddings` renders names through templates, averages each name's prompts and renormalises (open_clip's
+zero-shot classifier), in batches, and keeps large lists (a word list) in the feature cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from utils.distributed import World
+from utils.errors import UserError
+from utils.features.store import FeatureCache, cache_key
+from utils.features.writer import entry_writer
+from utils.models.loading import ModelBundle
+from utils.prompts import AS_IS, Template, render
+
+PROMPTS_PER_FORWARD = 1024  # text encoder batch: large enough to amortise overhead, small enough for any GPU
+NAMES_PER_ENTRY_WRITE = 4096  # names encoded between two writes into a cache entry
+
+
+def encode_texts(bundle: ModelBundle, texts: Sequence[str]) -> torch.Tensor:
+    """One L2-normalised float32 embedding per text [len(texts), D], on the bundle's device, with gradients."""
+    if not bundle.has_text:
+        raise UserError(f"{bundle.name} has no text encoder")
+    tokens = bundle.tokenizer(list(texts)).to(bundle.device)
+    return F.normalize(bundle.model.encode_text(tokens).float(), dim=-1)
+
+
+@torch.no_grad()
+def _averaged(bundle: ModelBundle, names: Sequence[str], templates: Sequence[Template]) -> np.ndarray:
+    """Each name's prompts encoded, averaged over the templates and renormalised: [len(names), D] float32."""
+    per_forward = max(1, PROMPTS_PER_FORWARD // len(templates))
+    blocks = []
+    for start in range(0, len(names), per_forward):
+        batch = names[start : start + per_forward]
+        prompts = [prompt for name in batch for prompt in render(templates, name)]
+        mean = encode_texts(bundle, prompts).reshape(len(batch), len(templates), -1).mean(dim=1)
+        blocks.append((mean / mean.norm(dim=1, keepdim=True)).cpu().numpy())
+    return np.concatenate(blocks)
+
+
+def text_embeddings(
+    bundle: ModelBundle,
+    names: Sequence[str],
+    templates: Sequence[Template] = AS_IS,
+    cache: FeatureCache | None = None,
+) -> np.ndarray:
+    """Template-averaged, L2-normalised embeddings of `names` [len(names), D] (float32).
+
+    `templates` defaults to the names as they are (whole prompts). With `cache`, the embeddings are stored in the
+    feature cache (in its dtype) under the weights, names and templates, resumably: worth it for long word lists.
+    """
+    if not names:
+        raise UserError("the list of names to encode is empty")
+    if not templates:
+        raise UserError("no prompt templates to encode the names with")
+    names = list(names)
+    if cache is None:
+        return _averaged(bundle, names, templates)
+    key = cache_key({"model": bundle.name, "weights": bundle.fingerprint,
+                     "text": hashlib.blake2b("\n".join(names).encode(), digest_size=16).hexdigest(),
+                     "templates": render(templates, "{}"), "dtype": cache.dtype})  # fmt: skip
+    entry = cache.load(key)
+    if entry is None:
+        spec = {"rows": len(names), "dim": bundle.embed_dim, "dtype": cache.dtype, "batch_size": NAMES_PER_ENTRY_WRITE,
+                "world_size": 1}  # fmt: skip
+        meta = {"model": bundle.name, "weights": bundle.weights, "text_count": len(names)}
+        with (
+            entry_writer(cache, key, spec, meta, World(), "the text features") as shard,
+            tqdm(total=len(names), unit="name", desc="text features", dynamic_ncols=True) as bar,
+        ):
+            for start in range(shard.next_row if shard else len(names), len(names), NAMES_PER_ENTRY_WRITE):
+                batch = names[start : start + NAMES_PER_ENTRY_WRITE]
+                shard.write(np.arange(start, start + len(batch)), _averaged(bundle, batch, templates),
+                            np.full(len(batch), -1), len(batch), [])  # fmt: skip
+                bar.update(len(batch))
+        entry = cache.load(key)
+    return np.asarray(entry.features, dtype=np.float32)

@@ -1,0 +1,188 @@
+"""OOD-aware CLIP fine-tuning: set-up, per-epoch atomic checkpoints, exact resume, torchrun data parallelism."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DistributedSampler
+
+from utils.atomic import atomic_path
+from utils.data.loaders import make_loader
+from utils.data.loading import LoadedDataset
+from utils.distributed import World
+from utils.errors import UserError
+from utils.models.loading import ModelBundle
+from utils.training.checkpoints import load_training_state, rng_state, save_final, set_rng_state
+from utils.training.loop import grad_scaler, optimizer_steps, run_epoch, warmup_cosine
+from utils.training.objectives import Objective, logit_scale
+from utils.training.towers import freeze, kept_frozen
+
+RESUME_MUST_MATCH = ("method", "model", "id_name", "aux", "seed", "batch_size", "accumulate", "freeze", "epochs", "lr",
+                     "weight_decay", "warmup")  # fmt: skip
+
+
+@dataclass
+class TrainConfig:
+    method: str
+    model: str
+    id_name: str
+    aux: str | None
+    epochs: int = 10
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    warmup: float = 0.1
+    batch_size: int = 64
+    accumulate: int = 1
+    freeze: str = "none"
+    seed: int = 0
+    workers: int = 4
+
+
+def _sampler(dataset, world: World, seed: int) -> DistributedSampler:
+    return DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed,
+                              drop_last=True)  # fmt: skip
+
+
+class _Cycle:
+    """Endless batches of the auxiliary pool, reshuffled each pass, deterministically."""
+
+    def __init__(self, loader, sampler: DistributedSampler, epoch: int):
+        self.loader, self.sampler, self.passes, self.epoch = loader, sampler, 0, epoch
+        self.iterator = self._restart()
+
+    def _restart(self):
+        self.sampler.set_epoch(self.epoch * 1000 + self.passes)
+        self.loader.generator.manual_seed(self.epoch * 1000 + self.passes)
+        self.passes += 1
+        return iter(self.loader)
+
+    def next(self):
+        for _ in range(3):
+            batch = next(self.iterator, None)
+            if batch is not None and batch.images is not None:
+                return batch
+            self.iterator = self._restart()
+        raise UserError("the auxiliary pool yields no readable images")
+
+
+@dataclass
+class _Run:
+    """Everything one training run steps: loaders, optimiser, schedule, scaler, and where it logs."""
+
+    module: torch.nn.Module  # the objective, DDP-wrapped under torchrun
+    loader: Any
+    sampler: DistributedSampler
+    aux_loader: Any
+    aux_sampler: DistributedSampler | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+
+def _set_up(bundle: ModelBundle, objective: Objective, id_train: LoadedDataset, aux: LoadedDataset | None,
+            config: TrainConfig, world: World) -> _Run:  # fmt: skip
+    device = bundle.device
+    params = freeze(bundle.model, config.freeze)
+    module = objective
+    if world.distributed:
+        module = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    transform = bundle.train_preprocess or bundle.preprocess
+    per_rank, pin = max(1, config.batch_size // world.size), device.type == "cuda"
+    sampler = _sampler(id_train.dataset, world, config.seed)
+    loader = make_loader(id_train.dataset, transform, per_rank, config.workers, pin, sampler=sampler, seed=config.seed)
+    if len(loader) == 0:
+        raise UserError(f"{id_train.name} train has fewer images than one batch ({config.batch_size})")
+    aux_sampler = aux_loader = None
+    if aux is not None:
+        aux_sampler = _sampler(aux.dataset, world, config.seed + 1)
+        aux_loader = make_loader(aux.dataset, transform, per_rank, config.workers, pin, sampler=aux_sampler,
+                                 seed=config.seed + 1)  # fmt: skip
+    steps = config.epochs * optimizer_steps(len(loader), config.accumulate)
+    scheduler = warmup_cosine(optimizer, max(1, steps), int(config.warmup * steps))
+    return _Run(module, loader, sampler, aux_loader, aux_sampler, optimizer, scheduler, grad_scaler(device))
+
+
+def _resume(last: Path, bundle: ModelBundle, run: _Run, config: TrainConfig) -> tuple[int, list[dict]]:
+    """Load `last.pt` into the model and every stepping state; (epochs done, log so far)."""
+    state = load_training_state(last)
+    changed = [k for k in RESUME_MUST_MATCH if state["config"].get(k) != getattr(config, k)]
+    if changed:
+        raise UserError(f"--resume: {last} was trained with other settings ({', '.join(changed)}); "
+                        f"use the same ones or another --out-dir")  # fmt: skip
+    bundle.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return state["epoch"], list(state["log"])
+
+
+def _write_log(path: Path, records: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _save_epoch(out_dir: Path, bundle: ModelBundle, run: _Run, config: TrainConfig, epoch: int, log: list[dict]):
+    with atomic_path(out_dir / "last.pt") as tmp:
+        torch.save({"model": bundle.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                    "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng_state(),
+                    "epoch": epoch, "config": asdict(config), "log": log}, tmp)  # fmt: skip
+    _write_log(out_dir / "metrics.jsonl", log)
+
+
+def train(
+    bundle: ModelBundle,
+    objective: Objective,
+    id_train: LoadedDataset,
+    aux: LoadedDataset | None,
+    config: TrainConfig,
+    out_dir: Path,
+    world: World,
+    resume: bool = False,
+) -> list[dict]:
+    """Train `objective` for config.epochs; writes last.pt and metrics.jsonl each epoch (rank 0). Returns the log.
+
+    A frozen tower (config.freeze) is checked to be unchanged at the end.
+    """
+    run = _set_up(bundle, objective, id_train, aux, config, world)
+    device, start_epoch, log = bundle.device, 0, []
+    if resume and (out_dir / "last.pt").is_file():
+        start_epoch, log = _resume(out_dir / "last.pt", bundle, run, config)
+        if world.main:
+            print(f"resuming {out_dir / 'last.pt'} after epoch {start_epoch}")
+    objective.train()
+    with kept_frozen(bundle.model, config.freeze):
+        for epoch in range(start_epoch, config.epochs):
+            torch.manual_seed(config.seed * 100_003 + epoch)  # augmentation randomness: a function of (seed, epoch)
+            run.loader.generator.manual_seed(config.seed * 100_003 + epoch)  # worker seeds too: resume is exact
+            run.sampler.set_epoch(epoch)
+            aux_batches = _Cycle(run.aux_loader, run.aux_sampler, epoch) if run.aux_loader is not None else None
+
+            def step(batch, index: int, epoch: int = epoch, aux_batches: _Cycle | None = aux_batches) -> torch.Tensor:
+                aux_images = aux_batches.next().images.to(device) if aux_batches else None
+                return run.module(batch.images.to(device), batch.labels.to(device), aux_images,
+                                  [config.seed, epoch, index, world.rank])  # fmt: skip
+
+            stats = run_epoch(step, run.loader, run.optimizer, run.scheduler, run.scaler, device,
+                              f"{config.method} {epoch + 1}/{config.epochs}", config.accumulate, world)  # fmt: skip
+            log.append({"epoch": epoch + 1, "loss": stats.loss, "lr": run.scheduler.get_last_lr()[0],
+                        "logit_scale": logit_scale(bundle.model).item(), "samples_per_s": stats.samples_per_s,
+                        "seconds": stats.seconds})  # fmt: skip
+            if world.main:
+                print(json.dumps(log[-1]))
+                _save_epoch(out_dir, bundle, run, config, epoch + 1, log)
+    objective.eval()
+    return log
+
+
+def save_model(path: Path, bundle: ModelBundle, objective: Objective, config: TrainConfig, **extra: Any) -> None:
+    """final.pt: the weights and the method's score contract; `--ckpt` reads it everywhere."""
+    save_final(path, bundle.model.state_dict(), objective.contract(config.method), model=config.model,
+               config=asdict(config), **extra)  # fmt: skip

@@ -1,0 +1,105 @@
+"""The one epoch loop of every fine-tuning path, and its learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from utils.device import autocast, autocast_dtype
+from utils.distributed import World
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from 0 to the base rate over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def optimizer_steps(batches: int, accumulate: int) -> int:
+    """Optimiser steps in an epoch of `batches`: the last, short accumulation counts too."""
+    return -(-batches // accumulate)
+
+
+@dataclass
+class EpochStats:
+    loss: float  # mean over the samples seen
+    samples: int  # samples seen by all processes
+    seconds: float
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / max(self.seconds, 1e-9)
+
+
+def _any_rank(flag: bool, world: World) -> bool:
+    """True on every rank if it is true on any."""
+    if not world.distributed:
+        return flag
+    value = torch.tensor([int(flag)])
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def run_epoch(
+    step: Callable[[Any, int], torch.Tensor],
+    loader: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    description: str,
+    accumulate: int = 1,
+    world: World | None = None,
+) -> EpochStats:
+    """One pass over `loader`'s batches: loss = step(batch, index) under autocast, scaled backward, and an optimiser
+    and schedule step every `accumulate` batches (and at the epoch's end: no gradient crosses an epoch).
+
+    A batch whose images all failed to load is skipped, on every rank together (or DDP would wait forever).
+    The progress bar shows the loss and samples/s.
+    """
+    world = world or World()
+    total, seen, pending, began = 0.0, 0, False, time.perf_counter()
+    bar = tqdm(loader, desc=description, unit="batch", disable=not world.main, dynamic_ncols=True, leave=False)
+    for index, batch in enumerate(bar):
+        if _any_rank(batch.images is None, world):
+            continue
+        with autocast(device):
+            loss = step(batch, index)
+        scaler.scale(loss / accumulate).backward()
+        pending = True
+        if (index + 1) % accumulate == 0 or index + 1 == len(loader):
+            _optimiser_step(optimizer, scheduler, scaler)
+            pending = False
+        total, seen = total + loss.item() * len(batch.labels), seen + len(batch.labels)
+        rate = seen * world.size / (time.perf_counter() - began)
+        bar.set_postfix(loss=f"{loss.item():.4f}", samples_per_s=f"{rate:.0f}")
+    bar.close()
+    if pending:  # the epoch's last batches were unreadable: flush what the earlier ones accumulated
+        _optimiser_step(optimizer, scheduler, scaler)
+    return EpochStats(total / max(1, seen), seen * world.size, time.perf_counter() - began)
+
+
+def _optimiser_step(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler) -> None:
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+
+
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling where autocast runs in float16 (older GPUs); a pass-through elsewhere."""
+    return torch.amp.GradScaler("cuda", enabled=autocast_dtype(device) == torch.float16)
