@@ -1,5 +1,7 @@
-"""Feature extraction: images/s of the whole pipeline (JPEG decode -> preprocess -> model -> cache write) against
-the model's forward pass alone on batches already in memory, same model, batch size and image count.
+"""Feature extraction: images/s of the whole pipeline against the model's forward pass alone.
+
+The pipeline is JPEG decode -> preprocess -> model -> cache write; the forward pass runs on batches already in
+memory; same model, batch size and image count.
 
 python -m bench.extraction                      # ViT-B-32, random weights, 256 generated 500x375 JPEGs, CPU
 python -m bench.extraction --device cuda --model ViT-B-16 --images 4096 --batch-size 256 --workers 8

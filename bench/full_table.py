@@ -1,5 +1,7 @@
-"""A full results table (every score x 4 OOD sets): ours (encode each dataset once, then score from the cache)
-against re-encoding the images for every score, as the predecessor code did (one run per score, no cache).
+"""A full results table (every score x 4 OOD sets): encoding once against re-encoding for every score.
+
+Ours encodes each dataset once, then scores from the cache; the baseline re-encodes the images for every score,
+as the predecessor code did (one run per score, no cache).
 
 python -m bench.full_table                       # tiny CLIP on digits, 12 scores, 4 OOD sets, CPU
 python -m bench.full_table --model ViT-B-32 --pretrained openai --device cuda

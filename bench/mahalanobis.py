@@ -1,5 +1,6 @@
-"""Mahalanobis and relative Mahalanobis with many classes: ours (running sums, one matrix product per score)
-against a plain per-class loop, fit and scoring both timed.
+"""Mahalanobis and relative Mahalanobis with many classes: ours against a plain per-class loop.
+
+Ours: running sums, one matrix product per score; fit and scoring both timed.
 
 python -m bench.mahalanobis     # 1,000 classes x 512 dims, 50k training and 10k test features
 """

@@ -13,8 +13,8 @@ import eval_ood_detection
 import utils.features.images
 from tests.conftest import assert_one_clear_error, write_images
 from utils.data import DATASETS
-from utils.evaluation.metrics import METRICS
 from utils.evaluation.inputs import RESOLVERS, requirements
+from utils.evaluation.metrics import METRICS
 from utils.scores import SCORES
 
 TINY = ["--model", "tiny", "--pretrained", "none", "--workers", "0", "--batch-size", "128"]

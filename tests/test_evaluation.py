@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from tests.conftest import write_images
+from utils.errors import UserError
 from utils.evaluation.analysis import confidence_without_true_class, disagreements, rank_fraction
 from utils.evaluation.metrics import METRICS, bootstrap_intervals, fpr_at_tpr, ood_metrics
 
@@ -99,3 +101,145 @@ def test_rank_fraction_and_disagreements():
     b = np.array([1.0, 3.0, 2.0, 4.0])
     a_id_b_ood, b_id_a_ood = disagreements(a, b, count=1)
     assert a_id_b_ood.tolist() == [0] and b_id_a_ood.tolist() == [3]
+
+
+# The pipeline's stages and the score-input resolvers, on the tiny model and small digits sets.
+@pytest.fixture
+def experiment(tiny, tmp_path):
+    from utils.data.loading import DataOptions
+    from utils.evaluation.inputs import Experiment
+    from utils.evaluation.options import EvalOptions
+    from utils.features.store import FeatureCache
+
+    data = DataOptions(limit=40)
+    exp = Experiment(EvalOptions(k=[1, 3], workers=0, templates=("a photo of a {}.",)), "tiny",
+                     cache=FeatureCache(tmp_path / "cache"))  # fmt: skip
+    exp.id_test, exp.id_train = data.load("digits", "test"), data.load("digits", "train")
+    write_images(tmp_path / "noise", 12, seed=3)  # a flat folder: an OOD set without class names
+    exp.ood_sets = [
+        data.load("digits_ood", "test"),
+        data.load("faces", "test"),
+        data.load(f"folder:{tmp_path / 'noise'}", "test"),
+    ]
+    exp.bundle = tiny
+    return exp
+
+
+def test_plan_skips_under_all_and_refuses_when_named(experiment, capsys):
+    from utils.errors import UserError
+    from utils.evaluation.pipeline import plan
+    from utils.scores import SCORES
+
+    planned = plan(["all"], experiment)
+    assert "kplus1" not in planned and "group" not in planned and set(planned) == set(SCORES) - {"kplus1", "group"}
+    assert "skipping kplus1: needs ood_prompt_features" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"finetune_clip\.py --method kplus1"):
+        plan(["mcm", "kplus1"], experiment)
+    experiment.model_name = "timm:test_vit"
+    assert plan(["all"], experiment) == ["knn", "maha", "rmd", "lp_msp", "lp_energy", "lp_maxlogit"]
+    with pytest.raises(UserError, match="need a text encoder"):
+        plan(["MCM"], experiment)
+
+
+def test_every_input_has_a_resolver_or_a_method_that_provides_it():
+    from utils.evaluation.inputs import RESOLVERS, requirements
+    from utils.scores import SCORES
+    from utils.training.objectives import METHODS
+
+    provided = {name for objective in METHODS.values() for name in objective.provides}
+    for score in SCORES:
+        assert set(requirements(score)) <= set(RESOLVERS) | provided, score
+
+
+def test_stages_sweeps_and_per_set_inputs(experiment):
+    from utils.evaluation import pipeline
+    from utils.scores import InDistribution, build_score
+
+    scores = ["mcm", "knn", "oracle", "lp_msp"]
+    encoded = pipeline.encode(experiment, scores)
+    result = pipeline.measure(pipeline.score(experiment, encoded, scores))
+    assert set(result.scores) == {"mcm", "knn@1", "knn@3", "oracle", "lp_msp"}
+    noise = experiment.ood_sets[2].name
+    assert set(result.scores["oracle"]) == {"digits_ood", "faces"}  # the noise folder has no class names
+    assert set(result.scores["mcm"]) == {"digits_ood", "faces", noise}
+    assert any(note.startswith(f"oracle: skipped {noise}") for note in result.notes)
+    knn3 = build_score("knn", k=3).fit(InDistribution(train_features=encoded.id_train.features))
+    id_scores, ood_scores = result.scores["knn@3"]["faces"]
+    assert np.allclose(id_scores, knn3(encoded.id_test["global"].features))  # one sweep = separate runs
+    assert np.allclose(ood_scores, knn3(encoded.ood["faces"]["global"].features))
+    assert set(result.accuracy) == {"zero_shot_top1", "linear_probe_top1", "linear_probe_C"}
+    assert result.metrics["mcm"]["faces"] == ood_metrics(*result.scores["mcm"]["faces"])
+    again = pipeline.evaluate(experiment, scores)  # the stages, joined
+    assert again.metrics == result.metrics
+
+
+def test_a_new_score_with_a_new_input_touches_its_class_the_registry_and_one_resolver(experiment, monkeypatch):
+    """The extension path the layout promises, exercised with a throwaway score (not committed to the registry)."""
+    from utils.evaluation import inputs, pipeline
+    from utils.scores import SCORES, Score
+
+    class ScaledMaxSimilarity(Score):
+        """max_k s_k times a run-supplied factor (a stand-in for a score with its own input)."""
+
+        needs = ("text_features",)
+        inputs = ("factor",)
+
+        def __init__(self, factor: float = 1.0):
+            super().__init__()
+            self.factor = factor
+
+        def _fit(self, ind):
+            self.text = ind.text_features
+
+        def _score(self, features):
+            return self.factor * (features @ self.text.T).max(axis=1)
+
+    monkeypatch.setitem(SCORES, "scaled", ScaledMaxSimilarity)  # the registry
+    monkeypatch.setitem(inputs.RESOLVERS, "factor", inputs.Resolver(lambda exp, enc: 2.0))  # one resolver
+    result = pipeline.evaluate(experiment, pipeline.plan(["scaled", "mis"], experiment))
+    assert np.allclose(result.scores["scaled"]["faces"][0], 2.0 * result.scores["mis"]["faces"][0])
+
+
+def test_a_new_method_with_its_own_score_needs_no_resolver(experiment, monkeypatch):
+    """A method's checkpoint supplies its score's inputs through the contract: no evaluation code changes."""
+    from utils.evaluation import inputs, pipeline
+    from utils.scores import SCORES, Score
+    from utils.training.checkpoints import ScoreContract
+    from utils.training.objectives import METHODS, Objective
+
+    class PrototypeObjective(Objective):
+        provides = ("prototype_features",)
+
+    class PrototypeSimilarity(Score):
+        needs = ()
+        inputs = ("prototype_features",)
+
+        def __init__(self, prototype_features=None):
+            super().__init__()
+            self.prototypes = prototype_features
+
+        def _score(self, features):
+            return (features @ self.prototypes.T).max(axis=1)
+
+    monkeypatch.setitem(METHODS, "prototypes", PrototypeObjective)
+    monkeypatch.setitem(SCORES, "prototype", PrototypeSimilarity)
+    with pytest.raises(UserError, match=r"finetune_clip\.py --method prototypes"):
+        pipeline.plan(["prototype"], experiment)
+    experiment.contract = ScoreContract("prototypes", tuple(experiment.id_test.classnames), 50.0,
+                                        texts={"prototype_features": ("a photo of a digit.",)})  # fmt: skip
+    assert inputs.enabled_by(experiment.contract) == ["prototype"]
+    result = pipeline.evaluate(experiment, pipeline.plan(["prototype"], experiment))
+    prototype = inputs.text_embeddings(experiment.bundle, ["a photo of a digit."])
+    expected = (np.asarray(pipeline.encode(experiment, ["prototype"]).id_test["global"].features, np.float32)
+                @ prototype.T).max(axis=1)  # fmt: skip
+    assert np.allclose(result.scores["prototype"]["faces"][0], expected, atol=1e-6)
+
+
+def test_checkpoint_values_need_the_same_classes(experiment):
+    from utils.evaluation import inputs
+    from utils.training.checkpoints import ScoreContract
+
+    experiment.contract = ScoreContract("group", ("a", "b"), 100.0, texts={"others_features": ("x", "y")},
+                                        values={"groups": [[0], [1]]})  # fmt: skip
+    with pytest.raises(UserError, match="refer to its classes"):
+        inputs.check(["group"], experiment)

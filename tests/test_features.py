@@ -53,7 +53,9 @@ def test_float16_storage_is_default(tiny, digits, tmp_path):
     entry = image_features(tiny, digits, cache, batch_size=16, workers=0)
     assert entry.features.dtype == np.float16
     full = image_features(tiny, digits, FeatureCache(tmp_path / "f32", "float32"), batch_size=16, workers=0)
-    assert np.abs(entry.features.astype(np.float32) - full.features).max() < 2e-3
+    # the same float32 features (same batches), rounded: unit-vector entries |x| < 1 move at most half a float16
+    # spacing, 2^-12
+    assert np.abs(entry.features.astype(np.float32) - full.features).max() <= 2.0**-12
 
 
 def test_second_call_hits_the_cache(tiny, digits, tmp_path, monkeypatch):
@@ -363,7 +365,10 @@ def test_text_embeddings_equal_open_clip_zero_shot_classifier(tiny, templates, p
     ours = text_embeddings(tiny, names, chosen)
     reference = open_clip.build_zero_shot_classifier(tiny.model, tiny.tokenizer, names, chosen, device="cpu")
     assert ours.shape == (len(names), tiny.embed_dim) and ours.dtype == np.float32
-    assert np.allclose(ours, reference.T.numpy(), atol=1e-6)
+    if per_forward == 1024:  # the same batches as open_clip's here: the same arithmetic, bit for bit
+        assert np.array_equal(ours, reference.T.numpy())
+    else:  # other batch shapes may block the matrix products differently: float32 rounding, far below 1e-6
+        assert np.allclose(ours, reference.T.numpy(), atol=1e-6)
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 
 

@@ -140,3 +140,15 @@ def test_torchrun_two_processes(tmp_path):
     assert read_contract(str(tmp_path / "ddp" / "final.pt")).method == "contrastive"
     assert final["config"]["batch_size"] == 32
     assert load_model("tiny", "none", ckpt=str(tmp_path / "ddp" / "final.pt"))
+
+
+@pytest.mark.parametrize("tower", ["text", "image"])
+def test_frozen_tower_is_unchanged_and_the_other_trains(tmp_path, tower):
+    _train(tmp_path, "contrastive", "--epochs", "1", "--freeze", tower, "--templates", "single")
+    final = torch.load(tmp_path / "run" / "final.pt", weights_only=True)["state_dict"]
+    base = load_model("tiny", "none", seed=0).model.state_dict()
+    in_image = {k: k.startswith("visual.") for k in base}
+    frozen = [k for k in base if in_image[k] == (tower == "image")]
+    trained = [k for k in base if in_image[k] != (tower == "image")]
+    assert all(torch.equal(final[k], base[k]) for k in frozen)
+    assert any(not torch.equal(final[k], base[k]) for k in trained)

@@ -72,6 +72,60 @@ def test_ckpt_for_another_architecture(tmp_path):
         load_model("tiny", "none", ckpt=str(path))
 
 
+# Variants of the tiny config that differ in one way each: every mismatch must end in the one clear error.
+MISMATCHES = {
+    "text_width": {"text_cfg": {"width": 32}},
+    "vision_width": {"vision_cfg": {"width": 64}},
+    "depth": {"vision_cfg": {"layers": 2}},
+    "text_depth": {"text_cfg": {"layers": 3}},
+    "embed_dim": {"embed_dim": 32},
+    "context_length": {"text_cfg": {"context_length": 16}},
+}
+
+
+@pytest.fixture(scope="module")
+def mismatched_configs(tmp_path_factory):
+    """The tiny config with one change each, registered with open_clip as tiny_<change>."""
+    import json
+
+    from utils.models.loading import CONFIG_DIR
+
+    folder = tmp_path_factory.mktemp("configs")
+    base = json.loads((CONFIG_DIR / "tiny.json").read_text())
+    for change, update in MISMATCHES.items():
+        config = json.loads(json.dumps(base))
+        for key, value in update.items():
+            config[key] = {**config[key], **value} if isinstance(value, dict) else value
+        (folder / f"tiny_{change}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(folder)
+    return folder
+
+
+@pytest.mark.parametrize("change", sorted(MISMATCHES))
+def test_checkpoint_of_another_shape_is_one_clear_error(tmp_path, tiny, mismatched_configs, change):
+    path = tmp_path / "tiny.pt"
+    torch.save({"state_dict": tiny.model.state_dict()}, path)
+    if change == "context_length":  # open_clip interpolates text positions: loads, as open_clip intends
+        assert load_model(f"tiny_{change}", "none", ckpt=str(path)).embed_dim == 64
+        return
+    with pytest.raises(UserError, match=f"does not fit architecture tiny_{change}"):
+        load_model(f"tiny_{change}", "none", ckpt=str(path))
+
+
+def test_checkpoint_of_another_architecture_on_the_command_line(tmp_path, tiny, capsys):
+    """The ViT-B-32 vs tiny case that ended in open_clip's AssertionError: one `error:` line, exit 2."""
+    import eval_ood_detection
+
+    path = tmp_path / "final.pt"
+    torch.save({"state_dict": tiny.model.state_dict()}, path)
+    with pytest.raises(SystemExit) as info:
+        argv = ["--in", "digits", "--model", "ViT-B-32", "--pretrained", "none", "--ckpt", str(path)]
+        eval_ood_detection.main([*argv, "--cache-dir", str(tmp_path / "c"), "--out-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "does not fit architecture ViT-B-32" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize(
     ("name", "content"),
     [

@@ -1,4 +1,4 @@
-"""The offline digits experiment (`make demo`): a tiny CLIP trained from scratch must classify and detect OOD."""
+"""The tools: the offline digits experiment (`make demo`) reaches its thresholds; README's layout is the tree's."""
 
 from __future__ import annotations
 
@@ -24,3 +24,19 @@ def test_make_demo_reaches_its_thresholds(tmp_path):
     assert summary["ood"]["mcm"]["digits_ood"]["AUROC"] >= 0.85
     assert set(summary["ood"]["mcm"]) == {"digits_ood", "faces", "skimage_textures"}
     assert len(summary["training"]) == 30 and summary["linear_probe_top1"] >= 0.90
+
+
+def test_readme_layout_is_generated_from_the_tree():
+    from tools.layout import layout, readme_section
+
+    current = readme_section((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert current == layout(), "README's code layout is stale: run python -m tools.layout --write"
+
+
+def test_layout_lists_every_module():
+    from tools.layout import layout
+
+    text = layout()
+    for path in [*ROOT.glob("*.py"), *(ROOT / "utils").rglob("*.py"), *(ROOT / "tools").glob("*.py")]:
+        if path.name != "__init__.py":
+            assert f" {path.name} " in f" {text} ".replace("\n", " "), path

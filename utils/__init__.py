@@ -1,1 +1,5 @@
-"""Shared building blocks of the toolkit: models, data, prompts, features, scores, metrics."""
+"""The toolkit, grouped by concern; each group imports only the groups below it.
+
+leaves (errors, arrays, atomic, device, distributed, prompts) < models < data < features < training < scores
+< evaluation < cli (the entry scripts' shared flags).
+"""

@@ -1,4 +1,4 @@
-"""Array helpers shared by scores, probes and plots: numpy/torch/memmap input, row blocks, normalisation."""
+"""Array helpers shared by scores, probes and plots: numpy/torch/memmap input, row blocks, normalisation, softmax."""
 
 from __future__ import annotations
 
@@ -39,3 +39,15 @@ def row_blocks(features: object, size: int = CHUNK) -> Iterator[np.ndarray]:
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax, shifted by each row's maximum (exact for any logit size)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def logsumexp(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log Σ exp, shifted by each row's maximum."""
+    top = logits.max(axis=1)
+    return top + np.log(np.exp(logits - top[:, None]).sum(axis=1))

@@ -1,2 +1,1 @@
-"""Evaluation: the pipeline (encode -> score -> measure), the resolvers of score inputs, metrics, classification
-reports, result files and figures."""
+"""Evaluation: the pipeline (plan, encode, score, measure), score inputs, metrics, reports and figures."""

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from utils.arrays import as_array
-from utils.scores.zero_shot import log_softmax
+from utils.arrays import as_array, log_softmax
 
 
 def confidence_without_true_class(

@@ -1,5 +1,8 @@
-"""The OOD evaluation pipeline, in stages: plan (which scores can run), encode (every dataset once, through the
-cache), score (fit each score on what it needs, score ID and OOD sets), measure (metrics and intervals)."""
+"""The OOD evaluation pipeline in stages: plan, encode, score, measure.
+
+plan: which scores can run here; encode: every dataset once, through the cache; score: fit each score on what it
+needs, then score the ID test set and every OOD set; measure: metrics and bootstrap intervals.
+"""
 
 from __future__ import annotations
 
@@ -162,7 +165,9 @@ def score(exp: Experiment, encoded: Encoded, scores: Sequence[str]) -> Evaluatio
     for name in scores:
         try:
             for fitted in _build(name, exp, encoded, resolved, shared):
-                result.scores.update(_scores_of(fitted, encoded.id_test[fitted.score.view].features, encoded.ood))
+                rows = _scores_of(fitted, encoded.id_test[fitted.score.view].features, encoded.ood)
+                for label, pairs in rows.items():  # instances of one score per OOD set fill one row label
+                    result.scores.setdefault(label, {}).update(pairs)
                 if fitted.score.classifier:
                     classifiers.setdefault(fitted.score.classifier, fitted.score)
         except ValueError as err:  # what a score cannot fit on (too few samples, unlabelled data, ...)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from utils.arrays import logsumexp
 from utils.models import CLIP_LOGIT_SCALE  # the papers below use logits 100 · s
 from utils.scores.base import InDistribution, Score, as_array, chunks, l2_normalise
-from utils.scores.zero_shot import logsumexp
 
 
 class LabelMass(Score):

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from utils.arrays import log_softmax, logsumexp
 from utils.scores.base import InDistribution, Score
-from utils.scores.zero_shot import log_softmax, logsumexp
 from utils.training.logistic_regression import DEFAULT_CS, LinearProbe, fit_linear_probe
 
 

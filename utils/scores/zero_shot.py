@@ -4,17 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from utils.arrays import log_softmax, logsumexp
 from utils.scores.base import InDistribution, Score, as_array
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
-def logsumexp(logits: np.ndarray) -> np.ndarray:
-    top = logits.max(axis=1)
-    return top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
 
 
 class ZeroShotScore(Score):

@@ -1,2 +1,1 @@
-"""Training: the one epoch loop, towers and the frozen check, checkpoints and the score contract, the fine-tuning
-objectives, CLIP fine-tuning, the image classifier, and logistic regression on frozen features."""
+"""Training: the epoch loop, towers, checkpoints and the score contract, objectives, fine-tuning, probes."""

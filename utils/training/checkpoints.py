@@ -1,5 +1,7 @@
-"""Checkpoints: atomic saving, RNG states for exact resume, and the contract between a fine-tuning method and its
-score — what `final.pt` hands to evaluation, written and read here only."""
+"""Checkpoints: atomic saving, RNG states for exact resume, and the score contract of fine-tuned models.
+
+The contract is what a fine-tuning method hands to its score through `final.pt`: written and read here only.
+"""
 
 from __future__ import annotations
 
