@@ -29,7 +29,7 @@ from utils.distributed import World, close, init_world, local_device, main_first
 from utils.errors import UserError
 from utils.evaluation import inputs
 from utils.evaluation.options import EvalOptions
-from utils.evaluation.pipeline import encode, evaluate, needed, plan, resolve_ood_sets
+from utils.evaluation.pipeline import encode, evaluate, plan, resolve_ood_sets
 from utils.evaluation.report import markdown_table, table_rows, write_results
 from utils.features.store import FeatureCache
 from utils.models.loading import check_model_name, load_model
@@ -119,7 +119,7 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     data = from_args(DataOptions, args, root=args.data_root)
     with main_first(world):  # rank 0 downloads, the others then find the files
         exp.id_test = data.load(args.id_name, "test")
-        exp.id_train = data.load(args.id_name, "train") if needed(scores, "train_features") else None
+        exp.id_train = data.load(args.id_name, "train") if inputs.needs_train(scores) else None
         inputs.check(scores, exp)  # every score's requirements, before any image is encoded
         exp.ood_sets = resolve_ood_sets(args.id_name, args.out, data)
         device = local_device(resolve_device(args.device), world)

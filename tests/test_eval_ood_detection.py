@@ -175,7 +175,7 @@ def test_cifar10_offline_says_where_to_get_it(tmp_path, capsys):
         (["--in", "digits", "--bootstrap", "-1"], "--bootstrap must be 0 or more"),
         (["--in", "digits", "--templates", "missing.txt"], "neither a known set"),
         (["--in", "cifar10", "--model", "ViT-Nope"], "--list-models"),  # before any download is tried
-        (["--in", "digits", "--model", "timm:test_vit", "--score", "MCM"], "need a text encoder"),
+        (["--in", "digits", "--model", "timm:test_vit", "--score", "MCM"], "needs a text encoder"),
         (["--in", "digits", "--model", "timm:no_such_net", "--score", "knn"], "unknown timm model"),
         (["--in", "digits", "--score", "knn", "--k", "100000"], "at least k"),
         (["--in", "digits", "--out", "isun", "--score", "knn"], "iSUN"),

@@ -137,7 +137,7 @@ def test_plan_skips_under_all_and_refuses_when_named(experiment, capsys):
         plan(["mcm", "kplus1"], experiment)
     experiment.model_name = "timm:test_vit"
     assert plan(["all"], experiment) == ["knn", "maha", "rmd", "lp_msp", "lp_energy", "lp_maxlogit"]
-    with pytest.raises(UserError, match="need a text encoder"):
+    with pytest.raises(UserError, match="needs a text encoder"):
         plan(["MCM"], experiment)
 
 
@@ -235,11 +235,18 @@ def test_a_new_method_with_its_own_score_needs_no_resolver(experiment, monkeypat
     assert np.allclose(result.scores["prototype"]["faces"][0], expected, atol=1e-6)
 
 
-def test_checkpoint_values_need_the_same_classes(experiment):
-    from utils.evaluation import inputs
+def test_group_checkpoint_names_its_classes(experiment):
+    """Groups travel by class name: any order of the ID classes works, a class the ID set lacks is an error."""
+    from utils.evaluation import pipeline
     from utils.training.checkpoints import ScoreContract
 
+    names = list(experiment.id_test.classnames)
+    contract = ScoreContract("group", tuple(reversed(names)), 100.0, texts={"others_features": ("x", "y")},
+                             values={"groups": [names[3:], names[:3]]})  # fmt: skip
+    experiment.contract = contract
+    result = pipeline.evaluate(experiment, pipeline.plan(["group"], experiment))
+    assert set(result.scores["group"]) == {d.name for d in experiment.ood_sets}
     experiment.contract = ScoreContract("group", ("a", "b"), 100.0, texts={"others_features": ("x", "y")},
-                                        values={"groups": [[0], [1]]})  # fmt: skip
-    with pytest.raises(UserError, match="refer to its classes"):
-        inputs.check(["group"], experiment)
+                                        values={"groups": [["a"], ["b"]]})  # fmt: skip
+    with pytest.raises(UserError, match=r"score group: the groups name classes \['a', 'b'\]"):
+        pipeline.evaluate(experiment, ["group"])

@@ -175,3 +175,15 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
         raise RuntimeError("killed mid-write")
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_contract_of_a_checkpoint_from_before_the_contract(tiny, tmp_path):
+    """final.pt files that kept the method's metadata as top-level keys still feed kplus1 and group."""
+    groups = [{"name": "round", "classes": ["digit zero"]}, {"name": "other", "classes": CLASSES[1:]}]
+    common = {"state_dict": tiny.model.state_dict(), "classnames": CLASSES, "logit_scale": 42.0}
+    torch.save({**common, "method": "kplus1", "ood_prompt": "an odd one."}, tmp_path / "kplus1.pt")
+    torch.save({**common, "method": "group", "groups": groups, "others_prompt": "not a {}."}, tmp_path / "group.pt")
+    kplus1, group = read_contract(str(tmp_path / "kplus1.pt")), read_contract(str(tmp_path / "group.pt"))
+    assert kplus1.texts == {"ood_prompt_features": ("an odd one.",)} and kplus1.logit_scale == 42.0
+    assert group.texts == {"others_features": ("not a round.", "not a other.")}
+    assert group.values == {"groups": [["digit zero"], CLASSES[1:]]} and group.method == "group"

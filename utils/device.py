@@ -1,4 +1,4 @@
-"""Device choice and mixed precision for inference."""
+"""Device choice and mixed precision (autocast) for inference and training."""
 
 from __future__ import annotations
 

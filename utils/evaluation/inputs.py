@@ -25,11 +25,9 @@ from utils.features.store import CachedFeatures, FeatureCache
 from utils.features.text import text_embeddings
 from utils.models import CLIP_LOGIT_SCALE
 from utils.models.loading import ModelBundle, has_text_encoder
-from utils.scores import SCORES, mine_negative_labels
+from utils.scores import SCORES, mine_negative_labels, needs_text
 from utils.training.checkpoints import ScoreContract
 from utils.training.objectives import METHODS
-
-NEGATIVE_FRACTION, NEGATIVE_PERCENTILE = 0.15, 95.0  # NegLabel's selection rule
 
 
 @dataclass
@@ -72,13 +70,14 @@ class Resolver:
     resolve: Callable[[Experiment, Encoded], Any]
     check: Check = lambda exp: None  # before any image is encoded; raises UserError
     missing: Missing = lambda exp: None  # why this input cannot be had in this run; None if it can
+    uses_train: bool = False  # reads the ID train split (its features or labels): the run loads and encodes it
 
 
 def _image_only(exp: Experiment) -> str | None:
     if has_text_encoder(exp.model_name):
         return None
-    usable = [name for name, cls in SCORES.items() if "text_features" not in cls.needs]
-    return f"need a text encoder; {exp.model_name} is image-only (scores that run without one: {', '.join(usable)})"
+    usable = [name for name in SCORES if not needs_text(name)]
+    return f"needs a text encoder; {exp.model_name} is image-only (scores that run without one: {', '.join(usable)})"
 
 
 def _check_classnames(exp: Experiment) -> None:
@@ -100,7 +99,8 @@ def _check_ks(exp: Experiment) -> None:
     _check_train(exp)
     k, rows = max(_ks(exp)), len(exp.id_train.dataset)
     if k > rows:
-        raise UserError(f"--k {k} needs at least k training images; {exp.id_train.name} train has {rows}")
+        raise UserError(f"k={k} needs at least k training images; {exp.id_train.name} train has {rows} "
+                        f"(choose k with --k)")  # fmt: skip
 
 
 def _ood_class_names(exp: Experiment, encoded: Encoded) -> PerSet:
@@ -123,7 +123,7 @@ def _negative_labels(exp: Experiment, encoded: Encoded) -> np.ndarray:
     taken = {name.lower() for name in exp.id_test.classnames}
     words = [w for w in load_words(exp.options.neg_words) if w.lower() not in taken]
     candidates = text_embeddings(exp.bundle, words, exp.options.templates, exp.cache)
-    picked = mine_negative_labels(candidates, encoded.text, NEGATIVE_FRACTION, NEGATIVE_PERCENTILE)
+    picked = mine_negative_labels(candidates, encoded.text)  # the paper's rule: its defaults
     exp.artifacts["neglabel_words"] = [words[i] for i in picked]
     return candidates[picked]
 
@@ -131,13 +131,14 @@ def _negative_labels(exp: Experiment, encoded: Encoded) -> np.ndarray:
 RESOLVERS: dict[str, Resolver] = {
     # InDistribution fields (`needs`)
     "text_features": Resolver(lambda exp, enc: enc.text, check=_check_classnames, missing=_image_only),
-    "train_features": Resolver(lambda exp, enc: enc.id_train.features, check=_check_train),
-    "train_labels": Resolver(lambda exp, enc: enc.id_train.labels, check=_check_train),
+    "train_features": Resolver(lambda exp, enc: enc.id_train.features, check=_check_train, uses_train=True),
+    "train_labels": Resolver(lambda exp, enc: enc.id_train.labels, check=_check_train, uses_train=True),
     # constructor inputs (`inputs`)
+    "classnames": Resolver(lambda exp, enc: list(exp.id_test.classnames), check=_check_classnames),
     "temperature": Resolver(lambda exp, enc: exp.options.temperature),
     "seed": Resolver(lambda exp, enc: exp.options.seed),
     "device": Resolver(lambda exp, enc: exp.bundle.device),
-    "k": Resolver(lambda exp, enc: _ks(exp), check=_check_ks),
+    "k": Resolver(lambda exp, enc: _ks(exp), check=_check_ks, uses_train=True),
     "ood_text_features": Resolver(_ood_class_names),
     "negative_text_features": Resolver(_negative_labels, check=_check_words),
     "logit_scale": Resolver(lambda exp, enc: exp.contract.logit_scale if exp.contract else CLIP_LOGIT_SCALE),
@@ -152,20 +153,15 @@ def _from_checkpoint(name: str) -> Resolver:
             return None
         methods = [m for m, objective in METHODS.items() if name in objective.provides]
         source = " or ".join(f"finetune_clip.py --method {m}" for m in methods) or "a fine-tuning method"
-        return f"needs {name}, which a checkpoint of {source} supplies: pass it with --ckpt"
-
-    def check(exp: Experiment) -> None:
-        if name in exp.contract.values and tuple(exp.id_test.classnames or ()) != exp.contract.classnames:
-            raise UserError(f"the checkpoint's {name} refer to its classes {list(exp.contract.classnames)[:5]}..., "
-                            f"but {exp.id_test.name} has the classes {list(exp.id_test.classnames or [])[:5]}...; "
-                            f"evaluate it on the dataset it was trained on")  # fmt: skip
+        given = "" if exp.contract is None else f" (the --ckpt given was trained with --method {exp.contract.method})"
+        return f"needs {name}, which a checkpoint of {source} supplies: pass one with --ckpt{given}"
 
     def resolve(exp: Experiment, encoded: Encoded) -> Any:
         if name in exp.contract.texts:
             return text_embeddings(exp.bundle, exp.contract.texts[name])
         return exp.contract.values[name]
 
-    return Resolver(resolve, check, missing)
+    return Resolver(resolve, missing=missing)
 
 
 def resolver(name: str) -> Resolver:
@@ -175,6 +171,11 @@ def resolver(name: str) -> Resolver:
 def requirements(score: str) -> tuple[str, ...]:
     """Every name a score needs from the run: its InDistribution fields, then its constructor inputs."""
     return (*SCORES[score].needs, *SCORES[score].inputs)
+
+
+def needs_train(scores: Sequence[str]) -> bool:
+    """Whether any of `scores` reads the ID train split (so the run loads it and encodes it)."""
+    return any(resolver(name).uses_train for score in scores for name in requirements(score))
 
 
 def unavailable(score: str, exp: Experiment) -> str | None:

@@ -17,7 +17,7 @@ from utils.data.loading import DataOptions, LoadedDataset
 from utils.data.registry import get_spec
 from utils.errors import UserError
 from utils.evaluation.classification import top1
-from utils.evaluation.inputs import Encoded, Experiment, PerSet, requirements, resolver, unavailable
+from utils.evaluation.inputs import Encoded, Experiment, PerSet, needs_train, requirements, resolver, unavailable
 from utils.evaluation.metrics import bootstrap_intervals, ood_metrics
 from utils.features.images import DEFAULT_VIEW, image_features
 from utils.features.store import CachedFeatures
@@ -66,11 +66,6 @@ def plan(requested: Sequence[str], exp: Experiment) -> list[str]:
     return runnable
 
 
-def needed(scores: Sequence[str], name: str) -> bool:
-    """Whether any of `scores` requires the input or InDistribution field `name`."""
-    return any(name in requirements(score) for score in scores)
-
-
 def resolve_ood_sets(id_name: str, requested: Sequence[str] | None, data: DataOptions) -> list[LoadedDataset]:
     """OOD test sets: those named (each must be available) or the ID set's defaults (missing ones skipped)."""
     names = list(requested) if requested else [n for n in get_spec(id_name).ood if n != id_name]
@@ -103,11 +98,11 @@ def encode(exp: Experiment, scores: Sequence[str]) -> Encoded:
     def features(data: LoadedDataset, view: str = DEFAULT_VIEW):
         return image_features(exp.bundle, data, exp.cache, options.batch_size, options.workers, exp.world, view)
 
-    id_train = features(exp.id_train) if needed(scores, "train_features") else None
+    id_train = features(exp.id_train) if needs_train(scores) else None
     id_test = {view: features(exp.id_test, view) for view in views}
     ood = {data.name: {view: features(data, view) for view in views} for data in exp.ood_sets}
-    text = None
-    if needed(scores, "text_features"):
+    text = None  # the scoring rank's alone: under torchrun the others stop after encoding the images
+    if any("text_features" in requirements(score) for score in scores) and (exp.world is None or exp.world.main):
         text = text_embeddings(exp.bundle, exp.id_test.classnames, options.templates)
     return Encoded(id_test, ood, id_train, text)
 
@@ -131,7 +126,7 @@ def _build(name: str, exp: Experiment, encoded: Encoded, resolved: dict, shared:
             before = len(exp.notes)
             resolved[need] = resolver(need).resolve(exp, encoded)
             exp.notes[before:] = [f"{name}: {note}" for note in exp.notes[before:]]
-    ind = InDistribution(**{need: resolved[need] for need in cls.needs}, shared=shared)
+    ind = InDistribution(**{need: resolved[need] for need in cls.needs}, shared=shared.setdefault(cls.view, {}))
     kwargs = {i: resolved[i] for i in cls.inputs}
     sweep = kwargs.pop(cls.sweep_over) if cls.sweep_over else None
     if sweep is not None:
@@ -146,13 +141,16 @@ def _build(name: str, exp: Experiment, encoded: Encoded, resolved: dict, shared:
 
 
 def _scores_of(fitted: _Fitted, id_features: object, ood: dict[str, dict[str, CachedFeatures]]) -> dict[str, Pairs]:
-    """ID and OOD scores of one fitted instance, from one call over all its sets (one pass over a KNN bank)."""
-    parts = [as_array(id_features), *(as_array(ood[s][fitted.score.view].features) for s in fitted.sets)]
-    joined, ends = np.concatenate(parts), np.cumsum([len(p) for p in parts])[:-1]
-    values = fitted.score.sweep(joined, fitted.sweep) if fitted.sweep else {None: fitted.score(joined)}
+    """ID and OOD scores of one fitted instance: a sweep scores all sets in one call (one pass over a KNN bank),
+    any other score streams each (memory-mapped) set on its own."""
+    parts = [id_features, *(ood[s][fitted.score.view].features for s in fitted.sets)]
+    if fitted.sweep:
+        joined, ends = np.concatenate([as_array(p) for p in parts]), np.cumsum([len(p) for p in parts])[:-1]
+        values = {value: np.split(scored, ends) for value, scored in fitted.score.sweep(joined, fitted.sweep).items()}
+    else:
+        values = {None: [fitted.score(p) for p in parts]}
     rows = {}
-    for value, scored in values.items():
-        id_scores, *per_set = np.split(scored, ends)
+    for value, (id_scores, *per_set) in values.items():
         label = fitted.label if value is None else f"{fitted.label}@{value}"
         rows[label] = {s: (id_scores, o) for s, o in zip(fitted.sets, per_set, strict=True)}
     return rows
@@ -162,6 +160,8 @@ def score(exp: Experiment, encoded: Encoded, scores: Sequence[str]) -> Evaluatio
     """Fit every score on what it needs and score the ID test set and each OOD set; classifiers' top-1 too."""
     result = Evaluation(exp.id_test.name)
     resolved, shared, classifiers = {}, {}, {}
+    exp.notes.clear()  # what the resolvers say about this scoring (a second call starts afresh)
+    exp.artifacts.clear()
     for name in scores:
         try:
             for fitted in _build(name, exp, encoded, resolved, shared):
@@ -172,12 +172,14 @@ def score(exp: Experiment, encoded: Encoded, scores: Sequence[str]) -> Evaluatio
                     classifiers.setdefault(fitted.score.classifier, fitted.score)
         except ValueError as err:  # what a score cannot fit on (too few samples, unlabelled data, ...)
             raise UserError(f"score {name}: {err}") from err
-    test = encoded.id_test[DEFAULT_VIEW]
-    result.samples = {"ID": len(test.index), **{n: len(next(iter(v.values())).index) for n, v in encoded.ood.items()}}
-    if encoded.text is not None:
+    result.samples = {"ID": len(next(iter(encoded.id_test.values())).index),
+                      **{n: len(next(iter(v.values())).index) for n, v in encoded.ood.items()}}  # fmt: skip
+    test = encoded.id_test.get(DEFAULT_VIEW)
+    if encoded.text is not None and test is not None:
         result.accuracy["zero_shot_top1"] = top1(lambda f: f @ encoded.text.T, test.features, test.labels)
     for kind, classifier in classifiers.items():
-        result.accuracy[f"{kind}_top1"] = top1(classifier.logits, test.features, test.labels)
+        features = encoded.id_test[classifier.view]
+        result.accuracy[f"{kind}_top1"] = top1(classifier.logits, features.features, features.labels)
         result.accuracy.update({f"{kind}_{k}": v for k, v in classifier.details().items()})
     result.accuracy = {k: v for k, v in result.accuracy.items() if v is not None}
     result.notes, result.artifacts = list(exp.notes), dict(exp.artifacts)

@@ -53,10 +53,13 @@ def get_view(name: str) -> View:
 
 
 def feature_key(bundle: ModelBundle, data: LoadedDataset, dtype: str, view: str = DEFAULT_VIEW) -> str:
-    """Everything that decides the cached features; the weights enter by content, not by name."""
+    """Everything that decides the cached features; the weights enter by content, not by name.
+
+    The default view adds nothing to the key, so entries cached before views existed stay valid.
+    """
     return cache_key(
         {
-            "view": view,
+            **({} if view == DEFAULT_VIEW else {"view": view}),
             "model": bundle.name,
             "architecture": bundle.architecture,  # activation etc.: QuickGELU and GELU share weights, not features
             "weights": bundle.fingerprint,

@@ -137,8 +137,13 @@ def quiet_root_logger() -> Iterator[None]:
 
 def fingerprint(model: torch.nn.Module) -> str:
     """A hash of every weight's name, dtype, shape and bytes: equal weights, equal fingerprint."""
+    return fingerprint_tensors(model.state_dict())
+
+
+def fingerprint_tensors(tensors: dict[str, torch.Tensor]) -> str:
+    """The fingerprint of named tensors (a state dict or part of one)."""
     digest = hashlib.blake2b(digest_size=16)
-    for key, tensor in sorted(model.state_dict().items()):
+    for key, tensor in sorted(tensors.items()):
         data = tensor.detach().to("cpu").contiguous()
         digest.update(f"{key}:{data.dtype}:{tuple(data.shape)}".encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -90,17 +90,25 @@ class KPlusOne(LabelMass):
 
 
 class GroupOthers(Score):
-    """MOS (Huang & Li, CVPR 2021): −min_g p_others(g), p from each group's softmax over its classes + "others"."""
+    """MOS (Huang & Li, CVPR 2021): −min_g p_others(g), p from each group's softmax over its classes + "others".
+
+    `groups` lists each group's class names, `classnames` the ID classes in prompt order.
+    """
 
     needs = ("text_features",)
-    inputs = ("groups", "others_features", "logit_scale")
+    inputs = ("groups", "classnames", "others_features", "logit_scale")
 
-    def __init__(self, groups: list[list[int]] | None = None, others_features: object = None,
-                 logit_scale: float = CLIP_LOGIT_SCALE):  # fmt: skip
+    def __init__(self, groups: list[list[str]] | None = None, classnames: list[str] | None = None,
+                 others_features: object = None, logit_scale: float = CLIP_LOGIT_SCALE):  # fmt: skip
         super().__init__()
-        if not groups or others_features is None:
-            raise ValueError("GroupOthers needs groups (class indices per group) and others_features [G, D]")
-        self.groups, self.others = groups, l2_normalise(as_array(others_features))
+        if not groups or not classnames or others_features is None:
+            raise ValueError("GroupOthers needs groups (class names per group), classnames and others_features [G, D]")
+        index = {name: k for k, name in enumerate(classnames)}
+        unknown = [c for group in groups for c in group if c not in index]
+        if unknown:
+            raise ValueError(f"the groups name classes {unknown[:5]} that the ID set does not have")
+        self.groups = [[index[c] for c in group] for group in groups]
+        self.others = l2_normalise(as_array(others_features))
         if len(self.others) != len(groups):
             raise ValueError(f"{len(groups)} groups but {len(self.others)} others_features")
         self.logit_scale = float(logit_scale)

@@ -77,9 +77,25 @@ def read_contract(path: str | None) -> ScoreContract | None:
     if path.endswith(".safetensors"):
         return None
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict) or CONTRACT_KEY not in saved:
+    if not isinstance(saved, dict):
         return None
-    return ScoreContract.from_dict(saved[CONTRACT_KEY], path)
+    if CONTRACT_KEY in saved:
+        return ScoreContract.from_dict(saved[CONTRACT_KEY], path)
+    if {"method", "classnames", "logit_scale"} <= saved.keys():  # final.pt of the toolkit before the contract
+        return ScoreContract.from_dict(_earlier_layout(saved), path)
+    return None
+
+
+def _earlier_layout(saved: dict[str, Any]) -> dict[str, Any]:
+    """The contract of a final.pt that kept its method's metadata as top-level keys (ood_prompt, groups, ...)."""
+    texts, values = {}, {}
+    if "ood_prompt" in saved:
+        texts["ood_prompt_features"] = [saved["ood_prompt"]]
+    if "groups" in saved and "others_prompt" in saved:
+        texts["others_features"] = [saved["others_prompt"].format(g["name"]) for g in saved["groups"]]
+        values["groups"] = [list(g["classes"]) for g in saved["groups"]]
+    return {"method": saved["method"], "classnames": saved["classnames"], "logit_scale": saved["logit_scale"],
+            "texts": texts, "values": values}  # fmt: skip
 
 
 def rng_state() -> dict[str, Any]:

@@ -176,7 +176,7 @@ class GroupObjective(Objective):
 
     def contract(self, method: str) -> ScoreContract:
         return replace(super().contract(method), texts={"others_features": tuple(self.others_prompts())},
-                       values={"groups": self.members})  # fmt: skip
+                       values={"groups": [list(g["classes"]) for g in self.groups]})  # fmt: skip
 
 
 METHODS: dict[str, type[Objective]] = {

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import torch
 
-from utils.models.weights import fingerprint
+from utils.models.weights import fingerprint_tensors
 
 FREEZE = ("none", "text", "image")  # what --freeze accepts; "all" (nothing trains) is for frozen-feature protocols
 
@@ -36,11 +36,20 @@ def freeze(model: torch.nn.Module, tower: str) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def tower_state(model: torch.nn.Module, tower: str) -> dict[str, torch.Tensor]:
+    """The entries of the model's state dict (parameters and buffers, e.g. BatchNorm statistics) in `tower`."""
+    image = {id(t) for t in (*image_tower(model).parameters(), *image_tower(model).buffers())}
+    state = model.state_dict(keep_vars=True)
+    if tower in ("none", "all"):
+        return {} if tower == "none" else state
+    return {k: t for k, t in state.items() if (id(t) in image) == (tower == "image")}
+
+
 @contextmanager
 def kept_frozen(model: torch.nn.Module, tower: str) -> Iterator[None]:
-    """Check that `tower`'s weights are bit-identical after the block (MoCo's sanity check); RuntimeError if not."""
-    params = torch.nn.ParameterList(tower_parameters(model, tower))
-    before = fingerprint(params) if len(params) else None
+    """Check that `tower`'s weights and buffers are bit-identical after the block (MoCo's sanity check)."""
+    tensors = tower_state(model, tower)
+    before = fingerprint_tensors(tensors) if tensors else None
     yield
-    if before is not None and fingerprint(params) != before:
+    if before is not None and fingerprint_tensors(tower_state(model, tower)) != before:
         raise RuntimeError(f"the frozen {tower} tower's weights changed during training")
