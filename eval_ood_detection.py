@@ -3,20 +3,25 @@
 python eval_ood_detection.py --in cifar10 --score MCM
 python eval_ood_detection.py --in imagenet --score all --k 100 1000
 python eval_ood_detection.py --in digits --score all --model tiny --pretrained none
+python eval_ood_detection.py --preset mcm-imagenet              # a paper's protocol, its published numbers beside
 torchrun --nproc_per_node=8 eval_ood_detection.py --in imagenet --score all   # extraction on 8 GPUs
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 from utils.cli import (
     add_data_args,
     add_model_args,
     check_writable_dir,
     from_args,
+    given_arguments,
     guarded,
+    option_strings,
     positive_float,
     positive_int,
     run_folder,
@@ -28,18 +33,36 @@ from utils.device import resolve_device
 from utils.distributed import World, close, init_world, local_device, main_first
 from utils.errors import UserError
 from utils.evaluation import inputs
+from utils.evaluation.metrics import EXTRA_METRICS
 from utils.evaluation.options import EvalOptions
 from utils.evaluation.pipeline import encode, evaluate, plan, resolve_ood_sets
+from utils.evaluation.presets import apply_preset, comparable, list_presets, load_preset, with_published
 from utils.evaluation.report import markdown_table, table_rows, write_results
 from utils.features.store import FeatureCache
 from utils.models.loading import check_model_name, load_model
+from utils.models.preprocess import INTERPOLATIONS, with_interpolation
 from utils.prompts import TEMPLATE_SETS, load_templates
 from utils.scores import ALIASES, SCORES
 from utils.training.checkpoints import read_contract
 
 
+class _ListPresets(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        for name in list_presets():
+            preset = load_preset(name)
+            print(f"{name:24} {preset.paper}{f' - {preset.table}' if preset.table else ''}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default=None, metavar="NAME",
+                        help="a paper's protocol (model, sets, prompts, preprocessing, k, T, ...) from "
+                             "configs/presets/NAME.json; its published numbers go beside ours")  # fmt: skip
+    parser.add_argument("--list-presets", action=_ListPresets, help="print every preset and its paper, then exit")
     parser.add_argument("--in", dest="id_name", default="cifar10",
                         help="ID dataset: a registry name (cifar10, cifar100, imagenet, imagenet10, imagenet20, "
                              "imagenet100, digits, ...) or folder:PATH (default: cifar10)")  # fmt: skip
@@ -76,7 +99,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--neg-words",
         default=None,
         metavar="FILE",
-        help="neglabel's candidate words, one per line (default: WordNet's nouns and adjectives)",
+        help="neglabel's candidate words, one per line as WORD or WORD<TAB>noun|adj (default: the released pool's "
+        "WordNet noun and adjective head lemmas)",
+    )
+    parser.add_argument("--neg-groups", type=positive_int, default=100, metavar="G",
+                        help="neglabel: average the ID mass over G random groups of the negatives (default: 100, "
+                             "as released; 1: one softmax over all)")  # fmt: skip
+    parser.add_argument("--ood-split", nargs="+", default=[], metavar="NAME=SPLIT",
+                        help="read an OOD set's other split, e.g. imagenet10_mcm=train as MCM's ImageNet-20 "
+                             "protocol does (default: every OOD set's test split)")  # fmt: skip
+    parser.add_argument(
+        "--interpolation",
+        choices=list(INTERPOLATIONS),
+        default="model",
+        help="resize interpolation: model = the model's own transform (open_clip: bicubic), "
+        "bilinear = torchvision's default, as MCM's and NegLabel's code (default: model)",
+    )
+    parser.add_argument("--extra-metrics", nargs="+", choices=list(EXTRA_METRICS), default=[], metavar="NAME",
+                        help=f"metrics by another codebase's definition: {', '.join(EXTRA_METRICS)} "
+                             "(default: none)")  # fmt: skip
+    parser.add_argument(
+        "--ood-resize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bring OOD images to the ID benchmark's resolution first where its protocol does (CIFAR: 32x32, as "
+        "KNN-OOD and ODIN; the ID set's own images are untouched) (default: on)",
     )
     parser.add_argument(
         "--plots",
@@ -105,6 +152,11 @@ def run(args: argparse.Namespace) -> dict:
 
 def _run(args: argparse.Namespace, world: World) -> dict:
     """Under torchrun every rank encodes a shard of each dataset; rank 0 alone scores and reports."""
+    preset = load_preset(args.preset) if args.preset else None
+    if preset:
+        vars(args).update(apply_preset(preset, vars(args), args.given, option_strings(build_parser())))
+        for difference in preset.differences:
+            print(f"preset {preset.name}: {difference}", file=sys.stderr)
     check_model_name(args.model)
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
@@ -121,9 +173,13 @@ def _run(args: argparse.Namespace, world: World) -> dict:
         exp.id_test = data.load(args.id_name, "test")
         exp.id_train = data.load(args.id_name, "train") if inputs.needs_train(scores) else None
         inputs.check(scores, exp)  # every score's requirements, before any image is encoded
-        exp.ood_sets = resolve_ood_sets(args.id_name, args.out, data)
+        exp.ood_sets = resolve_ood_sets(args.id_name, args.out, data, args.ood_resize, _ood_splits(args.ood_split))
+        if (protocol := _protocol(args))["resolution"]:
+            exp.notes.append(f"OOD images resized to {protocol['resolution']}x{protocol['resolution']} first "
+                             f"({protocol['source']}; --no-ood-resize keeps them as they are)")  # fmt: skip
         device = local_device(resolve_device(args.device), world)
-        exp.bundle = load_model(args.model, args.pretrained, args.ckpt, device, args.model_cache_dir, args.seed)
+        bundle = load_model(args.model, args.pretrained, args.ckpt, device, args.model_cache_dir, args.seed)
+        exp.bundle = replace(bundle, preprocess=with_interpolation(bundle.preprocess, args.interpolation))
     exp.cache = FeatureCache(args.cache_dir, args.feature_dtype)
     encoded = encode(exp, scores)
     if not world.main:
@@ -134,17 +190,48 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     print(f"\nID {args.id_name}: {evaluation.samples['ID']} test images" + (f"; {accuracy}" if accuracy else ""))
     for note in evaluation.notes:
         print(f"note: {note}")
-    print(markdown_table(table_rows(evaluation)))
+    rows = table_rows(evaluation)
+    if preset:
+        rows = with_published(rows, preset)
+        if reason := comparable(preset, vars(args)):
+            evaluation.notes.append(f"published numbers ({preset.table}) are not comparable: {reason}")
+            print(f"note: {evaluation.notes[-1]}")
+    print(markdown_table(rows))
     out_dir = run_folder(args.out_dir, [args.id_name.replace("/", "_").replace(":", "_"), args.model.replace(":", "_")],
                          args.overwrite)  # fmt: skip
-    write_results(out_dir, evaluation, {**run_metadata(args), "model_weights": exp.bundle.weights}, plots=args.plots)
+    metadata = {**run_metadata(args), "model_weights": exp.bundle.weights, "ood_protocol": _protocol(args)}
+    if preset:
+        metadata["preset"] = {"name": preset.name, "paper": preset.paper, "table": preset.table,
+                              "source": preset.source, "published": preset.published,
+                              "comparable": comparable(preset, vars(args)) is None}  # fmt: skip
+    write_results(out_dir, evaluation, metadata, rows=rows, plots=args.plots)
     print(f"\nsaved results.json, results.csv, results.md{', plots' if args.plots else ''} in {out_dir}")
     return {"metrics": evaluation.metrics, "accuracy": evaluation.accuracy, "samples": evaluation.samples,
             "out_dir": str(out_dir)}  # fmt: skip
 
 
+def _protocol(args: argparse.Namespace) -> dict:
+    """How the OOD sets were prepared: the ID benchmark's resize and per-class caps, as applied in this run."""
+    protocol = get_spec(args.id_name).ood_protocol
+    return {"resolution": protocol.resolution if args.ood_resize else None, "per_class": protocol.per_class,
+            "source": protocol.source}  # fmt: skip
+
+
+def _ood_splits(pairs: Sequence[str]) -> dict[str, str]:
+    splits = {}
+    for pair in pairs:
+        name, sep, split = pair.rpartition("=")
+        if not sep or not name or not split:
+            raise UserError(f"--ood-split takes NAME=SPLIT, e.g. imagenet10_mcm=train; got '{pair}'")
+        splits[name] = split
+    return splits
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
-    return guarded(run, build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.given = sorted(given_arguments(parser, argv))  # a preset refuses to override what was written
+    return guarded(run, args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
     python finetune_clip.py --in imagenet10 --method contrastive --epochs 10 --out-dir runs/in10-contrastive
     python finetune_clip.py --in digits --method kplus1 --model tiny --pretrained none --lr 3e-4
-    torchrun --nproc_per_node=4 finetune_clip.py --in imagenet10 --method oe --aux imagenet100 --out-dir runs/oe
+    torchrun --nproc_per_node=4 finetune_clip.py --in imagenet10 --method oe --aux imagenet100 \
+        --eval-out inaturalist sun places textures --out-dir runs/oe
 
 Methods: contrastive (CLIP's loss on ID image-caption pairs, class-aware targets), kplus1 (a K+1-th "OOD"
 prompt trained on auxiliary outliers), oe (outlier exposure: uniform predictions on outliers), group

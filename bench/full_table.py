@@ -31,7 +31,7 @@ SCORES = [
     "lp_msp",
     "lp_energy",
     "lp_maxlogit",
-]  # fmt: skip  (neglabel left out: its 75k-word text encoding would dominate both sides)
+]  # fmt: skip  (neglabel left out: its 71k-word text encoding would dominate both sides)
 OOD = ["digits_ood", "faces", "skimage_textures"]
 
 

@@ -114,6 +114,25 @@ def test_flat_folder(tmp_path):
     assert data.dataset[0][1] == -1
 
 
+@pytest.mark.parametrize(
+    ("name", "inside"),
+    [("inaturalist", "iNaturalist/images"), ("sun", "SUN/images"), ("places", "Places/images"),
+     ("lsun", "LSUN/test"), ("lsun_resize", "LSUN_resize/test"), ("isun", "iSUN/iSUN_patches")],
+)  # fmt: skip
+def test_benchmark_tarballs_are_unlabelled(tmp_path, name, inside):
+    """The MOS and ODIN tarballs hold one sub-folder: a container, never a class named 'images' or 'test'."""
+    write_images(tmp_path / inside, 3, seed=0, size=8, suffix=".jpg")
+    data = load_dataset(name, "test", root=tmp_path)
+    assert data.classnames is None
+    assert [label for _, label in data.dataset.samples] == [-1, -1, -1]
+
+
+def test_a_single_sub_folder_is_not_a_class(tmp_path):
+    write_images(tmp_path / "mine" / "photos", 2, seed=0, size=8)
+    data = load_dataset(f"folder:{tmp_path / 'mine'}", "test")
+    assert data.classnames is None and len(data.dataset) == 2
+
+
 def test_folder_identity_tracks_files(image_tree):
     before = load_dataset(f"folder:{image_tree}").identity
     write_images(image_tree / "dogs", 6, seed=9)  # rewrites five, adds img_005
@@ -136,6 +155,21 @@ def test_imagenet_tables():
     assert len(classnames.imagenet100()) == 100
     assert set(classnames.IMAGENET10) <= set(table) and set(classnames.IMAGENET20) <= set(table)
     assert classnames.IMAGENET10_MCM["n02389026"] == "horse" and "n01728572" not in classnames.IMAGENET10_MCM
+
+
+def test_published_subsets_prompt_with_mcms_released_names():
+    """MCM's utils/common.py: ImageNet-10's hand-written names; ImageNet-100's from the Keras class index."""
+    from utils.data import get_spec
+
+    assert sorted(classnames.IMAGENET10_MCM.values()) == sorted([
+        "warplane", "sports car", "brambling bird", "Siamese cat", "antelope", "swiss mountain dog", "bull frog",
+        "garbage truck", "horse", "container ship"])  # fmt: skip
+    mcm100, ours100 = classnames.imagenet100_mcm(), classnames.imagenet100()
+    assert list(mcm100) == classnames.IMAGENET100_WNIDS and set(mcm100) == set(ours100)
+    assert (mcm100["n03000684"], ours100["n03000684"]) == ("chain saw", "chainsaw")
+    assert get_spec("imagenet20").ood == ("imagenet10_mcm",)  # the partner of the published ImageNet-20 numbers
+    names = get_spec("imagenet10_mcm").classnames()
+    assert names[0] == "brambling bird" and names[-1] == "warplane"  # wnid order = ImageFolder's label order
 
 
 def test_unknown_dataset_and_split():
@@ -186,3 +220,85 @@ def test_images_beside_class_folders_warn(image_tree):
     with pytest.warns(UserWarning, match="beside its class folders"):
         data = load_dataset(f"folder:{image_tree}")
     assert data.classnames is None and len(data.dataset) == 11
+
+
+class _Labelled(torch.utils.data.Dataset):
+    """A dataset with torchvision's `labels` attribute (SVHN's), images of 40 x 20 pixels."""
+
+    def __init__(self, labels):
+        self.labels = list(labels)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return Image.new("RGB", (40, 20), (index % 256, 0, 0)), self.labels[index]
+
+
+def test_first_per_class_keeps_file_order():
+    from utils.data.loading import first_per_class
+
+    capped = first_per_class(_Labelled([3, 1, 3, 3, 1, 0, 1, 1]), 2)
+    assert capped.indices == [0, 1, 2, 4, 5]  # the first two of each class, in the order of the file
+
+
+def test_ood_protocol_resizes_and_caps(tmp_path, monkeypatch):
+    """CIFAR as ID: every OOD image 32 x 32 (squashed, bilinear), SVHN at its first 1,000 per class, recorded."""
+    from utils.data import DataOptions, get_spec
+    from utils.evaluation.pipeline import resolve_ood_sets
+
+    write_images(tmp_path / "big", 2, seed=0, size=64)
+    options = DataOptions()
+    data = resolve_ood_sets("cifar10", [f"folder:{tmp_path / 'big'}"], options)[0]
+    image, _ = data.dataset[0]
+    assert image.size == (32, 32)
+    with Image.open(data.dataset.dataset.samples[0][0]) as original:
+        expected = original.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR)
+    assert np.array_equal(np.asarray(image), np.asarray(expected))
+    kept = resolve_ood_sets("cifar10", [f"folder:{tmp_path / 'big'}"], options, resize=False)[0]
+    assert kept.dataset[0][0].size == (64, 64) and kept.identity != data.identity  # the cache tells them apart
+    assert resolve_ood_sets("digits", [f"folder:{tmp_path / 'big'}"], options)[0].dataset[0][0].size == (64, 64)
+    calls = []
+    monkeypatch.setattr(DataOptions, "load", lambda self, name, split, **kw: calls.append((name, kw)) or data)
+    resolve_ood_sets("cifar100", ["svhn", "textures"], options)
+    assert calls == [("svhn", {"resize": 32, "per_class": 1000}), ("textures", {"resize": 32, "per_class": None})]
+    assert get_spec("cifar10").ood_protocol.per_class == {"svhn": 1000}
+
+
+@pytest.fixture
+def imagenet_subsets(tmp_path):
+    """imagenet10 (train, val) and imagenet100 (train) trees, one tiny image per wnid folder."""
+    for name, wnids, splits in [("imagenet10", classnames.IMAGENET10, ("train", "val")),
+                                ("imagenet100", classnames.IMAGENET100_WNIDS, ("train",))]:  # fmt: skip
+        for split in splits:
+            for k, wnid in enumerate(wnids):
+                write_images(tmp_path / name / split / wnid, 1, seed=k, size=8)
+    return tmp_path
+
+
+def test_leakage_guard_compares_wnids_not_only_names(imagenet_subsets):
+    """ImageNet-100's "schooner" is ImageNet-20's "sailboat" (n04147183): the same class under two names."""
+    from utils.data.leakage import check_no_leakage
+
+    root = imagenet_subsets
+    train, aux = load_dataset("imagenet10", "train", root), load_dataset("imagenet100", "train", root)
+    with pytest.raises(UserError, match="shares classes with the OOD test set imagenet20: n01632458, n04147183"):
+        check_no_leakage(aux, ["imagenet20"], root, train)  # imagenet20 is not on disk: the registry's wnids
+    check_no_leakage(aux, ["inaturalist", "sun", "places", "textures"], root, train)  # finetune_clip.py's example
+
+
+def test_leakage_guard_refuses_id_test_images_as_outliers(imagenet_subsets, tmp_path):
+    from utils.data.leakage import check_no_leakage
+
+    root = imagenet_subsets
+    train = load_dataset("imagenet10", "train", root)
+    aux = load_dataset(f"folder:{root / 'imagenet10' / 'val'}", "test")  # wnid folders of the ID test split
+    with pytest.raises(UserError, match=r"overlaps the ID set imagenet10 \(classes n01530575"):
+        check_no_leakage(aux, [], root, train)
+    copies = tmp_path / "pool"  # the same files under other folder names: caught by path
+    (copies / "a").mkdir(parents=True)
+    (copies / "b").mkdir()
+    for k, path in enumerate(sorted((root / "imagenet10" / "val").rglob("*.png"))[:2]):
+        (copies / "ab"[k] / path.name).symlink_to(path)
+    with pytest.raises(UserError, match=r"overlaps the ID set imagenet10 \(2 images of its test split"):
+        check_no_leakage(load_dataset(f"folder:{copies}", "test"), [], root, train)

@@ -15,10 +15,34 @@ from tests.conftest import assert_one_clear_error, write_images
 from utils.data import DATASETS
 from utils.evaluation.inputs import RESOLVERS, requirements
 from utils.evaluation.metrics import METRICS
+from utils.evaluation.presets import list_presets
 from utils.scores import SCORES
 
 TINY = ["--model", "tiny", "--pretrained", "none", "--workers", "0", "--batch-size", "128"]
-WORDS = ["tree", "banana", "cloud", "river", "mountain", "chair", "piano", "ocean", "house", "road", "lamp", "fox"]
+WORDS = [
+    "tree",
+    "banana",
+    "cloud",
+    "river",
+    "mountain",
+    "chair",
+    "piano",
+    "ocean",
+    "house",
+    "road",
+    "lamp",
+    "fox",
+    "ice cream",
+    "violin",
+    "harbour",
+    "desert",
+    "candle",
+    "bridge",
+    "forest",
+    "kettle",
+]  # nouns, one multi-word
+ADJECTIVES = ["red", "quiet", "wooden", "bright", "sour", "tiny", "golden", "frozen", "loud", "soft", "round",
+              "sharp", "bitter", "noisy"]  # fmt: skip
 
 
 def run(tmp_path, *extra, out="out"):
@@ -29,7 +53,8 @@ def run(tmp_path, *extra, out="out"):
 @pytest.fixture
 def words(tmp_path):
     path = tmp_path / "words.txt"
-    path.write_text("# a short candidate list for tests\n" + "\n".join(WORDS) + "\n")
+    lines = [*WORDS, *(f"{word}\tadj" for word in ADJECTIVES)]  # an untagged word is a noun
+    path.write_text("# a short candidate list for tests\n" + "\n".join(lines) + "\n")
     return path
 
 
@@ -79,8 +104,11 @@ def test_every_score_one_extraction(tmp_path, words, monkeypatch):
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert any("oracle: skipped" in note for note in saved["notes"])
     assert 0.0 <= saved["accuracy"]["linear_probe_top1"] <= 1.0
-    mined = (tmp_path / "out" / "neglabel_words.txt").read_text().split()
-    assert mined and set(mined) <= set(WORDS) and len(mined) == round(0.15 * len(WORDS))
+    mined = [line.split("\t") for line in (tmp_path / "out" / "neglabel_words.txt").read_text().splitlines()]
+    nouns, adjectives = [w for w, pos in mined if pos == "noun"], [w for w, pos in mined if pos == "adj"]
+    assert mined == [[w, "noun"] for w in nouns] + [[w, "adj"] for w in adjectives]  # nouns first, as released
+    assert set(nouns) <= set(WORDS) and len(nouns) == int(0.15 * len(WORDS))  # 15 % of each, floored
+    assert set(adjectives) <= set(ADJECTIVES) and len(adjectives) == int(0.15 * len(ADJECTIVES))
 
 
 def test_rerun_with_other_score_does_no_forward_pass(tmp_path, monkeypatch):
@@ -269,3 +297,104 @@ def test_torchrun_extraction_matches_one_process(tmp_path):
             assert np.array_equal(one, two), (key, array)
     metrics = [json.loads((tmp_path / name / "out" / "results.json").read_text())["metrics"] for name in runs]
     assert metrics[0] == metrics[1]
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_every_preset_is_well_formed(name):
+    """Each setting is an argument of the script, each published row a score of the preset on one of its sets."""
+    from utils.evaluation.presets import load_preset
+
+    preset = load_preset(name)
+    dests = {a.dest for a in eval_ood_detection.build_parser()._actions}
+    assert set(preset.settings) <= dests and set(preset.defaults) <= dests
+    assert preset.paper and preset.source
+    for score, per_set in preset.published.items():
+        assert score in preset.settings["score"]
+        assert set(per_set) <= {*preset.settings["out"], "average"}
+        for values in per_set.values():  # every published metric is one the run computes
+            assert set(values) <= {*METRICS, *preset.settings.get("extra_metrics", [])}
+    for name in [preset.settings["id_name"], *preset.settings["out"]]:
+        assert name in DATASETS
+
+
+def _fake_dtd(root):
+    for split, name in [("train", "a.jpg"), ("val", "b.jpg"), ("test", "c.jpg")]:
+        labels = root / "dtd" / "dtd" / "dtd" / "labels"
+        labels.mkdir(parents=True, exist_ok=True)
+        (labels / f"{split}1.txt").write_text(f"banded/{name}\nzigzagged/{name}\n")
+        for texture in ("banded", "zigzagged"):
+            write_images(root / "dtd" / "dtd" / "dtd" / "images" / texture, 1, seed=len(name), size=16, suffix=".jpg")
+            (root / "dtd" / "dtd" / "dtd" / "images" / texture / "img_000.jpg").rename(
+                root / "dtd" / "dtd" / "dtd" / "images" / texture / name
+            )
+
+
+@pytest.fixture
+def imagenet_benchmark(tmp_path):
+    """ImageNet-1k val (one tiny image per wnid), the MOS sets as their tarballs unpack, Textures as torchvision's."""
+    from utils.data import classnames
+
+    root = tmp_path / "data"
+    for k, wnid in enumerate(classnames.imagenet1k()):
+        write_images(root / "imagenet" / "val" / wnid, 1, seed=k, size=8)
+    for k, folder in enumerate(["iNaturalist", "SUN", "Places"]):
+        write_images(root / folder / "images", 4, seed=100 + k, size=16, suffix=".jpg")
+    _fake_dtd(root)
+    return root
+
+
+def test_preset_runs_offline_and_shows_published_numbers(tmp_path, imagenet_benchmark, capsys):
+    out = run(tmp_path, "--preset", "mcm-imagenet", "--data-root", str(imagenet_benchmark), "--no-plots")
+    assert set(out["metrics"]) == {"mcm"} and set(out["metrics"]["mcm"]) == {"inaturalist", "sun", "places", "textures"}
+    printed = capsys.readouterr().out
+    assert (
+        "published numbers (Table 1, ImageNet-1k, CLIP ViT-B/16, zero-shot) are not comparable: model tiny" in printed
+    )
+    rows = {r["ood"]: r for r in csv.DictReader((tmp_path / "out" / "results.csv").open())}
+    assert (
+        float(rows["inaturalist"]["AUROC_published"]) == 94.61
+        and float(rows["average"]["FPR95_MCM_published"]) == 42.74
+    )
+    assert float(rows["sun"]["AUROC_diff"]) == pytest.approx(float(rows["sun"]["AUROC"]) - 92.57, abs=0.011)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["preset"]["name"] == "mcm-imagenet" and saved["preset"]["comparable"] is False
+    config = saved["config"]
+    assert (config["templates"], config["interpolation"], config["id_name"]) == ("mcm", "bilinear", "imagenet")
+    assert (config["model"], config["pretrained"]) == ("tiny", "none")  # the model is the user's to choose
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--in", "digits"], "--preset mcm-imagenet sets --in imagenet; it conflicts with --in digits given here"),
+     (["--templates", "single"], "sets --templates mcm; it conflicts with --templates single"),
+     (["--score", "knn"], "sets --score mcm; it conflicts with --score knn")],
+)  # fmt: skip
+def test_preset_refuses_conflicting_flags(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run(tmp_path, "--preset", "mcm-imagenet", *extra)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_list_presets(capsys):
+    with pytest.raises(SystemExit):
+        eval_ood_detection.main(["--list-presets"])
+    printed = capsys.readouterr().out
+    assert "mcm-imagenet " in printed and "neglabel-imagenet" in printed and "knn-cifar10-clip" in printed
+    with pytest.raises(SystemExit):
+        eval_ood_detection.main(["--preset", "nope"])
+    assert "unknown preset 'nope'; known: knn-cifar10-clip, knn-cifar100-clip, mcm-imagenet" in capsys.readouterr().err
+
+
+def test_mcm_imagenet20_preset_reads_imagenet10s_train_split(tmp_path):
+    """MCM's ImageNet-20 numbers score ImageNet-10 (the horse list) train images as OOD: more images than val."""
+    from utils.data import classnames
+
+    root = tmp_path / "data"
+    for k, wnid in enumerate(classnames.IMAGENET20):
+        write_images(root / "imagenet20" / "val" / wnid, 1, seed=k, size=8)
+    for k, wnid in enumerate(classnames.IMAGENET10_MCM):
+        write_images(root / "imagenet10_mcm" / "train" / wnid, 3, seed=50 + k, size=8)
+        write_images(root / "imagenet10_mcm" / "val" / wnid, 1, seed=80 + k, size=8)
+    out = run(tmp_path, "--preset", "mcm-imagenet20", "--data-root", str(root), "--no-plots")
+    assert out["samples"] == {"ID": 20, "imagenet10_mcm": 30}

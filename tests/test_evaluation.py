@@ -9,7 +9,14 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from tests.conftest import write_images
 from utils.errors import UserError
 from utils.evaluation.analysis import confidence_without_true_class, disagreements, rank_fraction
-from utils.evaluation.metrics import METRICS, bootstrap_intervals, fpr_at_tpr, ood_metrics
+from utils.evaluation.metrics import (
+    METRICS,
+    aupr_trapezoid,
+    bootstrap_intervals,
+    fpr_at_closest_recall,
+    fpr_at_tpr,
+    ood_metrics,
+)  # fmt: skip
 
 
 def test_perfect_separation():
@@ -42,6 +49,66 @@ def test_fpr95_ood_small_example():
     ood_scores = np.arange(1, 21, dtype=float)
     id_scores = np.array([5.0, 19.0, 19.5, 30.0])
     assert ood_metrics(id_scores, ood_scores)["FPR95_OOD"] == pytest.approx(2 / 4)
+
+
+def _mcm_fpr_at_recall(id_scores: np.ndarray, ood_scores: np.ndarray, level: float = 0.95) -> float:
+    """MCM's fpr_and_fdr_at_recall (utils/detection_util.py, via get_measures(ID, OOD)) restated: over the distinct
+    thresholds, from the lowest that first reaches full ID recall up to the highest, then a last (recall 1, FPR 0)
+    point, take the first whose ID recall is closest to `level`; accept score >= threshold."""
+    thresholds = np.unique(np.r_[id_scores, ood_scores])[::-1]  # highest first
+    recall = np.array([(id_scores >= t).mean() for t in thresholds])
+    false = np.array([(ood_scores >= t).sum() for t in thresholds])
+    last = int(np.argmax(recall == recall[-1]))  # the first threshold with the final recall
+    recall, false = np.r_[recall[last::-1], 1.0], np.r_[false[last::-1], 0]
+    return false[np.argmin(np.abs(recall - level))] / len(ood_scores)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mcm_rule_is_mcms_fpr_and_fdr_at_recall(seed):
+    rng = np.random.default_rng(seed)
+    n_id = int(rng.integers(15, 400))
+    id_scores, ood_scores = np.round(rng.normal(1, 1, n_id), 1), np.round(rng.normal(0, 1, 300), 1)  # with ties
+    assert fpr_at_closest_recall(id_scores, ood_scores) == _mcm_fpr_at_recall(id_scores, ood_scores)
+
+
+@pytest.mark.parametrize(("n_id", "seed"), [(20, 0), (100, 1), (200, 2), (1000, 3), (260, 4)])
+def test_fpr95_against_mcms_when_095_n_is_an_integer(n_id, seed):
+    """Equal unless OOD images score between the 0.95·n-th and the next ID image: MCM's counts them, ours does not."""
+    rng = np.random.default_rng(seed)
+    id_scores, ood_scores = rng.normal(1.0, 1.0, n_id), rng.normal(0.0, 1.0, 333)
+    ours, theirs = fpr_at_tpr(id_scores, ood_scores), _mcm_fpr_at_recall(id_scores, ood_scores)
+    ranked = np.sort(id_scores)[::-1]
+    k = round(0.95 * n_id)
+    between = ((ood_scores < ranked[k - 1]) & (ood_scores > ranked[k])).sum()
+    assert theirs == pytest.approx(ours + between / len(ood_scores), abs=1e-15)
+    gap_free = ood_scores[(ood_scores >= ranked[k - 1]) | (ood_scores <= ranked[k])]
+    assert fpr_at_tpr(id_scores, gap_free) == pytest.approx(_mcm_fpr_at_recall(id_scores, gap_free), abs=1e-15)
+
+
+@pytest.mark.parametrize(("n_id", "seed"), [(30, 0), (50, 1), (77, 2), (333, 3)])
+def test_fpr95_never_accepts_fewer_than_95_percent_of_id(n_id, seed):
+    """Ours takes the first recall >= 0.95; MCM's the closest, which may be below (47/50 = 0.94 vs 48/50 = 0.96 tie
+    on float rounding)."""
+    rng = np.random.default_rng(seed)
+    id_scores, ood_scores = rng.normal(1.0, 1.0, n_id), rng.normal(0.0, 1.0, 333)
+    threshold = np.sort(id_scores)[::-1][int(np.ceil(0.95 * n_id)) - 1]
+    assert fpr_at_tpr(id_scores, ood_scores) == pytest.approx((ood_scores >= threshold).mean())
+    assert np.isfinite(fpr_at_closest_recall(id_scores, ood_scores))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_openood_aupr_is_sklearns_trapezoid(seed):
+    from sklearn.metrics import auc, precision_recall_curve
+
+    rng = np.random.default_rng(seed)
+    id_scores, ood_scores = np.round(rng.normal(1, 1, 250), 1), np.round(rng.normal(0, 1, 180), 1)
+    y, s = np.r_[np.ones(250), np.zeros(180)], np.r_[id_scores, ood_scores]
+    precision, recall, _ = precision_recall_curve(y, s)
+    assert aupr_trapezoid(id_scores, ood_scores) == pytest.approx(auc(recall, precision), abs=1e-12)
+    precision, recall, _ = precision_recall_curve(1 - y, -s)
+    extra = ood_metrics(id_scores, ood_scores, extra=["AUPR_OUT_OPENOOD"])["AUPR_OUT_OPENOOD"]
+    assert extra == pytest.approx(auc(recall, precision), abs=1e-12)
+    assert aupr_trapezoid(id_scores, ood_scores) != pytest.approx(average_precision_score(y, s), abs=1e-4)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -250,3 +317,39 @@ def test_group_checkpoint_names_its_classes(experiment):
                                         values={"groups": [["a"], ["b"]]})  # fmt: skip
     with pytest.raises(UserError, match=r"score group: the groups name classes \['a', 'b'\]"):
         pipeline.evaluate(experiment, ["group"])
+
+
+def test_checkpoint_scored_with_other_templates_gets_a_note(experiment):
+    from utils.evaluation import pipeline
+    from utils.training.checkpoints import ScoreContract
+
+    contract = ScoreContract("kplus1", tuple(experiment.id_test.classnames), 100.0,
+                             texts={"ood_prompt_features": ("a photo of an unknown object.",)},
+                             class_templates=("a photo of a {}.",))  # fmt: skip
+    experiment.contract = contract
+    result = pipeline.evaluate(experiment, ["kplus1"])
+    assert not any("trained with" in note for note in result.notes)
+    experiment.options.templates = ("a sketch of a {}.",)
+    result = pipeline.evaluate(experiment, ["kplus1"])
+    assert [n for n in result.notes if "trained with" in n] == [
+        "kplus1: the checkpoint's class prompts were trained with 'a photo of a {}.', scored here with "
+        "'a sketch of a {}.': pass the training templates with --templates to score as trained"
+    ]
+
+
+def test_label_mass_logit_scale_is_the_models_own_for_siglip(experiment):
+    """OpenAI CLIP: 100; a model with a logit bias (SigLIP): its exp(logit_scale); a checkpoint: its learned one."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from utils.evaluation.inputs import RESOLVERS
+    from utils.training.checkpoints import ScoreContract
+
+    resolve = RESOLVERS["logit_scale"].resolve
+    assert resolve(experiment, None) == 100.0
+    siglip = SimpleNamespace(logit_scale=torch.tensor(np.log(10.0)), logit_bias=torch.tensor(-10.0))
+    experiment.bundle = SimpleNamespace(model=siglip)
+    assert resolve(experiment, None) == pytest.approx(10.0)
+    experiment.contract = ScoreContract("contrastive", ("a",), 42.0)
+    assert resolve(experiment, None) == 42.0

@@ -98,6 +98,7 @@ def test_leakage_guard(tmp_path, capsys):
         _train(tmp_path, "oe", "--aux", "digits_ood")
     assert "also an OOD test set" in capsys.readouterr().err
     write_images(tmp_path / "pool" / "digit seven", 3, seed=0)
+    write_images(tmp_path / "pool" / "letters", 3, seed=2)
     with pytest.raises(SystemExit):
         _train(tmp_path, "oe", "--aux", f"folder:{tmp_path / 'pool'}")
     assert "shares classes with the OOD test set digits_ood: digit seven" in capsys.readouterr().err

@@ -13,7 +13,17 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestNeighbors
 
-from utils.scores import SCORES, InDistribution, Score, build_score, mine_negative_labels, needs_text, resolve_scores
+from utils.scores import (
+    SCORES,
+    InDistribution,
+    NegativeLabels,
+    Score,
+    build_score,
+    mine_negative_labels,
+    needs_text,
+    resolve_scores,
+)  # fmt: skip
+from utils.scores.label_mass import id_probability
 from utils.scores.mahalanobis import fit_class_gaussians
 from utils.training.logistic_regression import fit_linear_probe
 
@@ -57,7 +67,8 @@ def toy():
         "device": "cpu",
         "logit_scale": 100.0,
         "ood_text_features": eye[4:6],  # the OOD set's class names sit where the OOD images are
-        "negative_text_features": eye[4:8],
+        "negative_labels": NegativeLabels(eye[:CLASSES], eye[4:8]),  # the ID labels' own prompts and the negatives
+        "neg_groups": 2,
         "ood_prompt_features": _unit(eye[4:5] + eye[5:6]),  # the "OOD" prompt too
         "groups": [["c0", "c1"], ["c2", "c3"]],
         "classnames": ["c0", "c1", "c2", "c3"],
@@ -101,8 +112,9 @@ def test_needs_are_checked(name, toy):
     score = _build(name, extras)
     with pytest.raises(RuntimeError, match="fit"):
         score(id_feats)
-    with pytest.raises(ValueError, match="needs"):
-        score.fit(InDistribution())
+    if SCORES[name].needs:
+        with pytest.raises(ValueError, match="needs"):
+            score.fit(InDistribution())
 
 
 def _softmax(s: np.ndarray) -> np.ndarray:
@@ -126,33 +138,132 @@ def test_zero_shot_formulas(toy, temperature):
         assert np.allclose(got, value, rtol=1e-6, atol=1e-9), name
 
 
-@pytest.mark.parametrize("name", ["oracle", "neglabel"])
-def test_label_mass_is_id_share_of_a_joint_softmax(toy, name):
+LABEL_MASS_EXTRA = {
+    "oracle": "ood_text_features",
+    "kplus1": "ood_prompt_features",
+}
+
+
+@pytest.mark.parametrize("name", sorted(LABEL_MASS_EXTRA))
+def test_label_mass_is_the_log_odds_of_the_id_share_of_a_joint_softmax(toy, name):
     ind, id_feats, ood_feats, _, extras = toy
-    extra = extras["ood_text_features"] if name == "oracle" else extras["negative_text_features"]
-    feats = np.r_[id_feats, ood_feats]
-    joint = _softmax(100.0 * feats @ np.r_[ind.text_features, extra].T)
-    expected = joint[:, :CLASSES].sum(1)
-    assert np.allclose(_build(name, extras).fit(ind)(feats), expected, atol=1e-9)
+    feats = np.r_[id_feats, ood_feats, _separated(np.random.default_rng(4), 40, gap=(-0.1, 0.1))]
+    joint = _softmax(100.0 * feats @ np.r_[ind.text_features, np.atleast_2d(extras[LABEL_MASS_EXTRA[name]])].T)
+    p_id = joint[:, :CLASSES].sum(1)
+    got = _build(name, extras).fit(ind)(feats)
+    assert np.allclose(id_probability(got), p_id, atol=1e-9)
+    moderate = (p_id > 1e-6) & (p_id < 1 - 1e-6)
+    assert moderate.sum() >= 10
+    p = p_id[moderate]
+    assert np.allclose(got[moderate], np.log(p / (1 - p)), rtol=0, atol=2 * 100 * COSINE_TOLERANCE)
 
 
-def test_group_score_is_minus_the_smallest_others_probability(toy):
+def _separated(rng: np.random.Generator, n: int, gap: tuple[float, float] = (0.4, 0.6)) -> np.ndarray:
+    """Unit images with cosine b + gap to one ID prompt (axes 0-3) and b to one extra label (axes 4-7)."""
+    b, gaps = rng.uniform(0.0, 0.3, size=n), rng.uniform(*gap, size=n)
+    x = (b + gaps)[:, None] * np.eye(DIM)[rng.integers(0, CLASSES, n)] + b[:, None] * np.eye(DIM)[
+        4 + rng.integers(0, 4, n)
+    ]
+    return _unit(x + np.sqrt(1 - (b + gaps) ** 2 - b**2)[:, None] * np.eye(DIM)[DIM - 1])
+
+
+def _exact_log_odds(feats: np.ndarray, id_text: np.ndarray, extra: np.ndarray) -> list:
+    """logit(p_ID) of the joint softmax at 60 significant digits (mpmath), straight from the definition."""
+    import mpmath
+
+    mpmath.mp.dps = 60
+    values = []
+    for row in feats.astype(np.float64):
+        e_id = [mpmath.exp(100 * mpmath.mpf(float(v))) for v in id_text.astype(np.float64) @ row]
+        e_extra = [mpmath.exp(100 * mpmath.mpf(float(v))) for v in extra.astype(np.float64) @ row]
+        p_id = mpmath.fsum(e_id) / (mpmath.fsum(e_id) + mpmath.fsum(e_extra))
+        values.append(mpmath.log(p_id / (1 - p_id)))
+    return values
+
+
+@pytest.mark.parametrize("name", sorted(LABEL_MASS_EXTRA))
+def test_label_mass_never_saturates_and_ranks_as_the_exact_id_share(toy, name):
+    """Well-separated images: p_ID = 1.0 exactly in float64 for most (ties), the log-odds are all distinct."""
+    ind, _, _, _, extras = toy
+    extra = np.atleast_2d(extras[LABEL_MASS_EXTRA[name]])
+    feats = _separated(np.random.default_rng(5), 60)
+    joint = _softmax(100.0 * feats.astype(np.float64) @ np.r_[ind.text_features, extra].T)
+    assert (joint[:, :CLASSES].sum(1) == 1.0).sum() >= 30  # what ranking by p_ID would tie
+    got = _build(name, extras).fit(ind)(feats)
+    exact = _exact_log_odds(feats, ind.text_features, extra)
+    assert len(np.unique(got)) == len(got)
+    assert np.array_equal(np.argsort(got), np.argsort(np.array(exact, dtype=np.float64)))
+    assert np.allclose(got, np.array(exact, dtype=np.float64), rtol=0, atol=2 * 100 * COSINE_TOLERANCE)  # float32 s
+
+
+def test_group_score_ranks_as_minus_the_smallest_others_probability(toy):
     ind, id_feats, ood_feats, _, _ = toy
     feats = np.r_[id_feats, ood_feats]
     others = _unit(np.random.default_rng(2).normal(size=(2, DIM)))
     groups = [[0, 1], [2, 3]]
     named = {"groups": [["c0", "c1"], ["c2", "c3"]], "classnames": ["c0", "c1", "c2", "c3"]}
     got = build_score("group", **named, others_features=others).fit(ind)(feats)
-    p_others = [_softmax(100.0 * feats @ np.r_[ind.text_features[g], others[k : k + 1]].T)[:, -1]
-                for k, g in enumerate(groups)]  # fmt: skip
-    assert np.allclose(got, -np.minimum(*p_others), atol=1e-9)
+    p_others = np.stack([_softmax(100.0 * feats @ np.r_[ind.text_features[g], others[k : k + 1]].T)[:, -1]
+                         for k, g in enumerate(groups)], axis=1)  # fmt: skip
+    assert np.allclose(id_probability(got), 1 - p_others.min(1), atol=1e-9)  # −min_g p_others, shifted by 1
+    separated = _separated(np.random.default_rng(6), 60)
+    got = build_score("group", **named, others_features=others).fit(ind)(separated)
+    assert len(np.unique(got)) == len(got)
+
+
+def _released_neglabel(feats, id_text, negatives, groups, seed):
+    """XueJiang16/NegLabel clip_ood.py restated: drop the last M mod G negatives, permute, cut into G groups, average
+    each group's ID mass of softmax(100 · [s_ID, s_group])."""
+    kept = len(negatives) - len(negatives) % groups
+    shuffled = negatives[:kept][np.random.default_rng(seed).permutation(kept)]
+    masses = []
+    for group in np.split(shuffled, groups):
+        joint = _softmax(100.0 * feats.astype(np.float64) @ np.r_[id_text, group].T.astype(np.float64))
+        masses.append(joint[:, : len(id_text)].sum(1))
+    return np.mean(masses, axis=0)
+
+
+@pytest.mark.parametrize("groups", [1, 3, 7])
+def test_neglabel_is_the_released_grouped_id_mass(groups):
+    rng = np.random.default_rng(8)
+    id_text, negatives = _unit(rng.normal(size=(5, DIM))), _unit(rng.normal(size=(23, DIM)))
+    feats = _unit(id_text[rng.integers(0, 5, 40)] + 3.0 * rng.normal(size=(40, DIM)))
+    score = build_score("neglabel", negative_labels=NegativeLabels(id_text, negatives), neg_groups=groups, seed=4)
+    got = score.fit(InDistribution())(feats)
+    expected = _released_neglabel(feats, id_text, negatives, groups, seed=4)
+    assert ((expected > 0.01) & (expected < 0.99)).sum() >= 5  # enough rows where the probabilities say something
+    # float32 cosines: logits within 2·100·COSINE_TOLERANCE, probabilities (slope ≤ 1/4) within a quarter of that
+    assert np.allclose(id_probability(got), expected, rtol=0, atol=50 * COSINE_TOLERANCE)
+    assert score.details() == {"neg_groups": groups, "negatives": 23 - 23 % groups}
+
+
+def test_neglabel_groups_of_identical_negatives_have_the_closed_form():
+    """All M negatives the same label v: each group of M/G is v counted M/G times, whatever the permutation."""
+    rng = np.random.default_rng(9)
+    id_text, v = _unit(rng.normal(size=(4, DIM))), _unit(rng.normal(size=(1, DIM)))
+    feats = _unit(rng.normal(size=(30, DIM))).astype(np.float64)
+    score = build_score("neglabel", negative_labels=NegativeLabels(id_text, np.repeat(v, 12, axis=0)), neg_groups=4)
+    closed = np.log(np.exp(100 * feats @ id_text.T).sum(1)) - (100 * feats @ v[0] + np.log(12 / 4))
+    assert np.allclose(score.fit(InDistribution())(feats), closed, rtol=0, atol=2 * 100 * COSINE_TOLERANCE)
+
+
+def test_neglabel_one_group_is_the_ungrouped_score_and_never_saturates(toy):
+    ind = toy[0]
+    feats = _separated(np.random.default_rng(5), 60)
+    labels = NegativeLabels(ind.text_features, np.eye(DIM, dtype=np.float32)[4:8])
+    got = build_score("neglabel", negative_labels=labels, neg_groups=1).fit(ind)(feats)
+    assert np.array_equal(got, build_score("oracle", ood_text_features=labels.negatives).fit(ind)(feats))
+    grouped = build_score("neglabel", negative_labels=labels, neg_groups=2).fit(ind)(feats)
+    assert len(np.unique(grouped)) == len(grouped)  # mean of p_ID = 1.0 in float64 for most rows; not here
 
 
 def test_label_mass_needs_its_labels():
     with pytest.raises(ValueError, match="ood_text_features"):
         build_score("oracle")
-    with pytest.raises(ValueError, match="negative_text_features"):
-        build_score("neglabel", negative_text_features=np.zeros((0, DIM)))
+    with pytest.raises(ValueError, match="negative_labels"):
+        build_score("neglabel")
+    with pytest.raises(ValueError, match="non-empty"):
+        build_score("neglabel", negative_labels=NegativeLabels(np.eye(DIM)[:2], np.zeros((0, DIM))))
     with pytest.raises(ValueError, match=r"classes \['c9'\]"):
         build_score("group", groups=[["c0", "c9"]], classnames=["c0", "c1"], others_features=np.eye(DIM)[:1])
 
@@ -262,6 +373,57 @@ def test_mahalanobis_and_relative_against_loops(toy):
     d0 = np.array([(f - mu0) @ background @ (f - mu0) for f in feats])
     assert np.allclose(build_score("maha").fit(ind)(feats), -d.min(1), rtol=1e-6, atol=1e-6)
     assert np.allclose(build_score("rmd").fit(ind)(feats), -(d - d0[:, None]).min(1), rtol=1e-6, atol=1e-6)
+
+
+def _clip_like(rng: np.random.Generator, centres: np.ndarray, dim: int) -> np.ndarray:
+    """Unit features sharing one large common direction (as CLIP's do), each near its class centre."""
+    common = np.ones(dim) / np.sqrt(dim)
+    return _unit_rows(2.0 * common + centres + 1.4 * rng.normal(size=centres.shape) / np.sqrt(dim))
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("per_class", [20, 400])  # N − C < D and N ≫ D
+def test_mahalanobis_matches_sklearn_empirical_covariance(per_class):
+    """Shared covariance of class-centred features and its precision equal EmpiricalCovariance's, for any N."""
+    from sklearn.covariance import EmpiricalCovariance
+
+    rng, dim, classes = np.random.default_rng(1), 256, 5
+    y = np.repeat(np.arange(classes), per_class)
+    x = _clip_like(rng, np.eye(classes, dim)[y], dim)
+    g = fit_class_gaussians(x, y, chunk=7)
+    x64 = x.astype(np.float64)
+    means = np.stack([x64[y == c].mean(0) for c in range(classes)])
+    within = EmpiricalCovariance(assume_centered=True).fit(x64 - means[y])
+    total = EmpiricalCovariance().fit(x64)
+    scale = np.abs(within.precision_).max()
+    assert np.allclose(g.precision, within.precision_, rtol=0, atol=1e-7 * scale)
+    assert np.allclose(g.background_precision, total.precision_, rtol=0, atol=1e-7 * np.abs(total.precision_).max())
+    queries = _clip_like(rng, np.eye(classes + 2, dim)[rng.integers(0, classes + 2, 30)], dim).astype(np.float64)
+    reference = np.stack([within.mahalanobis(queries - m) for m in means], axis=1).min(1)
+    ind = InDistribution(train_features=x, train_labels=y)
+    assert np.allclose(-build_score("maha").fit(ind)(queries), reference, rtol=1e-6, atol=1e-6 * reference.max())
+
+
+def test_mahalanobis_is_not_noise_with_fewer_images_than_dimensions():
+    """300 CLIP-like features of dimension 512 (N − C < D). E[xxᵀ] − μμᵀ with numpy's pinv gave AUROC 0.55 here."""
+    from sklearn.metrics import roc_auc_score
+
+    rng, dim, classes = np.random.default_rng(0), 512, 10
+    directions = _unit_rows(rng.normal(size=(classes + 5, dim)))
+    y = np.repeat(np.arange(classes), 30)
+    train = _clip_like(rng, directions[y], dim)
+    ind_test = _clip_like(rng, directions[rng.integers(0, classes, 200)], dim)
+    ood = _clip_like(rng, directions[classes + rng.integers(0, 5, 200)], dim)
+    with pytest.warns(UserWarning, match="span at most 290 of 512 dimensions") as caught:
+        ind = InDistribution(train_features=train, train_labels=y)
+        scores = {name: build_score(name).fit(ind) for name in ("maha", "rmd")}
+    assert len(caught) == 1  # one fit, shared by both scores: one warning
+    truth = np.r_[np.ones(200), np.zeros(200)]
+    for name, score in scores.items():
+        assert roc_auc_score(truth, np.r_[score(ind_test), score(ood)]) > 0.98, name
 
 
 def test_linear_probe_matches_sklearn(toy):

@@ -88,6 +88,7 @@ LAYERS = [  # each group may import only itself and the groups before it
 NOT_SCORE_NAMES = {
     "utils/training/objectives.py": {"kplus1", "group"},  # the fine-tuning methods' own registry names
     "utils/data/imagenet_subsets.py": {"mcm"},  # the class list published with the MCM paper (`--variant mcm`)
+    "utils/prompts.py": {"mcm"},  # the template set of MCM's released code (`--templates mcm`)
 }
 
 

@@ -47,7 +47,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def logsumexp(logits: np.ndarray) -> np.ndarray:
-    """Row-wise log Σ exp, shifted by each row's maximum."""
-    top = logits.max(axis=1)
-    return top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+def logsumexp(logits: np.ndarray, axis: int = 1) -> np.ndarray:
+    """log Σ exp along `axis` (row-wise by default), shifted by the maximum."""
+    top = logits.max(axis=axis, keepdims=True)
+    return np.squeeze(top, axis=axis) + np.log(np.exp(logits - top).sum(axis=axis))

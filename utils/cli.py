@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import math
 import os
@@ -154,6 +155,19 @@ def from_args(cls: type[T], args: argparse.Namespace, **given: Any) -> T:
     if unknown:
         raise TypeError(f"{cls.__name__} has no fields {unknown}")
     return cls(**{n: getattr(args, n) for n in names if hasattr(args, n) and n not in given}, **given)
+
+
+def given_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """The destinations of the arguments written on the command line (whatever their value), not the defaults."""
+    quiet = copy.deepcopy(parser)
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(quiet.parse_known_args(argv)[0]))
+
+
+def option_strings(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Destination -> its longest flag (`id_name` -> `--in`), for messages."""
+    return {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
 
 
 def guarded(run: Callable[[argparse.Namespace], T], args: argparse.Namespace) -> T:

@@ -13,9 +13,15 @@ Template = str | Callable[[str], str]
 
 AS_IS: tuple[Template, ...] = ("{}",)  # whole prompts, encoded as they are
 TEMPLATE_SETS: dict[str, tuple[Template, ...]] = {
-    "single": ("a photo of a {}.",),  # MCM's default prompt
+    "single": ("a photo of a {}.",),  # CLIP's paper's prompt
+    "mcm": ("a photo of a {}",),  # MCM's released code (utils/detection_util.py): no full stop
     "ensemble": tuple(open_clip.OPENAI_IMAGENET_TEMPLATES),  # the 80 OpenAI ImageNet templates
 }
+
+
+# NegLabel's released prompts (XueJiang16/NegLabel: custom_config/clip.py prompt_idx_pos = prompt_idx_neg = 85,
+# multi_modal.py): ID labels and negative nouns "the nice {}", negative adjectives "This is a {} photo".
+NEGLABEL_PROMPTS: dict[str, tuple[Template, ...]] = {"noun": ("the nice {}",), "adj": ("This is a {} photo",)}
 
 
 def load_templates(spec: str) -> tuple[Template, ...]:
@@ -43,6 +49,11 @@ def is_template(line: str) -> bool:
         return line.format("\0").count("\0") == 1
     except (IndexError, KeyError, ValueError):
         return False
+
+
+def template_text(template: Template) -> str:
+    """A template as text with its `{}` (callable templates, like open_clip's, rendered with "{}")."""
+    return template if isinstance(template, str) else template("{}")
 
 
 def render(templates: Sequence[Template], classname: str) -> list[str]:

@@ -41,8 +41,20 @@ IMAGENET10 = {
     "n03095699": "ship",
     "n03417042": "truck",
 }
-# The list published with MCM: horse instead of snake. Every published ImageNet-10 number uses it.
-IMAGENET10_MCM = {**{k: v for k, v in IMAGENET10.items() if k != "n01728572"}, "n02389026": "horse"}
+# The list published with MCM (horse instead of snake), with the names MCM's released code prompts with
+# (deeplearning-wisc/MCM utils/common.py obtain_ImageNet10_classes). Every published ImageNet-10 number uses it.
+IMAGENET10_MCM = {
+    "n04552348": "warplane",
+    "n04285008": "sports car",
+    "n01530575": "brambling bird",
+    "n02123597": "Siamese cat",
+    "n02422699": "antelope",
+    "n02107574": "swiss mountain dog",
+    "n01641577": "bull frog",
+    "n03417042": "garbage truck",
+    "n02389026": "horse",
+    "n03095699": "container ship",
+}
 
 IMAGENET20 = {
     "n04147183": "sailboat",
@@ -82,6 +94,13 @@ n03425413 n03935335 n02971356 n02124075 n07714571 n03133878 n02097130 n02113799 
 
 
 def imagenet100() -> dict[str, str]:
-    """ImageNet-100 as published with MCM, wnid -> name from the ImageNet-1k table."""
+    """ImageNet-100 as published with MCM, wnid -> name from the ImageNet-1k table (open_clip's names)."""
     names = imagenet1k()
     return {wnid: names[wnid] for wnid in IMAGENET100_WNIDS}
+
+
+@lru_cache(maxsize=1)
+def imagenet100_mcm() -> dict[str, str]:
+    """ImageNet-100 with the names MCM's release prompts with (the Keras class index, '_' -> ' ')."""
+    lines = (RESOURCES / "imagenet100_mcm.tsv").read_text().splitlines()
+    return dict(line.split("\t") for line in lines if not line.startswith("#"))

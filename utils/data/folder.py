@@ -29,15 +29,18 @@ class ImageFiles(Dataset):
     """(PIL RGB image, label) pairs from files on disk.
 
     With `classes` (sub-folder names, e.g. wnids) each listed sub-folder is a class, in the given order.
-    Without, every sub-folder holding images is a class (sorted), and a flat folder is one unlabelled set
-    (label -1), as OOD sets like iSUN ship.
+    Without, every sub-folder holding images is a class (sorted) when there are at least two; a flat folder, or
+    one with a single image sub-folder (the benchmark tarballs: iNaturalist/images/, LSUN/test/,
+    iSUN/iSUN_patches/), is one unlabelled set (label -1), as is any tree with `labelled=False`.
     """
 
-    def __init__(self, root: str | Path, classes: Sequence[str] | None = None):
+    def __init__(self, root: str | Path, classes: Sequence[str] | None = None, labelled: bool = True):
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserError(f"image folder not found: {self.root}")
-        if classes is None:
+        if not labelled:
+            classes = []
+        elif classes is None:
             subdirs = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
             classes = [d for d in subdirs if _images_under(self.root / d)]
             top_level = [p for p in _images_under(self.root) if p.parent == self.root]
@@ -47,7 +50,7 @@ class ImageFiles(Dataset):
                     f"it is read as one unlabelled set; move them into a class folder to keep the labels",
                     stacklevel=2,
                 )
-            if top_level or not classes:
+            if top_level or len(classes) < 2:  # one folder is a container, not a class
                 classes = []
         else:
             missing = [c for c in classes if not (self.root / c).is_dir()]

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from utils.data.loaders import sample_name
 from utils.data.registry import get_spec
 from utils.errors import UserError
 
@@ -33,8 +35,41 @@ class DataOptions:
     limit: int | None = None
     seed: int = 0
 
-    def load(self, name: str, split: str) -> LoadedDataset:
-        return load_dataset(name, split, self.root, self.download, self.limit, self.seed)
+    def load(self, name: str, split: str, resize: int | None = None, per_class: int | None = None) -> LoadedDataset:
+        return load_dataset(name, split, self.root, self.download, self.limit, self.seed, resize, per_class)
+
+
+class Resized(Dataset):
+    """Every image resized to size x size (bilinear, aspect not kept), as torchvision's Resize((size, size)) on PIL."""
+
+    def __init__(self, dataset: Dataset, size: int):
+        self.dataset, self.size = dataset, size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        image, label = self.dataset[index]
+        return image.resize((self.size, self.size), Image.Resampling.BILINEAR), label
+
+    def describe(self, index: int) -> str:
+        return sample_name(self.dataset, index)
+
+
+def _labels(dataset: Dataset) -> np.ndarray:
+    for attribute in ("targets", "labels"):
+        if getattr(dataset, attribute, None) is not None:
+            return np.asarray(getattr(dataset, attribute))
+    if hasattr(dataset, "samples"):
+        return np.asarray([label for _, label in dataset.samples])
+    raise UserError(f"{type(dataset).__name__} has no labels to cap per class")
+
+
+def first_per_class(dataset: Dataset, count: int) -> Dataset:
+    """The first `count` images of each class, in file order (KNN-OOD's SVHN selection)."""
+    labels = _labels(dataset)
+    keep = [i for c in np.unique(labels) for i in np.flatnonzero(labels == c)[:count]]
+    return Subset(dataset, sorted(keep))
 
 
 def readable_classname(raw: str) -> str:
@@ -59,6 +94,8 @@ def dataset_identity(dataset: Dataset) -> str:
         return f"subset({len(picked)}:{hash_bytes(picked.tobytes())})<{dataset_identity(dataset.dataset)}>"
     if isinstance(dataset, ConcatDataset):
         return "+".join(dataset_identity(part) for part in dataset.datasets)
+    if isinstance(dataset, Resized):
+        return f"resized{dataset.size}<{dataset_identity(dataset.dataset)}>"
     fp = dataset.fingerprint() if hasattr(dataset, "fingerprint") else ""
     return f"{type(dataset).__name__}({len(dataset)}:{fp})"
 
@@ -74,8 +111,12 @@ def load_dataset(
     download: bool = True,
     limit: int | None = None,
     seed: int = 0,
+    resize: int | None = None,
+    per_class: int | None = None,
 ) -> LoadedDataset:
     """Build a dataset split (downloading where torchvision can), with its fixed subset and `--limit` applied.
+
+    A benchmark protocol may cap it to its first `per_class` images per class and `resize` every image to a square.
 
     A dataset that is missing and cannot be fetched raises one UserError naming where to get it.
     """
@@ -94,6 +135,10 @@ def load_dataset(
     if classes is None:
         classes = [readable_classname(c) for c in getattr(dataset, "classes", None) or []]
     dataset = _seeded_subset(dataset, spec.subset, seed=0)
+    if per_class is not None:
+        dataset = first_per_class(dataset, per_class)
+    if resize is not None:
+        dataset = Resized(dataset, resize)
     if limit is not None:
         if limit <= 0:
             raise UserError(f"--limit must be positive, got {limit}")

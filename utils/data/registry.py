@@ -20,6 +20,20 @@ Builder = Callable[[Path, str, bool], Dataset]  # (data root, split, download) -
 
 
 @dataclass(frozen=True)
+class OODProtocol:
+    """How a benchmark prepares its OOD sets when this set is ID (recorded with every result)."""
+
+    resolution: int | None = None  # OOD images resized to resolution x resolution before the model's preprocessing
+    per_class: dict[str, int] = field(default_factory=dict)  # OOD set -> its first N images per class (file order)
+    source: str = ""
+
+
+# KNN (Sun et al., ICML 2022; deeplearning-wisc/knn-ood util/data_loader.py, select_svhn_data.py), after ODIN: every
+# OOD image through Resize((32, 32)) first, and SVHN's test set cut to its first 1,000 images per class.
+CIFAR_PROTOCOL = OODProtocol(resolution=32, per_class={"svhn": 1000}, source="KNN-OOD / ODIN CIFAR protocol")
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """How to build one dataset and what to tell a user who lacks it."""
 
@@ -27,10 +41,12 @@ class DatasetSpec:
     source: str  # where to get it
     layout: str  # what must lie under --data-root
     classnames: Sequence[str] | Callable[[], Sequence[str]] | None = None  # None: the dataset's own `.classes`
+    class_ids: Callable[[], Sequence[str]] | None = None  # class folders (wnids), for the leakage guard
     splits: tuple[str, ...] = SPLITS
     subset: int | None = None  # a fixed seeded subset of this size, part of the benchmark's definition
     ood: tuple[str, ...] = field(default_factory=tuple)  # default OOD partners when used as ID
     knn_k: int = 50  # KNN's default k (Sun et al. 2022: 50 for CIFAR, 1000 for the full ImageNet-1k train set)
+    ood_protocol: OODProtocol = field(default_factory=OODProtocol)  # how its OOD sets are prepared when it is ID
 
 
 def _torchvision(cls_name: str, folder: str, **kwargs) -> Builder:
@@ -58,12 +74,19 @@ def _dtd(root: Path, split: str, download: bool) -> Dataset:
     return joined
 
 
-def _folder(folder: str, classes: Callable[[], Sequence[str]] | None = None, split_dirs: bool = False) -> Builder:
+def _folder(
+    folder: str, classes: Callable[[], Sequence[str]] | None = None, split_dirs: bool = False, labelled: bool = True
+) -> Builder:
     def build(root: Path, split: str, download: bool) -> Dataset:
         path = root / folder / ({"train": "train", "test": "val"}[split] if split_dirs else "")
-        return ImageFiles(path, classes=list(classes()) if classes else None)
+        return ImageFiles(path, classes=list(classes()) if classes else None, labelled=labelled)
 
     return build
+
+
+def _unlabelled(folder: str) -> Builder:
+    """A benchmark OOD set that ships without labels, whatever its sub-folders (MOS: iNaturalist/images/*.jpg)."""
+    return _folder(folder, labelled=False)
 
 
 def _digits(*digits: int) -> Builder:
@@ -78,12 +101,17 @@ def _names(table: Callable[[], dict[str, str]]) -> Callable[[], list[str]]:
     return lambda: [table()[w] for w in sorted(table())]
 
 
-def _imagenet_subset(name: str, table: Callable[[], dict[str, str]], ood: tuple[str, ...]) -> DatasetSpec:
+def _imagenet_subset(
+    name: str, table: Callable[[], dict[str, str]], ood: tuple[str, ...], folder: str | None = None
+) -> DatasetSpec:
+    """A subset built by make_imagenet10.py; `folder` when it shares another entry's images (other names)."""
+    name = folder or name
     return DatasetSpec(
         build=_folder(name, _wnids(table), split_dirs=True),
         source="build it from ImageNet-1k (image-net.org, manual download) with make_imagenet10.py",
         layout=f"{name}/train/<wnid>/*.JPEG and {name}/val/<wnid>/*.JPEG",
         classnames=_names(table),
+        class_ids=_wnids(table),
         ood=ood,
     )
 
@@ -97,12 +125,12 @@ DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(
         build=_torchvision("CIFAR10", ""), source="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         layout="cifar-10-batches-py/ (downloaded automatically)", classnames=names.CIFAR10,
-        ood=(*CIFAR_OOD, "cifar100"),
+        ood=(*CIFAR_OOD, "cifar100"), ood_protocol=CIFAR_PROTOCOL,
     ),
     "cifar100": DatasetSpec(
         build=_torchvision("CIFAR100", ""), source="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
         layout="cifar-100-python/ (downloaded automatically)", classnames=names.CIFAR100,
-        ood=(*CIFAR_OOD, "cifar10"),
+        ood=(*CIFAR_OOD, "cifar10"), ood_protocol=CIFAR_PROTOCOL,
     ),
     "svhn": DatasetSpec(
         build=_torchvision("SVHN", "svhn"), source="http://ufldl.stanford.edu/housenumbers/test_32x32.mat",
@@ -119,34 +147,36 @@ DATASETS: dict[str, DatasetSpec] = {
         splits=("test",), subset=10_000,
     ),
     "lsun": DatasetSpec(
-        build=_folder("LSUN"), source=ODIN + "s/fhtsw1m3qxlwj6h/LSUN.tar.gz", layout="LSUN/**/*.jpg (LSUN crop)",
+        build=_unlabelled("LSUN"), source=ODIN + "s/fhtsw1m3qxlwj6h/LSUN.tar.gz", layout="LSUN/**/*.jpg (LSUN crop)",
         splits=("test",),
     ),
     "lsun_resize": DatasetSpec(
-        build=_folder("LSUN_resize"), source=ODIN + "s/moqh2wh8696c3yl/LSUN_resize.tar.gz",
+        build=_unlabelled("LSUN_resize"), source=ODIN + "s/moqh2wh8696c3yl/LSUN_resize.tar.gz",
         layout="LSUN_resize/**/*.jpg", splits=("test",),
     ),
     "isun": DatasetSpec(
-        build=_folder("iSUN"), source=ODIN + "s/ssz7qxfqae0cca5/iSUN.tar.gz", layout="iSUN/**/*.jpeg",
+        build=_unlabelled("iSUN"), source=ODIN + "s/ssz7qxfqae0cca5/iSUN.tar.gz", layout="iSUN/**/*.jpeg",
         splits=("test",),
     ),
     "imagenet": DatasetSpec(
         build=_folder("imagenet", _wnids(names.imagenet1k), split_dirs=True),
         source="https://image-net.org/download.php (ILSVRC-2012, manual download after registration)",
         layout="imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG (1,000 wnid folders each)",
-        classnames=_names(names.imagenet1k), ood=IMAGENET_OOD, knn_k=1000,
+        classnames=_names(names.imagenet1k), class_ids=_wnids(names.imagenet1k), ood=IMAGENET_OOD, knn_k=1000,
     ),
     "imagenet10": _imagenet_subset("imagenet10", lambda: names.IMAGENET10, ("imagenet20",)),
     "imagenet10_mcm": _imagenet_subset("imagenet10_mcm", lambda: names.IMAGENET10_MCM, ("imagenet20",)),
-    "imagenet20": _imagenet_subset("imagenet20", lambda: names.IMAGENET20, ("imagenet10",)),
+    # MCM's ImageNet-20 numbers were measured against its ImageNet-10 (the horse list)
+    "imagenet20": _imagenet_subset("imagenet20", lambda: names.IMAGENET20, ("imagenet10_mcm",)),
     "imagenet100": _imagenet_subset("imagenet100", names.imagenet100, IMAGENET_OOD),
+    "imagenet100_mcm": _imagenet_subset("imagenet100", names.imagenet100_mcm, IMAGENET_OOD, folder="imagenet100"),
     "inaturalist": DatasetSpec(
-        build=_folder("iNaturalist"), source=MOS + "iNaturalist.tar.gz", layout="iNaturalist/images/*.jpg",
+        build=_unlabelled("iNaturalist"), source=MOS + "iNaturalist.tar.gz", layout="iNaturalist/images/*.jpg",
         splits=("test",),
     ),
-    "sun": DatasetSpec(build=_folder("SUN"), source=MOS + "SUN.tar.gz", layout="SUN/images/*.jpg", splits=("test",)),
+    "sun": DatasetSpec(build=_unlabelled("SUN"), source=MOS + "SUN.tar.gz", layout="SUN/images/*.jpg", splits=("test",)),
     "places": DatasetSpec(
-        build=_folder("Places"), source=MOS + "Places.tar.gz", layout="Places/images/*.jpg", splits=("test",),
+        build=_unlabelled("Places"), source=MOS + "Places.tar.gz", layout="Places/images/*.jpg", splits=("test",),
     ),
     "digits": DatasetSpec(
         build=_digits(0, 1, 2, 3, 4), source="ships with scikit-learn (offline)", layout="nothing: built in",

@@ -17,7 +17,7 @@ import numpy as np
 
 from utils.data.loading import LoadedDataset
 from utils.data.registry import get_spec
-from utils.data.words import load_words
+from utils.data.words import PARTS_OF_SPEECH, load_words
 from utils.distributed import World
 from utils.errors import UserError
 from utils.evaluation.options import EvalOptions
@@ -25,7 +25,8 @@ from utils.features.store import CachedFeatures, FeatureCache
 from utils.features.text import text_embeddings
 from utils.models import CLIP_LOGIT_SCALE
 from utils.models.loading import ModelBundle, has_text_encoder
-from utils.scores import SCORES, mine_negative_labels, needs_text
+from utils.prompts import NEGLABEL_PROMPTS, template_text
+from utils.scores import SCORES, NegativeLabels, mine_negative_labels, needs_text
 from utils.training.checkpoints import ScoreContract
 from utils.training.objectives import METHODS
 
@@ -110,22 +111,42 @@ def _ood_class_names(exp: Experiment, encoded: Encoded) -> PerSet:
         if data.classnames:
             values[data.name] = text_embeddings(exp.bundle, data.classnames, exp.options.templates)
         else:
-            exp.notes.append(f"skipped {data.name} for the scores that need its class names: it has none")
+            exp.notes.append(f"skipped {data.name}: an unlabelled set, no class names to compete with the ID ones")
     return values
 
 
-def _check_words(exp: Experiment) -> None:
+def _check_words_and_names(exp: Experiment) -> None:
+    _check_classnames(exp)
     load_words(exp.options.neg_words)  # a missing or empty list fails now, not after extraction
 
 
-def _negative_labels(exp: Experiment, encoded: Encoded) -> np.ndarray:
-    """Candidate words (not ID names), encoded once through the cache, mined against the ID class prompts."""
-    taken = {name.lower() for name in exp.id_test.classnames}
-    words = [w for w in load_words(exp.options.neg_words) if w.lower() not in taken]
-    candidates = text_embeddings(exp.bundle, words, exp.options.templates, exp.cache)
-    picked = mine_negative_labels(candidates, encoded.text)  # the paper's rule: its defaults
-    exp.artifacts["neglabel_words"] = [words[i] for i in picked]
-    return candidates[picked]
+def _negative_labels(exp: Experiment, encoded: Encoded) -> NegativeLabels:
+    """NegLabel's mining as released: ID labels and nouns as "the nice {}", adjectives as "This is a {} photo"; the
+    lowest 15 % of each part of speech by 95th-percentile similarity to the ID labels; nouns first."""
+    id_features = text_embeddings(exp.bundle, exp.id_test.classnames, NEGLABEL_PROMPTS["noun"])
+    pool = load_words(exp.options.neg_words)
+    picked_words, picked = [], []
+    for pos in PARTS_OF_SPEECH:
+        words = [word for word, tag in pool if tag == pos]
+        if not words:
+            continue
+        candidates = text_embeddings(exp.bundle, words, NEGLABEL_PROMPTS[pos], exp.cache)  # cached per word list
+        rows = mine_negative_labels(candidates, id_features)  # the paper's rule: its defaults
+        picked_words += [f"{words[i]}\t{pos}" for i in rows]
+        picked.append(candidates[rows])
+    exp.artifacts["neglabel_words"] = picked_words
+    return NegativeLabels(id_features, np.concatenate(picked))
+
+
+def _logit_scale(exp: Experiment) -> float:
+    """The scale of the label-mass softmaxes: a fine-tuned checkpoint's learned one; a SigLIP-family model's own
+    (its bias shifts every logit alike, so a softmax ignores it); else CLIP's 100 (OpenAI CLIP's learned value)."""
+    if exp.contract is not None:
+        return exp.contract.logit_scale
+    model = getattr(exp.bundle, "model", None)
+    if getattr(model, "logit_bias", None) is not None:
+        return float(model.logit_scale.exp())
+    return CLIP_LOGIT_SCALE
 
 
 RESOLVERS: dict[str, Resolver] = {
@@ -140,9 +161,20 @@ RESOLVERS: dict[str, Resolver] = {
     "device": Resolver(lambda exp, enc: exp.bundle.device),
     "k": Resolver(lambda exp, enc: _ks(exp), check=_check_ks, uses_train=True),
     "ood_text_features": Resolver(_ood_class_names),
-    "negative_text_features": Resolver(_negative_labels, check=_check_words),
-    "logit_scale": Resolver(lambda exp, enc: exp.contract.logit_scale if exp.contract else CLIP_LOGIT_SCALE),
+    "negative_labels": Resolver(_negative_labels, check=_check_words_and_names, missing=_image_only),
+    "neg_groups": Resolver(lambda exp, enc: exp.options.neg_groups),
+    "logit_scale": Resolver(lambda exp, enc: _logit_scale(exp)),
 }
+
+
+def _check_templates(exp: Experiment) -> None:
+    """A note when the class prompts differ from those the checkpoint's method trained its class prompts with."""
+    trained, used = exp.contract.class_templates, tuple(template_text(t) for t in exp.options.templates)
+    if trained and used != trained and not any("trained with" in note for note in exp.notes):
+        shown = trained[0] if len(trained) == 1 else f"{len(trained)} templates ({trained[0]!r}, ...)"
+        exp.notes.append(f"the checkpoint's class prompts were trained with {shown!r}, scored here with "
+                         f"{used[0]!r}{' and others' if len(used) > 1 else ''}: pass the training templates "
+                         f"with --templates to score as trained")  # fmt: skip
 
 
 def _from_checkpoint(name: str) -> Resolver:
@@ -157,6 +189,7 @@ def _from_checkpoint(name: str) -> Resolver:
         return f"needs {name}, which a checkpoint of {source} supplies: pass one with --ckpt{given}"
 
     def resolve(exp: Experiment, encoded: Encoded) -> Any:
+        _check_templates(exp)
         if name in exp.contract.texts:
             return text_embeddings(exp.bundle, exp.contract.texts[name])
         return exp.contract.values[name]

@@ -7,11 +7,12 @@ convention (OOD positive) under a name that cannot be confused with it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 METRICS = ("FPR95", "FPR95_OOD", "AUROC", "AUPR_IN", "AUPR_OUT")
-LOWER_IS_BETTER = {"FPR95", "FPR95_OOD"}
+LOWER_IS_BETTER = {"FPR95", "FPR95_OOD", "FPR95_MCM"}
 
 
 def _check(name: str, scores: np.ndarray) -> np.ndarray:
@@ -59,8 +60,54 @@ def average_precision(positive: np.ndarray, negative: np.ndarray) -> float:
     return float(np.sum(recall_step * precision))
 
 
-def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
-    """All metrics as fractions in [0, 1]: FPR95 (ID positive), FPR95_OOD (OOD positive), AUROC, AUPR_IN/OUT."""
+def _curve(positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """True and false positives accepted at each distinct threshold, highest threshold first (ties enter together)."""
+    scores = np.concatenate([positive, negative])
+    order = np.argsort(-scores, kind="stable")
+    is_positive = np.r_[np.ones(positive.size), np.zeros(negative.size)][order]
+    last_of_value = np.r_[np.flatnonzero(np.diff(scores[order])), scores.size - 1]
+    true_pos = np.cumsum(is_positive)[last_of_value]
+    return true_pos, last_of_value + 1 - true_pos
+
+
+def fpr_at_closest_recall(positive: np.ndarray, negative: np.ndarray, recall: float = 0.95) -> float:
+    """FPR95 as the CLIP-OOD papers' code computes it (MCM, NegLabel; Hendrycks' fpr_and_fdr_at_recall): at the
+    threshold whose recall is closest to `recall`, the lowest such threshold among equals.
+
+    It differs from `fpr_at_tpr` in two ways: on a plateau of equal recall it also accepts the negatives that score
+    between the positives (so it is >= ours when recall · n is an integer), and the closest recall may lie below
+    `recall` (then it may be lower). Both vanish as the number of positives grows.
+    """
+    positive, negative = _check("ID", positive), _check("OOD", negative)
+    true_pos, false_pos = _curve(positive, negative)
+    full = int(np.argmax(true_pos == positive.size))  # thresholds beyond the first with full recall are not looked at
+    distance = np.abs(true_pos[: full + 1] / positive.size - recall)
+    chosen = full - int(np.argmin(distance[::-1]))  # scanned from the lowest threshold up: the lowest wins ties
+    return float(false_pos[chosen] / negative.size)
+
+
+def aupr_trapezoid(positive: np.ndarray, negative: np.ndarray) -> float:
+    """OpenOOD's AUPR: the trapezoid area under the precision-recall curve (scikit-learn's precision_recall_curve
+    and auc, which starts the curve at recall 0, precision 1), not average precision."""
+    positive, negative = _check("ID", positive), _check("OOD", negative)
+    true_pos, false_pos = _curve(positive, negative)
+    full = int(np.argmax(true_pos == positive.size))
+    precision = np.r_[1.0, (true_pos / (true_pos + false_pos))[: full + 1]]
+    recall = np.r_[0.0, (true_pos / positive.size)[: full + 1]]
+    return float(np.sum(np.diff(recall) * (precision[1:] + precision[:-1]) / 2))
+
+
+# Metrics that follow one codebase's definition, asked for by name (--extra-metrics, or a paper preset).
+EXTRA_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "FPR95_MCM": lambda i, o: fpr_at_closest_recall(i, o, 0.95),  # ID positive, MCM's/NegLabel's rule
+    "AUPR_IN_OPENOOD": aupr_trapezoid,  # ID positive
+    "AUPR_OUT_OPENOOD": lambda i, o: aupr_trapezoid(-o, -i),  # OOD positive
+}
+
+
+def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray, extra: Sequence[str] = ()) -> dict[str, float]:
+    """All metrics as fractions in [0, 1]: FPR95 (ID positive), FPR95_OOD (OOD positive), AUROC, AUPR_IN/OUT, and
+    any `extra` ones named from EXTRA_METRICS."""
     id_scores, ood_scores = _check("ID", id_scores), _check("OOD", ood_scores)
     return {
         "FPR95": fpr_at_tpr(id_scores, ood_scores, 0.95),
@@ -68,6 +115,7 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, floa
         "AUROC": auroc(id_scores, ood_scores),
         "AUPR_IN": average_precision(id_scores, ood_scores),
         "AUPR_OUT": average_precision(-ood_scores, -id_scores),
+        **{name: EXTRA_METRICS[name](id_scores, ood_scores) for name in extra},
     }
 
 

@@ -17,4 +17,6 @@ class EvalOptions:
     workers: int = 4
     bootstrap: int = 0
     seed: int = 0
-    neg_words: str | None = None  # candidate labels of negative-label scores; None: the shipped WordNet list
+    neg_words: str | None = None  # candidate labels of negative-label scores; None: the shipped WordNet pool
+    extra_metrics: Sequence[str] = ()  # EXTRA_METRICS names (one codebase's definitions)
+    neg_groups: int = 100  # NegLabel's random groups of negatives (the release: 100; 1 = ungrouped)

@@ -66,8 +66,15 @@ def plan(requested: Sequence[str], exp: Experiment) -> list[str]:
     return runnable
 
 
-def resolve_ood_sets(id_name: str, requested: Sequence[str] | None, data: DataOptions) -> list[LoadedDataset]:
-    """OOD test sets: those named (each must be available) or the ID set's defaults (missing ones skipped)."""
+def resolve_ood_sets(
+    id_name: str, requested: Sequence[str] | None, data: DataOptions, resize: bool = True,
+    splits: dict[str, str] | None = None,
+) -> list[LoadedDataset]:  # fmt: skip
+    """OOD test sets: those named (each must be available) or the ID set's defaults (missing ones skipped), prepared
+    as the ID benchmark's protocol says (CIFAR: SVHN's first 1,000 per class; every image 32 x 32 unless `resize`
+    is off). `splits` reads another split of a set (MCM's ImageNet-20 protocol: ImageNet-10's train split)."""
+    protocol = get_spec(id_name).ood_protocol
+    size = protocol.resolution if resize else None
     names = list(requested) if requested else [n for n in get_spec(id_name).ood if n != id_name]
     if not names:
         raise UserError(f"'{id_name}' has no default OOD sets; name some with --out")
@@ -76,7 +83,8 @@ def resolve_ood_sets(id_name: str, requested: Sequence[str] | None, data: DataOp
     loaded = []
     for name in names:
         try:
-            loaded.append(data.load(name, "test"))
+            split = (splits or {}).get(name, "test")
+            loaded.append(data.load(name, split, resize=size, per_class=protocol.per_class.get(name)))
         except UserError as err:
             if requested:
                 raise
@@ -186,12 +194,13 @@ def score(exp: Experiment, encoded: Encoded, scores: Sequence[str]) -> Evaluatio
     return result
 
 
-def measure(result: Evaluation, bootstrap: int = 0, seed: int = 0) -> Evaluation:
-    """Metrics of every (score, OOD set) pair, with bootstrap intervals if asked; fills `result` in place."""
+def measure(result: Evaluation, bootstrap: int = 0, seed: int = 0, extra: Sequence[str] = ()) -> Evaluation:
+    """Metrics of every (score, OOD set) pair (`extra`: EXTRA_METRICS names), with bootstrap intervals if asked;
+    fills `result` in place."""
     for label, per_set in result.scores.items():
         for ood_name, (id_scores, ood_scores) in per_set.items():
             try:
-                result.metrics.setdefault(label, {})[ood_name] = ood_metrics(id_scores, ood_scores)
+                result.metrics.setdefault(label, {})[ood_name] = ood_metrics(id_scores, ood_scores, extra)
                 if bootstrap:
                     result.intervals.setdefault(label, {})[ood_name] = bootstrap_intervals(
                         id_scores, ood_scores, bootstrap, seed
@@ -204,4 +213,5 @@ def measure(result: Evaluation, bootstrap: int = 0, seed: int = 0) -> Evaluation
 def evaluate(exp: Experiment, scores: Sequence[str], encoded: Encoded | None = None) -> Evaluation:
     """encode (unless given) -> score -> measure."""
     encoded = encoded if encoded is not None else encode(exp, scores)
-    return measure(score(exp, encoded, scores), exp.options.bootstrap, exp.options.seed)
+    options = exp.options
+    return measure(score(exp, encoded, scores), options.bootstrap, options.seed, options.extra_metrics)

@@ -23,10 +23,11 @@ def table_rows(evaluation: Evaluation) -> list[dict[str, Any]]:
     for score, per_set in evaluation.metrics.items():
         entries = list(per_set.items())
         if len(entries) > 1:
-            entries.append((AVERAGE, {m: float(np.mean([v[m] for _, v in entries])) for m in METRICS}))
+            names = entries[0][1]
+            entries.append((AVERAGE, {m: float(np.mean([v[m] for _, v in entries])) for m in names}))
         for ood, values in entries:
             row: dict[str, Any] = {"score": score, "ood": ood}
-            row.update({m: round(100 * values[m], 2) for m in METRICS})
+            row.update({m: round(100 * v, 2) for m, v in values.items()})
             for m, (low, high) in evaluation.intervals.get(score, {}).get(ood, {}).items():
                 row[f"{m}_ci"] = f"{100 * low:.2f}-{100 * high:.2f}"
             rows.append(row)
@@ -64,9 +65,10 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_results(folder: Path, evaluation: Evaluation, metadata: dict[str, Any], plots: bool = True) -> list[Path]:
-    """Every output file of a run, each written atomically; returns their paths."""
-    rows = table_rows(evaluation)
+def write_results(folder: Path, evaluation: Evaluation, metadata: dict[str, Any], plots: bool = True,
+                  rows: list[dict[str, Any]] | None = None) -> list[Path]:  # fmt: skip
+    """Every output file of a run, each written atomically (`rows`: the table, if extended); returns their paths."""
+    rows = rows if rows is not None else table_rows(evaluation)
     written = [folder / "results.json", folder / "results.csv", folder / "results.md", folder / "scores.npz"]
     write_json(written[0], {
         "id": evaluation.id_name,

@@ -15,7 +15,7 @@ from typing import Any
 
 from utils.scores.base import InDistribution, Score
 from utils.scores.knn import KNN
-from utils.scores.label_mass import GroupOthers, KPlusOne, NegLabel, Oracle, mine_negative_labels
+from utils.scores.label_mass import GroupOthers, KPlusOne, NegativeLabels, NegLabel, Oracle, mine_negative_labels
 from utils.scores.linear_probe import ProbeEnergy, ProbeMaxLogit, ProbeMSP
 from utils.scores.mahalanobis import Mahalanobis, RelativeMahalanobis
 from utils.scores.zero_shot import MCM, Energy, MaxLogit, NegEntropy, SoftmaxVariance, ZeroShotScore
@@ -55,7 +55,8 @@ def build_score(name: str, **kwargs: Any) -> Score:
 
 def needs_text(name: str) -> bool:
     """Whether the score compares images with text (so needs a model with a text encoder)."""
-    return "text_features" in SCORES[canonical(name)].needs
+    cls = SCORES[canonical(name)]
+    return "text_features" in cls.needs or cls.reads_text
 
 
 def resolve_scores(names: Sequence[str]) -> list[str]:
@@ -69,6 +70,6 @@ def resolve_scores(names: Sequence[str]) -> list[str]:
 
 
 __all__ = [
-    "ALIASES", "SCORES", "InDistribution", "Score", "ZeroShotScore", "build_score", "canonical",
+    "ALIASES", "SCORES", "InDistribution", "NegativeLabels", "Score", "ZeroShotScore", "build_score", "canonical",
     "mine_negative_labels", "needs_text", "resolve_scores",
 ]  # fmt: skip

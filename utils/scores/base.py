@@ -34,7 +34,8 @@ class Score:
     - `inputs`: the constructor arguments a run supplies by name (utils/evaluation/inputs.py resolves each name);
     - `sweep_over`: an input of which several values are served by one `sweep` call (KNN's k);
     - `view`: which image features it scores (utils/features/images.py VIEWS);
-    - `classifier`: scores that also classify name their classifier and give its `logits`.
+    - `classifier`: scores that also classify name their classifier and give its `logits`;
+    - `reads_text`: compares images with text through its inputs rather than `needs` (so needs a text encoder).
     """
 
     needs: tuple[str, ...] = ()
@@ -42,6 +43,7 @@ class Score:
     sweep_over: str | None = None
     view: str = "global"
     classifier: str | None = None
+    reads_text: bool = False
 
     def __init__(self) -> None:
         self._fitted = False

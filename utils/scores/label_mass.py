@@ -1,6 +1,13 @@
-"""Scores from the probability mass on the ID classes when extra (OOD or negative) labels compete with them."""
+"""Scores from the probability mass on the ID classes when extra (OOD or negative) labels compete with them.
+
+Each ranks by the log-odds of that mass, lse(ID logits) − lse(extra logits) = logit(p_ID), not by p_ID itself:
+with 100× logits p_ID rounds to exactly 1.0 in float64 once the extra labels are ~0.37 cosine below the ID ones,
+and the ties then decide the metrics. The ranking is p_ID's; `id_probability` gives p_ID back where wanted.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -9,8 +16,13 @@ from utils.models import CLIP_LOGIT_SCALE  # the papers below use logits 100 · 
 from utils.scores.base import InDistribution, Score, as_array, chunks, l2_normalise
 
 
+def id_probability(log_odds: np.ndarray) -> np.ndarray:
+    """p_ID = σ(log-odds): the ID mass Σ_{k ∈ ID} softmax(·)_k that a label-mass score's value stands for."""
+    return np.exp(-np.logaddexp(0.0, -np.asarray(log_odds, dtype=np.float64)))
+
+
 class LabelMass(Score):
-    """Σ_{k ∈ ID} softmax(scale · [s_ID, s_extra])_k: how much of the prediction stays on ID labels."""
+    """logit(p_ID), p_ID = Σ_{k ∈ ID} softmax(scale · [s_ID, s_extra])_k: how much of the prediction stays on ID."""
 
     needs = ("text_features",)
     extra_name = "extra_text_features"
@@ -35,28 +47,73 @@ class LabelMass(Score):
     def _score(self, features: np.ndarray) -> np.ndarray:
         id_logits = self.logit_scale * (features @ self.id_text.T).astype(np.float64)
         extra_logits = self.logit_scale * (features @ self.extra.T).astype(np.float64)
-        everything = np.concatenate([id_logits, extra_logits], axis=1)
-        return np.exp(logsumexp(id_logits) - logsumexp(everything))
+        return logsumexp(id_logits) - logsumexp(extra_logits)
 
 
 class Oracle(LabelMass):
     """Fort et al. (NeurIPS 2021), OOD class names known ("cheating"): ID mass in a softmax over ID ∪ OOD names."""
 
     extra_name = "ood_text_features"
-    inputs = ("ood_text_features",)
+    inputs = ("ood_text_features", "logit_scale")
 
     def __init__(self, ood_text_features: object = None, logit_scale: float = CLIP_LOGIT_SCALE):
         super().__init__(ood_text_features, logit_scale)
 
 
-class NegLabel(LabelMass):
-    """NegLabel (Jiang et al., ICLR 2024): ID mass in a softmax over ID labels ∪ mined negative labels."""
+@dataclass(frozen=True)
+class NegativeLabels:
+    """What NegLabel scores against: its own ID label prompts [C, D] and the mined negatives [M, D], in the
+    released order (nouns, then adjectives, each least ID-like first)."""
 
-    extra_name = "negative_text_features"
-    inputs = ("negative_text_features",)
+    id_features: np.ndarray
+    negatives: np.ndarray
 
-    def __init__(self, negative_text_features: object = None, logit_scale: float = CLIP_LOGIT_SCALE):
-        super().__init__(negative_text_features, logit_scale)
+
+class NegLabel(Score):
+    """NegLabel (Jiang et al., ICLR 2024) as released: the ID mass of softmax(100 · [s_ID, s_group]) averaged over
+    `neg_groups` random groups of the negatives; ranked by the log-odds of that mean (see the module docstring).
+
+    As XueJiang16/NegLabel (clip_ood.py): the last M mod G negatives are dropped, the rest permuted (seeded) and cut
+    into G equal groups. neg_groups = 1 is the ungrouped score lse(ID) − lse(all negatives).
+    """
+
+    needs = ()
+    reads_text = True
+    inputs = ("negative_labels", "neg_groups", "seed", "logit_scale")
+
+    def __init__(self, negative_labels: NegativeLabels | None = None, neg_groups: int = 100, seed: int = 0,
+                 logit_scale: float = CLIP_LOGIT_SCALE):  # fmt: skip
+        super().__init__()
+        if negative_labels is None:
+            raise ValueError("NegLabel needs negative_labels (ID label prompts and mined negative labels)")
+        if neg_groups < 1:
+            raise ValueError(f"neg_groups must be at least 1, got {neg_groups}")
+        self.id_text = l2_normalise(as_array(negative_labels.id_features))
+        negatives = l2_normalise(as_array(negative_labels.negatives))
+        if negatives.ndim != 2 or len(negatives) == 0 or negatives.shape[1] != self.id_text.shape[1]:
+            raise ValueError(f"negative labels must be a non-empty [M, {self.id_text.shape[1]}] array, "
+                             f"got shape {negatives.shape}")  # fmt: skip
+        self.groups = min(neg_groups, len(negatives))
+        kept = len(negatives) - len(negatives) % self.groups
+        order = np.random.default_rng(seed).permutation(kept)
+        self.negatives = negatives[order]  # group g = rows g·size ... (g+1)·size − 1
+        self.logit_scale = float(logit_scale)
+
+    def _score(self, features: np.ndarray) -> np.ndarray:
+        id_lse = logsumexp(self.logit_scale * (features @ self.id_text.T).astype(np.float64))
+        negative = self.logit_scale * (features @ self.negatives.T).astype(np.float64)
+        log_odds = id_lse[:, None] - logsumexp(negative.reshape(len(features), self.groups, -1), axis=2)
+        return mean_probability_log_odds(log_odds)
+
+    def details(self) -> dict[str, float]:
+        return {"neg_groups": self.groups, "negatives": len(self.negatives)}
+
+
+def mean_probability_log_odds(log_odds: np.ndarray) -> np.ndarray:
+    """logit(mean_g σ(z_g)) per row, in log space: = z when there is one column; never rounds to ±inf or ties."""
+    log_p = logsumexp(-np.logaddexp(0.0, -log_odds))  # log Σ_g σ(z_g)
+    log_not_p = logsumexp(-np.logaddexp(0.0, log_odds))  # log Σ_g (1 − σ(z_g))
+    return log_p - log_not_p
 
 
 def mine_negative_labels(
@@ -75,7 +132,7 @@ def mine_negative_labels(
             for block in chunks(candidate_text_features)
         ]
     )
-    keep = max(1, round(fraction * len(eta)))
+    keep = max(1, int(fraction * len(eta)))  # floor, as the release
     return np.argsort(eta, kind="stable")[:keep]
 
 
@@ -92,7 +149,9 @@ class KPlusOne(LabelMass):
 class GroupOthers(Score):
     """MOS (Huang & Li, CVPR 2021): −min_g p_others(g), p from each group's softmax over its classes + "others".
 
-    `groups` lists each group's class names, `classnames` the ID classes in prompt order.
+    Ranked, without saturation, by max_g [lse(group g's class logits) − others_g logit] = max_g logit(1 − p_others(g)),
+    which orders images exactly as −min_g p_others(g). `groups` lists each group's class names, `classnames` the ID
+    classes in prompt order.
     """
 
     needs = ("text_features",)
@@ -119,8 +178,5 @@ class GroupOthers(Score):
     def _score(self, features: np.ndarray) -> np.ndarray:
         class_logits = self.logit_scale * (features @ self.id_text.T).astype(np.float64)
         others_logits = self.logit_scale * (features @ self.others.T).astype(np.float64)
-        p_others = [
-            np.exp(others_logits[:, g] - logsumexp(np.c_[class_logits[:, members], others_logits[:, g]]))
-            for g, members in enumerate(self.groups)
-        ]
-        return -np.min(np.stack(p_others, axis=1), axis=1)
+        log_odds = [logsumexp(class_logits[:, members]) - others_logits[:, g] for g, members in enumerate(self.groups)]
+        return np.max(np.stack(log_odds, axis=1), axis=1)

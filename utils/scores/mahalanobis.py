@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.linalg import pinvh  # what sklearn.covariance.EmpiricalCovariance inverts with
 
 from utils.scores.base import CHUNK, InDistribution, Score, as_array, chunks
 
@@ -19,36 +21,52 @@ class ClassGaussians:
 
 
 def fit_class_gaussians(features: object, labels: np.ndarray, chunk: int = CHUNK) -> ClassGaussians:
-    """Class means and covariances from running sums: exact for any chunking (unlike per-batch means)."""
+    """Class means, then centred covariances in a second streamed pass, inverted like scikit-learn's.
+
+    Centring before the outer products (rather than E[xxᵀ] − μμᵀ) keeps the null space at round-off of the
+    data, and scipy's `pinvh` drops eigenvalues below max|λ| · D · eps, as sklearn's EmpiricalCovariance
+    does; the plain pseudo-inverse turned eigenvalues of ~1e-17 into precision entries of ~1e16 whenever
+    N − C < D (fewer training images than dimensions).
+    """
     labels = np.asarray(labels, dtype=np.int64)
-    classes = int(labels.max()) + 1
-    if labels.min() < 0:
+    if len(labels) == 0 or labels.min() < 0:
         raise ValueError("Mahalanobis scores need labelled training features (labels >= 0)")
+    classes = int(labels.max()) + 1
     dim = as_array(features[:1]).shape[1]
     sums, counts = torch.zeros((classes, dim), dtype=torch.float64), np.bincount(labels, minlength=classes)
-    second = np.zeros((dim, dim))
-    start = 0
-    for block in chunks(features, chunk):
-        block = block.astype(np.float64)
-        sums.index_add_(
-            0, torch.from_numpy(labels[start : start + len(block)]), torch.from_numpy(block)
-        )  # 2.5x np.add.at
-        second += block.T @ block
-        start += len(block)
+    for block, rows in _blocks(features, labels, chunk):
+        sums.index_add_(0, torch.from_numpy(rows), torch.from_numpy(block))  # 2.5x np.add.at
     sums, counts = sums.numpy(), counts.astype(np.float64)
     if np.any(counts == 0):
         raise ValueError(f"classes without training features: {np.flatnonzero(counts == 0).tolist()[:10]}")
     n = counts.sum()
-    means = sums / counts[:, None]
-    within = (second - (means * counts[:, None]).T @ means) / n  # Σ_i (x_i − μ_{y_i})(x_i − μ_{y_i})ᵀ / N
-    background_mean = sums.sum(axis=0) / n
-    total = second / n - np.outer(background_mean, background_mean)
+    means, background_mean = sums / counts[:, None], sums.sum(axis=0) / n
+    within, total = np.zeros((dim, dim)), np.zeros((dim, dim))
+    for block, rows in _blocks(features, labels, chunk):
+        centred = block - means[rows]
+        within += centred.T @ centred
+        centred = block - background_mean
+        total += centred.T @ centred
+    if n - classes < dim:
+        warnings.warn(
+            f"Mahalanobis: {int(n)} training features in {classes} classes span at most {int(n) - classes} of "
+            f"{dim} dimensions; the covariance is singular and is pseudo-inverted on its span (scores from few "
+            f"images are noisy: use more training images than dimensions for the published protocol)",
+            stacklevel=2,
+        )
     return ClassGaussians(
         means=means,
-        precision=np.linalg.pinv(within, hermitian=True),
+        precision=pinvh(within / n),
         background_mean=background_mean,
-        background_precision=np.linalg.pinv(total, hermitian=True),
+        background_precision=pinvh(total / n),
     )
+
+
+def _blocks(features: object, labels: np.ndarray, chunk: int):
+    start = 0
+    for block in chunks(features, chunk):
+        yield block.astype(np.float64), labels[start : start + len(block)]
+        start += len(block)
 
 
 def squared_distances(x: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:

@@ -26,7 +26,8 @@ class ScoreContract:
 
     `texts` are prompts that evaluation encodes with the checkpoint's own text tower (e.g. the K+1 method's OOD
     prompt); `values` are plain values (e.g. class groups as indices into `classnames`, so they are supplied only
-    when the ID set has exactly these classes); `logit_scale` is the learned one at the end of training.
+    when the ID set has exactly these classes); `logit_scale` is the learned one at the end of training;
+    `class_templates` the templates its class prompts were trained with (empty: not recorded).
     """
 
     method: str
@@ -34,6 +35,7 @@ class ScoreContract:
     logit_scale: float
     texts: dict[str, tuple[str, ...]] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
+    class_templates: tuple[str, ...] = ()
 
     @property
     def inputs(self) -> set[str]:
@@ -52,6 +54,7 @@ class ScoreContract:
                 logit_scale=float(saved["logit_scale"]),
                 texts={str(k): tuple(str(t) for t in v) for k, v in saved.get("texts", {}).items()},
                 values=dict(saved.get("values", {})),
+                class_templates=tuple(str(t) for t in saved.get("class_templates", ())),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise UserError(f"{path}: its {CONTRACT_KEY} entry is damaged ({type(err).__name__}: {err})") from err

@@ -20,7 +20,7 @@ from utils.errors import UserError
 from utils.features.text import encode_texts
 from utils.models import CLIP_LOGIT_SCALE
 from utils.models.loading import ModelBundle
-from utils.prompts import TEMPLATE_SETS, Template, is_template, render
+from utils.prompts import TEMPLATE_SETS, Template, is_template, render, template_text
 from utils.training.checkpoints import ScoreContract
 
 DEFAULT_OOD_PROMPT = "a photo of an unknown object."
@@ -55,9 +55,12 @@ class Objective(torch.nn.Module):
     def texts(self, prompts: Sequence[str]) -> torch.Tensor:
         return encode_texts(self.bundle, prompts)
 
+    class_templates: tuple[Template, ...] = TEMPLATE_SETS["single"]  # what `class_prompts` renders
+
     def contract(self, method: str) -> ScoreContract:
         """What the checkpoint hands to the scores; subclasses that `provide` inputs add theirs."""
-        return ScoreContract(method, tuple(self.classnames), logit_scale(self.model).item())
+        templates = tuple(template_text(t) for t in self.class_templates)
+        return ScoreContract(method, tuple(self.classnames), logit_scale(self.model).item(), class_templates=templates)
 
 
 class ContrastiveObjective(Objective):
@@ -66,6 +69,10 @@ class ContrastiveObjective(Objective):
     Captions of the same class are positives of each other, never negatives: the target of image i is
     uniform over the captions in the batch that share its class (and vice versa).
     """
+
+    @property
+    def class_templates(self) -> tuple[Template, ...]:  # captions draw one of the run's templates per image
+        return tuple(self.templates)
 
     def forward(self, images, labels, aux, step_seed) -> torch.Tensor:
         rng = np.random.default_rng(step_seed)
