@@ -29,7 +29,7 @@ from utils.cli import (
 )
 from utils.data.loading import DataOptions
 from utils.data.registry import get_spec
-from utils.device import resolve_device
+from utils.device import PRECISIONS, resolve_device
 from utils.distributed import World, close, init_world, local_device, main_first
 from utils.errors import UserError
 from utils.evaluation import inputs
@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="resize interpolation: model = the model's own transform (open_clip: bicubic), "
         "bilinear = torchvision's default, as MCM's and NegLabel's code (default: model)",
     )
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="auto",
+                        help="image encoding on CUDA: auto = bf16 autocast (fp16 on GPUs without bf16), fp32, fp16, "
+                             "bf16; part of the cache key; CPU always computes in fp32 (default: auto)")  # fmt: skip
     parser.add_argument("--extra-metrics", nargs="+", choices=list(EXTRA_METRICS), default=[], metavar="NAME",
                         help=f"metrics by another codebase's definition: {', '.join(EXTRA_METRICS)} "
                              "(default: none)")  # fmt: skip
@@ -179,7 +182,8 @@ def _run(args: argparse.Namespace, world: World) -> dict:
                              f"({protocol['source']}; --no-ood-resize keeps them as they are)")  # fmt: skip
         device = local_device(resolve_device(args.device), world)
         bundle = load_model(args.model, args.pretrained, args.ckpt, device, args.model_cache_dir, args.seed)
-        exp.bundle = replace(bundle, preprocess=with_interpolation(bundle.preprocess, args.interpolation))
+        exp.bundle = replace(bundle, preprocess=with_interpolation(bundle.preprocess, args.interpolation),
+                             precision=args.precision)  # fmt: skip
     exp.cache = FeatureCache(args.cache_dir, args.feature_dtype)
     encoded = encode(exp, scores)
     if not world.main:

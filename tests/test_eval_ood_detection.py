@@ -398,3 +398,19 @@ def test_mcm_imagenet20_preset_reads_imagenet10s_train_split(tmp_path):
         write_images(root / "imagenet10_mcm" / "val" / wnid, 1, seed=80 + k, size=8)
     out = run(tmp_path, "--preset", "mcm-imagenet20", "--data-root", str(root), "--no-plots")
     assert out["samples"] == {"ID": 20, "imagenet10_mcm": 30}
+
+
+def test_neglabel_preset_runs_offline(tmp_path, imagenet_benchmark, words, capsys):
+    """The released NegLabel through the command line: per-POS mining, grouping, published columns (not comparable:
+    another model and word pool)."""
+    out = run(tmp_path, "--preset", "neglabel-imagenet", "--data-root", str(imagenet_benchmark),
+              "--neg-words", str(words), "--no-plots")  # fmt: skip
+    assert set(out["metrics"]["neglabel"]) == {"inaturalist", "sun", "places", "textures"}
+    printed = capsys.readouterr()
+    assert "not comparable: model tiny (published: ViT-B-16); pretrained none (published: openai); another word " \
+           "pool (--neg-words)" in printed.out  # fmt: skip
+    assert "preset neglabel-imagenet: the 100 groups come from numpy's seeded permutation" in printed.err
+    mined = (tmp_path / "out" / "neglabel_words.txt").read_text().splitlines()
+    assert [line.split("\t")[1] for line in mined] == ["noun"] * 3 + ["adj"] * 2
+    rows = {r["ood"]: r for r in csv.DictReader((tmp_path / "out" / "results.csv").open())}
+    assert float(rows["average"]["AUROC_published"]) == 94.21 and "FPR95_MCM" in rows["textures"]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from utils.data import load_dataset
+from utils.errors import UserError
 from utils.features.images import feature_key, image_features
 from utils.features.store import FeatureCache
 from utils.features.text import encode_texts, text_embeddings
@@ -275,6 +276,37 @@ def test_key_separates_architecture_and_precision(tiny, digits):
         dataclasses.replace(tiny, architecture="other"), digits, "float16"
     )
     assert precision_tag(torch.device("cpu")) == "fp32"
+
+
+def test_precision_and_interpolation_enter_the_key(tiny, digits):
+    """What a paper's preset asks for (fp32 or fp16 on CUDA, a bilinear resize) changes the features: and the key."""
+    import dataclasses
+
+    from torchvision.transforms import InterpolationMode, Resize
+
+    from utils.device import autocast_dtype, precision_tag
+    from utils.models.preprocess import with_interpolation
+
+    cuda = torch.device("cuda")  # no GPU needed: the dtype is decided, not used
+    assert (autocast_dtype(cuda, "fp32"), autocast_dtype(cuda, "fp16"), autocast_dtype(cuda, "bf16")) == (
+        None, torch.float16, torch.bfloat16)  # fmt: skip
+    assert autocast_dtype(torch.device("cpu"), "fp16") is None  # CPU computes in full precision
+    assert precision_tag(cuda, "fp32") != precision_tag(cuda, "fp16")
+    with pytest.raises(UserError, match="unknown precision 'fp8'"):
+        autocast_dtype(cuda, "fp8")
+    bilinear = with_interpolation(tiny.preprocess, "bilinear")
+    resize = next(t for t in bilinear.transforms if isinstance(t, Resize))
+    assert resize.interpolation == InterpolationMode.BILINEAR
+    assert (
+        next(t for t in tiny.preprocess.transforms if isinstance(t, Resize)).interpolation == InterpolationMode.BICUBIC
+    )
+    assert with_interpolation(tiny.preprocess, "model") is tiny.preprocess
+    changed = dataclasses.replace(tiny, preprocess=bilinear)
+    assert feature_key(changed, digits, "float16") != feature_key(tiny, digits, "float16")
+    image = digits.dataset[0][0].resize((45, 45))
+    assert not torch.equal(bilinear(image), tiny.preprocess(image))
+    with pytest.raises(UserError, match="no Resize step"):
+        with_interpolation(lambda image: image, "bilinear")
 
 
 def test_publishing_onto_an_existing_entry_is_not_an_error(tmp_path):

@@ -40,3 +40,44 @@ def test_layout_lists_every_module():
     for path in [*ROOT.glob("*.py"), *(ROOT / "utils").rglob("*.py"), *(ROOT / "tools").glob("*.py")]:
         if path.name != "__init__.py":
             assert f" {path.name} " in f" {text} ".replace("\n", " "), path
+
+
+def test_wordnet_pool_follows_the_released_recipe(tmp_path):
+    """Head lemma of each synset, '_' as a space, lowercase, markers stripped; noun.animal and noun.food left out;
+    a word that is both parts of speech is an adjective."""
+    from tools import wordnet_pool
+
+    (tmp_path / "lexnames").write_text("00\tadj.all\t3\n03\tnoun.Tops\t1\n05\tnoun.animal\t1\n06\tnoun.artifact\t1\n"
+                                       "13\tnoun.food\t1\n")  # fmt: skip
+    licence = "  1 This software and database is being provided to you\n"
+    (tmp_path / "data.noun").write_text(licence + "00000001 03 n 01 Entity 0 000 | x\n"
+        "00000002 06 n 02 ice_cream_maker 0 freezer 0 000 | x\n00000003 05 n 01 dog 0 000 | x\n"
+        "00000004 13 n 01 bread 0 000 | x\n00000005 06 n 01 handy 0 000 | x\n")  # fmt: skip
+    (tmp_path / "data.adj").write_text(licence + "00000010 00 a 01 able 0 000 | x\n"
+                                       "00000011 00 s 02 handy 0 ready_to_hand(p) 0 000 | x\n"
+                                       "00000012 00 a 01 ablaze(p) 0 000 | x\n")  # fmt: skip
+    pool = wordnet_pool.build_pool(tmp_path, tmp_path / "lexnames")
+    assert pool == [("able", "adj"), ("handy", "adj"), ("ablaze", "adj"), ("entity", "noun"),
+                    ("ice cream maker", "noun")]  # fmt: skip
+    out = tmp_path / "pool.tsv.gz"
+    wordnet_pool.main(["--dict", str(tmp_path), "--out", str(out), "--source", "test files"])
+    from utils.data.words import load_words
+
+    assert load_words(out) == pool
+
+
+def test_shipped_pool_is_what_its_header_says():
+    import gzip
+
+    from utils.data.words import WORDNET_POOL, load_words
+
+    pool = load_words()
+    with gzip.open(WORDNET_POOL, "rt") as handle:
+        header = [line for line in handle if line.startswith("#")]
+    nouns, adjectives = [w for w, p in pool if p == "noun"], [w for w, p in pool if p == "adj"]
+    assert f"{len(nouns)} nouns, {len(adjectives)} adjectives" in "".join(header)
+    assert len(pool) == len({w for w, _ in pool}) > 70_000
+    assert sum(" " in w for w in nouns) > 20_000  # multi-word lemmas, as in the release
+    assert {"ice hockey", "power drill", "entity"} <= set(nouns)
+    assert not {"golden retriever", "brambling", "baguette"} & set(nouns)  # noun.animal, noun.food left out
+    assert all(w == w.lower() and "_" not in w for w, _ in pool)

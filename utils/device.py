@@ -9,6 +9,7 @@ import torch
 from utils.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -22,20 +23,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 on GPUs that support it, fp16 on older ones, None (full precision) on CPU."""
-    if device.type != "cuda":
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype on CUDA: `auto` = bf16 where supported, else fp16; `fp32` = none. CPU: none (full
+    precision), whatever is asked: what a paper's GPU run rounds to is a CUDA matter."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+    if device.type != "cuda" or precision == "fp32":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return PRECISIONS[precision]
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
     """Mixed precision for inference where it pays (CUDA), full precision elsewhere."""
-    dtype = autocast_dtype(device)
+    dtype = autocast_dtype(device, precision)
     return contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
 
 
-def precision_tag(device: torch.device) -> str:
+def precision_tag(device: torch.device, precision: str = "auto") -> str:
     """How features computed on `device` are rounded; part of the feature cache key."""
-    dtype = autocast_dtype(device)
+    dtype = autocast_dtype(device, precision)
     return "fp32" if dtype is None else f"autocast-{str(dtype).removeprefix('torch.')}"

@@ -110,8 +110,9 @@ def _ood_class_names(exp: Experiment, encoded: Encoded) -> PerSet:
     for data in exp.ood_sets:
         if data.classnames:
             values[data.name] = text_embeddings(exp.bundle, data.classnames, exp.options.templates)
-        else:
-            exp.notes.append(f"skipped {data.name}: an unlabelled set, no class names to compete with the ID ones")
+    unlabelled = [data.name for data in exp.ood_sets if not data.classnames]
+    if unlabelled:
+        exp.notes.append(f"skipped {', '.join(unlabelled)}: unlabelled, no class names to compete with the ID ones")
     return values
 
 

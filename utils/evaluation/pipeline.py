@@ -80,6 +80,9 @@ def resolve_ood_sets(
         raise UserError(f"'{id_name}' has no default OOD sets; name some with --out")
     for name in names:
         get_spec(name)  # unknown names fail before any download starts
+    stray = sorted(set(splits or {}) - set(names))
+    if stray:
+        raise UserError(f"--ood-split names {', '.join(stray)}, which is not among the OOD sets ({', '.join(names)})")
     loaded = []
     for name in names:
         try:

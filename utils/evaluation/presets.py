@@ -15,8 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import UserError
+from utils.scores import ALIASES, SCORES, canonical
 
 PRESETS_DIR = Path(__file__).parents[2] / "configs" / "presets"
+# Arguments that, when set, make a run's numbers differ from the paper's whatever the preset fixes.
+NOT_COMPARABLE_WHEN_SET = {"ckpt": "other weights (--ckpt)", "limit": "a subset of the data (--limit)",
+                           "neg_words": "another word pool (--neg-words)"}  # fmt: skip
+UNORDERED = {"score", "out", "extra_metrics", "ood_split"}  # list arguments whose order does not matter
 
 
 @dataclass(frozen=True)
@@ -57,11 +62,18 @@ def apply_preset(preset: Preset, values: dict[str, Any], given: set[str], flags:
     if unknown:
         raise UserError(f"preset {preset.name} sets unknown arguments {unknown}")
     for key, value in preset.settings.items():
-        if key in given and values[key] != value:
+        if key in given and _normal(key, values[key]) != _normal(key, value):
             raise UserError(f"--preset {preset.name} sets {flags.get(key, key)} {_shown(value)}; it conflicts with "
                             f"{flags.get(key, key)} {_shown(values[key])} given here: drop one of them")  # fmt: skip
     defaults = {k: v for k, v in preset.defaults.items() if k not in given}
     return {**values, **defaults, **preset.settings}
+
+
+def _normal(key: str, value: Any) -> Any:
+    """A value as compared with a preset's: score names canonical, order-free lists as sets."""
+    if key == "score":  # case-insensitive, with aliases; an unknown name is reported later, by the score registry
+        value = [canonical(v) if v.lower() in ALIASES or v.lower() in SCORES else v for v in value]
+    return frozenset(value) if key in UNORDERED and isinstance(value, list) else value
 
 
 def _shown(value: Any) -> str:
@@ -69,9 +81,10 @@ def _shown(value: Any) -> str:
 
 
 def comparable(preset: Preset, values: dict[str, Any]) -> str | None:
-    """Why this run's numbers cannot be compared with the published ones (another model or weights), or None."""
+    """Why this run's numbers cannot be compared with the published ones (another model, weights, data), or None."""
     pairs = preset.defaults.items()
     different = [f"{k} {values.get(k)} (published: {v})" for k, v in pairs if values.get(k) != v]
+    different += [why for key, why in NOT_COMPARABLE_WHEN_SET.items() if values.get(key) is not None]
     return "; ".join(different) or None
 
 

@@ -63,7 +63,7 @@ def feature_key(bundle: ModelBundle, data: LoadedDataset, dtype: str, view: str 
             "model": bundle.name,
             "architecture": bundle.architecture,  # activation etc.: QuickGELU and GELU share weights, not features
             "weights": bundle.fingerprint,
-            "precision": precision_tag(bundle.device),
+            "precision": precision_tag(bundle.device, bundle.precision),
             "preprocess": describe_transform(bundle.preprocess),
             "dataset": data.identity,
             "dtype": dtype,
@@ -129,7 +129,7 @@ def _encode(bundle: ModelBundle, encoder: View, data: LoadedDataset, shard: Shar
             if batch.images is None:
                 shard.write(np.zeros(0, np.int64), np.zeros((0, shard.features.shape[1])), np.zeros(0), count, skipped)
             else:
-                with autocast(bundle.device):
+                with autocast(bundle.device, bundle.precision):
                     out = encoder.encode(bundle, batch.images.to(bundle.device, non_blocking=True))
                 out = F.normalize(out.float(), dim=-1).cpu().numpy()
                 shard.write(batch.indices.numpy(), out, batch.labels.numpy(), count, skipped)

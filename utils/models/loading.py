@@ -48,6 +48,7 @@ class ModelBundle:
     embed_dim: int
     architecture: str = ""  # hash of the module tree (layers, activations): same weights, other net, other key
     train_preprocess: Callable | None = None  # the model's training transform (random crops etc.), for fine-tuning
+    precision: str = "auto"  # image-feature extraction's autocast on CUDA (utils/device.py PRECISIONS)
 
     @property
     def has_text(self) -> bool:
