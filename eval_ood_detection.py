@@ -38,7 +38,9 @@ from utils.evaluation.options import EvalOptions
 from utils.evaluation.pipeline import encode, evaluate, plan, resolve_ood_sets
 from utils.evaluation.presets import apply_preset, comparable, list_presets, load_preset, with_published
 from utils.evaluation.report import markdown_table, table_rows, write_results
+from utils.features.images import PIPELINES
 from utils.features.store import FeatureCache
+from utils.models.compile import compile_image_tower
 from utils.models.loading import check_model_name, load_model
 from utils.models.preprocess import INTERPOLATIONS, with_interpolation
 from utils.prompts import TEMPLATE_SETS, load_templates
@@ -118,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=list(PRECISIONS), default="auto",
                         help="image encoding on CUDA: auto = bf16 autocast (fp16 on GPUs without bf16), fp32, fp16, "
                              "bf16; part of the cache key; CPU always computes in fp32 (default: auto)")  # fmt: skip
+    parser.add_argument("--pipeline", choices=list(PIPELINES), default="auto",
+                        help="image decoding: tensor = file bytes to the device, JPEGs decoded there in batches "
+                             "(nvJPEG on CUDA) and preprocessed as tensors; pil = decoded and preprocessed by the "
+                             "loader workers; auto = tensor on CUDA, pil on CPU (default: auto)")  # fmt: skip
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the image tower for extraction (falls back to eager, with a warning, "
+                             "where it fails) (default: off)")  # fmt: skip
     parser.add_argument("--extra-metrics", nargs="+", choices=list(EXTRA_METRICS), default=[], metavar="NAME",
                         help=f"metrics by another codebase's definition: {', '.join(EXTRA_METRICS)} "
                              "(default: none)")  # fmt: skip
@@ -183,7 +192,9 @@ def _run(args: argparse.Namespace, world: World) -> dict:
         device = local_device(resolve_device(args.device), world)
         bundle = load_model(args.model, args.pretrained, args.ckpt, device, args.model_cache_dir, args.seed)
         exp.bundle = replace(bundle, preprocess=with_interpolation(bundle.preprocess, args.interpolation),
-                             precision=args.precision)  # fmt: skip
+                             precision=args.precision, pipeline=args.pipeline)  # fmt: skip
+        if args.compile:
+            compile_image_tower(exp.bundle)
     exp.cache = FeatureCache(args.cache_dir, args.feature_dtype)
     encoded = encode(exp, scores)
     if not world.main:

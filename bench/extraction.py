@@ -9,6 +9,7 @@ python -m bench.extraction --device cuda --model ViT-B-16 --images 4096 --batch-
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import tempfile
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from bench.common import median_seconds, parser, report
 from utils.data import load_dataset
@@ -24,6 +26,7 @@ from utils.device import autocast
 from utils.features.images import extract, feature_key
 from utils.features.store import FeatureCache
 from utils.models.loading import load_model
+from utils.models.preprocess import TensorPreprocess
 
 
 def write_jpegs(folder: Path, count: int, size: tuple[int, int], seed: int = 0) -> None:
@@ -69,6 +72,30 @@ def gpu_rows(device: str, repeats: int, batch_size: int = 256, batches: int = 20
     return rows
 
 
+PIPELINES = ("pil", "tensor")
+
+
+def pil_only(data, bundle, repeats: int) -> float:
+    """Seconds to decode and preprocess every image with PIL in this process: the PIL pipeline's per-core limit."""
+    return median_seconds(lambda: [bundle.preprocess(data.dataset[i][0]) for i in range(len(data.dataset))],
+                          repeats)[0]  # fmt: skip
+
+
+def tensor_only(data, bundle, batch_size: int, repeats: int) -> float:
+    """Seconds to decode (decode_jpeg, batched, on the bundle's device) and preprocess every image as tensors."""
+    files = [bytearray(Path(path).read_bytes()) for path, _ in data.dataset.samples]
+    preprocess = TensorPreprocess(bundle.preprocess)
+
+    def run() -> None:
+        for start in range(0, len(files), batch_size):
+            raw = [torch.frombuffer(f, dtype=torch.uint8) for f in files[start : start + batch_size]]
+            preprocess(decode_jpeg(raw, mode=ImageReadMode.RGB, device=bundle.device))
+        if bundle.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return median_seconds(run, repeats)[0]
+
+
 @torch.no_grad()
 def matches_direct_encoding(bundle, data, cache: FeatureCache, count: int = 4) -> bool:
     """The pipeline's cached rows against encode_image on the first images, loaded and preprocessed directly."""
@@ -101,26 +128,36 @@ def main(argv: Sequence[str] | None = None) -> str:
         forward_only(bundle, 1, batch_size, size)  # warm-up
         forward, _ = median_seconds(lambda: forward_only(bundle, batches, batch_size, size), repeats)
         rows.append(["forward pass only (batches in memory)", "-", batches * batch_size / forward])
-        runs = itertools.count()
-        for n_workers in workers:
+        runs, first_cache = itertools.count(), {}
+        for kind, n_workers in itertools.product(PIPELINES, workers):
+            chosen = dataclasses.replace(bundle, pipeline=kind)
 
-            def pipeline(n_workers: int = n_workers) -> None:
+            def pipeline(chosen=chosen, n_workers: int = n_workers) -> None:
                 cache = FeatureCache(Path(tmp) / f"cache-{next(runs)}")  # a fresh cache: no hits
-                extract(bundle, data, cache, feature_key(bundle, data, cache.dtype), batch_size, n_workers)
+                first_cache.setdefault(chosen.pipeline, cache)
+                extract(chosen, data, cache, feature_key(chosen, data, cache.dtype), batch_size, n_workers)
 
             seconds, _ = median_seconds(pipeline, repeats)
-            rows.append(["whole pipeline (decode, preprocess, model, cache write)", n_workers, count / seconds])
+            rows.append(
+                [f"whole pipeline, {kind} (decode, preprocess, model, cache write)", n_workers, count / seconds]
+            )
+        rows.append(["PIL decode + preprocess alone, one process", "-", count / pil_only(data, bundle, repeats)])
+        rows.append([f"decode_jpeg + tensor preprocess alone, batched on {args.device}", "-",
+                     count / tensor_only(data, bundle, batch_size, repeats)])  # fmt: skip
         # The forward pass again, after: on a shared machine the rate drifts; the faster one is the reference.
         again, _ = median_seconds(lambda: forward_only(bundle, batches, batch_size, size), repeats)
         rows.append(["forward pass only, measured again after the pipeline", "-", batches * batch_size / again])
         forward_rate = batches * batch_size / min(forward, again)
         rows = [[*r, r[2] / forward_rate] if len(r) == 3 else r for r in rows]
-        same = matches_direct_encoding(bundle, data, FeatureCache(Path(tmp) / "cache-0"))
+        same = matches_direct_encoding(dataclasses.replace(bundle, pipeline="pil"), data, first_cache["pil"])
+        same_tensor = matches_direct_encoding(dataclasses.replace(bundle, pipeline="tensor"), data,
+                                              first_cache["tensor"])  # fmt: skip
     rows += gpu_rows(args.device, repeats)
     notes = [
         f"{model} with random weights on {args.device}, batch {batch_size}, {count} JPEGs of 500x375, "
         f"median of {repeats} repeat(s).",
-        f"Cached features equal the model's output on the same images, preprocessed by hand: {same}.",
+        f"Cached features equal the model's output on the same images, preprocessed by hand (PIL): {same}; "
+        f"through the tensor pipeline: {same_tensor}.",
     ]
     header = ["what runs", "loader workers", "images / s", "share of the faster forward-only rate"]
     return report("Extraction", header, rows,

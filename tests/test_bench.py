@@ -13,10 +13,12 @@ BENCHES = sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if m.name 
 CHECKS = {
     "extraction": [
         "| forward pass only (batches in memory) | - |",
-        "| whole pipeline (decode, preprocess, model, cache write) | 0 |",
+        "| whole pipeline, pil (decode, preprocess, model, cache write) | 0 |",
+        "| whole pipeline, tensor (decode, preprocess, model, cache write) | 0 |",
+        "(PIL): True; through the tensor pipeline: True.",
     ],
     "full_table": ["Both ways give identical metrics: True."],
-    "knn": ["(within 1e-3)", "sweep vs single search: 0.0e+00"],
+    "knn": ["(within 1e-3)", "sweep vs single search: 0.0e+00", "resident search:", "not measured (no GPU)"],
     "mahalanobis": ["| True | True |"],
 }
 

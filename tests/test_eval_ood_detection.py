@@ -273,8 +273,22 @@ def test_torchrun_extraction_matches_one_process(tmp_path):
 
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ["eval_ood_detection.py", "--in", "digits", *TINY, "--score", "mcm", "knn", "--limit", "150",
-            "--batch-size", "32", "--no-plots"]  # fmt: skip
+    args = [
+        "eval_ood_detection.py",
+        "--in",
+        "digits",
+        *TINY,
+        "--score",
+        "mcm",
+        "knn",
+        "--limit",
+        "150",
+        "--batch-size",
+        "32",
+        "--no-plots",
+        "--device",
+        "cpu",
+    ]  # fmt: skip  (two ranks: CPU even beside a GPU)
     torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node=2", "--standalone"]
     runs = {"one": [sys.executable], "two": torchrun}
     for name, launcher in runs.items():

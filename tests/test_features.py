@@ -3,11 +3,14 @@ the key, and the one text encoder against open_clip's zero-shot classifier."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from utils.data import load_dataset
 from utils.errors import UserError
@@ -435,3 +438,58 @@ def test_view_is_part_of_the_key(tiny, digits, monkeypatch):
     assert feature_key(tiny, digits, "float16") == feature_key(tiny, digits, "float16", "global")
     with pytest.raises(UserError, match="unknown feature view"):
         images.get_view("nope")
+
+
+@pytest.fixture
+def awkward_jpegs(tmp_path):
+    """500 x 375 JPEGs (baseline, progressive, grayscale, CMYK), a PNG, a truncated JPEG and a non-image."""
+    from bench.extraction import write_jpegs
+
+    folder = tmp_path / "photos"
+    write_jpegs(folder, 6, (500, 375))
+    with Image.open(folder / "00000.jpg") as image:
+        image.save(folder / "progressive.jpg", progressive=True, quality=85)
+        image.convert("L").save(folder / "gray.jpg")
+        image.convert("CMYK").save(folder / "cmyk.jpg")
+        image.save(folder / "lossless.png")
+    (folder / "truncated.jpg").write_bytes((folder / "00001.jpg").read_bytes()[:3000])
+    (folder / "notes.jpg").write_bytes(b"not an image at all")
+    return folder
+
+
+@pytest.mark.parametrize("name", ["digits", "photos"])
+def test_tensor_pipeline_matches_the_pil_pipeline(tiny, tmp_path, awkward_jpegs, name):
+    """Same images kept and skipped, features within cosine 0.999 of PIL's, per image; on CPU tensors, as on CUDA."""
+    import dataclasses
+
+    from utils.features.images import pipeline_of
+
+    data = load_dataset("digits", "test") if name == "digits" else load_dataset(f"folder:{awkward_jpegs}")
+    got = {}
+    for pipeline in ("pil", "tensor"):
+        bundle = dataclasses.replace(tiny, pipeline=pipeline)
+        assert pipeline_of(bundle) == pipeline
+        with pytest.warns(UserWarning) if name == "photos" else contextlib.nullcontext():
+            got[pipeline] = image_features(bundle, data, FeatureCache(tmp_path / "cache"), batch_size=4, workers=0)
+    pil, tensor = got["pil"], got["tensor"]
+    assert np.array_equal(pil.index, tensor.index) and np.array_equal(pil.labels, tensor.labels)
+    assert [s["name"] for s in pil.skipped] == [s["name"] for s in tensor.skipped]
+    if name == "photos":
+        assert sorted(Path(s["name"]).name for s in pil.skipped) == ["notes.jpg", "truncated.jpg"]
+    cosines = (np.asarray(pil.features, np.float64) * np.asarray(tensor.features, np.float64)).sum(1)
+    assert cosines.min() >= 0.999, cosines.min()
+    assert feature_key(dataclasses.replace(tiny, pipeline="tensor"), data, "float16") != feature_key(
+        dataclasses.replace(tiny, pipeline="pil"), data, "float16")  # fmt: skip
+
+
+def test_pipeline_choice(tiny):
+    import dataclasses
+
+    from utils.features.images import pipeline_of
+
+    assert pipeline_of(tiny) == "pil"  # auto on CPU
+    assert pipeline_of(dataclasses.replace(tiny, pipeline="auto", device=torch.device("cuda"))) == "tensor"
+    odd = dataclasses.replace(tiny, preprocess=lambda image: image, pipeline="tensor")
+    with pytest.raises(UserError, match="--pipeline tensor: the tensor pipeline cannot restate"):
+        pipeline_of(odd)
+    assert pipeline_of(dataclasses.replace(odd, pipeline="auto", device=torch.device("cuda"))) == "pil"

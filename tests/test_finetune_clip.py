@@ -133,8 +133,23 @@ def test_bad_inputs(tmp_path, capsys):
 def test_torchrun_two_processes(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [str(torchrun), "--nproc_per_node=2", "--standalone", "finetune_clip.py", *QUICK, "--method", "contrastive",
-           "--epochs", "1", "--out-dir", str(tmp_path / "ddp"), "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    cmd = [
+        str(torchrun),
+        "--nproc_per_node=2",
+        "--standalone",
+        "finetune_clip.py",
+        *QUICK,
+        "--method",
+        "contrastive",
+        "--epochs",
+        "1",
+        "--out-dir",
+        str(tmp_path / "ddp"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--device",
+        "cpu",
+    ]  # fmt: skip  (two ranks: CPU even beside a GPU)
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     final = torch.load(tmp_path / "ddp" / "final.pt", weights_only=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -236,3 +237,32 @@ def test_offline_cli_exits_cleanly_without_traceback(tmp_path):
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("error: pretrained weights 'ViT-B-16' / 'openai' are not in the local cache")
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_compile_falls_back_to_eager_with_one_warning(tiny):
+    """A compiler failing at the first call: one warning, then eager outputs, bit-identical; a working one is used."""
+    import dataclasses
+
+    import pytest as _pytest
+
+    from utils.models.compile import CompiledOrEager, compile_image_tower
+
+    images = torch.randn(2, 3, 32, 32)
+    expected = tiny.model.encode_image(images)
+
+    def broken(module):
+        def call(*args, **kwargs):
+            raise RuntimeError("inductor: no working C++ compiler")
+
+        return call
+
+    bundle = dataclasses.replace(tiny, model=copy.deepcopy(tiny.model))
+    compile_image_tower(bundle, compile=broken)
+    with _pytest.warns(UserWarning, match="torch.compile of the image tower failed .RuntimeError: inductor"):
+        first = bundle.model.encode_image(images)
+    assert torch.equal(first, expected) and torch.equal(bundle.model.encode_image(images), expected)
+    calls = []
+    working = dataclasses.replace(tiny, model=copy.deepcopy(tiny.model))
+    compile_image_tower(working, compile=lambda module: lambda *a, **k: calls.append(1) or module(*a, **k))
+    assert torch.equal(working.model.encode_image(images), expected) and calls == [1]
+    assert isinstance(working.model.visual, CompiledOrEager)

@@ -288,6 +288,24 @@ def test_knn_matches_brute_force(toy, k):
     assert (got <= 0).all() and np.abs(_cosine(got) - _cosine(distances[:, k - 1])).max() <= COSINE_TOLERANCE
 
 
+@pytest.mark.parametrize("k", [1, 7, 50, 150])
+def test_resident_bank_search_matches_float32_brute_force(k):
+    """The GPU path (half-precision search, float32 re-rank), run on CPU tensors (bfloat16 there): distances within
+    1e-3 of float32 brute force; in fact the same float32 similarities, since the re-rank is exact."""
+    from utils.scores.knn import distance_from_similarity, fits_on_device, top_similarities
+
+    rng = np.random.default_rng(k)
+    bank = _unit(rng.normal(size=(2000, DIM)) + 2.0 * np.eye(DIM)[rng.integers(0, 4, 2000)]).astype(np.float16)
+    queries = _unit(rng.normal(size=(120, DIM)) + 2.0 * np.eye(DIM)[rng.integers(0, 6, 120)])
+    resident = top_similarities(queries, bank, k, resident=True)
+    streamed = top_similarities(queries, bank, k, resident=False)
+    brute = np.sort(queries.astype(np.float64) @ _unit(bank.astype(np.float32)).T.astype(np.float64), axis=1)[:, ::-1]
+    assert resident.shape == (120, k)
+    assert np.abs(distance_from_similarity(resident) - distance_from_similarity(brute[:, :k])).max() < 1e-3
+    assert np.abs(resident - streamed).max() <= COSINE_TOLERANCE
+    assert not fits_on_device(10, DIM, "cpu")  # CPU: streamed, as measured fastest there
+
+
 def test_knn_sweep_is_one_search(toy, monkeypatch):
     import utils.scores.knn as knn_module
 
@@ -562,3 +580,17 @@ def _brute_force_k50(bank_path: Path, rows: np.ndarray) -> np.ndarray:
         block = bank[start : start + BANK_BLOCK].astype(np.float64)
         sims.append(queries @ (block / np.linalg.norm(block, axis=1, keepdims=True)).T)
     return -np.sort(-np.concatenate(sims, axis=1), axis=1)[:, 49]
+
+
+def test_mahalanobis_distances_in_torch_equal_numpys(toy):
+    """The GPU path (float64 torch on the score's device), run on CPU tensors: the same distances as numpy."""
+    from utils.scores.mahalanobis import distances_on, squared_distances
+
+    ind, id_feats, ood_feats, _, _ = toy
+    g = fit_class_gaussians(ind.train_features, ind.train_labels)
+    x = np.r_[id_feats, ood_feats].astype(np.float64)
+    store = {}
+    got = distances_on(store, "classes", x, g.means, g.precision, torch.device("cpu"))
+    assert np.allclose(got, squared_distances(x, g.means, g.precision), rtol=1e-12, atol=1e-12)
+    assert "classes" in store  # moved to the device once, reused by the next call
+    assert build_score("maha", device="cpu").fit(ind).device.type == "cpu"

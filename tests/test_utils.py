@@ -167,3 +167,14 @@ def test_tests_mirror_the_folders():
     folders = [p.name for p in (ROOT / "utils").iterdir() if (p / "__init__.py").is_file()]
     expected = {f"test_{name}.py" for name in [*folders, *SCRIPTS, "utils", "tools", "notebook"]}
     assert expected <= {p.name for p in (ROOT / "tests").glob("test_*.py")}
+
+
+def test_more_ranks_than_gpus_is_one_clear_error(monkeypatch):
+    """torchrun --nproc_per_node=2 on a one-GPU machine: a message, not CUDA's "invalid device ordinal"."""
+    from utils.distributed import init_world
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match=r"a process for GPU 1 but this machine has 1 GPU\(s\): use --nproc_per_node=1"):
+        init_world(torch.device("cuda"))

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from utils.errors import UserError
+
 COLLECTIVE_TIMEOUT = timedelta(hours=12)
 
 
@@ -36,6 +38,10 @@ def init_world(device: torch.device) -> World:
         return World()
     if not dist.is_initialized():
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.type == "cuda" and local_rank >= torch.cuda.device_count():
+            raise UserError(f"torchrun started a process for GPU {local_rank} but this machine has "
+                            f"{torch.cuda.device_count()} GPU(s): use --nproc_per_node={torch.cuda.device_count()} "
+                            f"or less, or --device cpu to run every process on the CPU (gloo)")  # fmt: skip
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)  # collectives run on the current device: each rank its own GPU
         # Ranks wait at barriers while rank 0 downloads, waits for another run's extraction or publishes a bank:

@@ -17,12 +17,14 @@ from tqdm import tqdm
 
 from utils.data.loaders import make_loader, sample_name
 from utils.data.loading import LoadedDataset
+from utils.data.raw import decode_batch, make_raw_loader
 from utils.device import autocast, precision_tag
 from utils.distributed import World
 from utils.errors import UserError
 from utils.features.store import CachedFeatures, FeatureCache, cache_key
 from utils.features.writer import ShardWriter, entry_writer
 from utils.models.loading import ModelBundle
+from utils.models.preprocess import TensorPreprocess
 
 SHOW_FAILURES = 5
 DEFAULT_VIEW = "global"
@@ -64,6 +66,7 @@ def feature_key(bundle: ModelBundle, data: LoadedDataset, dtype: str, view: str 
             "architecture": bundle.architecture,  # activation etc.: QuickGELU and GELU share weights, not features
             "weights": bundle.fingerprint,
             "precision": precision_tag(bundle.device, bundle.precision),
+            **({"pipeline": "tensor"} if pipeline_of(bundle) == "tensor" else {}),  # PIL: keys as before
             "preprocess": describe_transform(bundle.preprocess),
             "dataset": data.identity,
             "dtype": dtype,
@@ -115,24 +118,69 @@ def extract(
             _encode(bundle, encoder, data, shard, batch_size, workers, show=world.main)
 
 
+PIPELINES = ("auto", "pil", "tensor")
+
+
+def pipeline_of(bundle: ModelBundle) -> str:
+    """The image pipeline an extraction uses: `tensor` (bytes to the device, decoded and preprocessed there) or
+    `pil` (decoded and preprocessed by the loader workers). `auto`: tensor on CUDA, PIL on CPU (bench/extraction.py
+    measures both), PIL wherever the model's transform has a step the tensor pipeline cannot restate."""
+    if bundle.pipeline not in PIPELINES:
+        raise UserError(f"unknown image pipeline '{bundle.pipeline}'; choose one of {', '.join(PIPELINES)}")
+    if bundle.pipeline == "pil" or (bundle.pipeline == "auto" and bundle.device.type != "cuda"):
+        return "pil"
+    try:
+        TensorPreprocess(bundle.preprocess)
+    except ValueError as err:
+        if bundle.pipeline == "tensor":
+            raise UserError(f"--pipeline tensor: {err}; use --pipeline pil") from err
+        return "pil"
+    return "tensor"
+
+
+@dataclass
+class _Batch:
+    images: torch.Tensor | None  # preprocessed, on the model's device; None when every image failed
+    labels: np.ndarray
+    indices: np.ndarray
+    failures: list[tuple[int, str]]
+
+
+def _pil_batches(bundle: ModelBundle, data: LoadedDataset, rows: range, batch_size: int, workers: int):
+    loader = make_loader(data.dataset, bundle.preprocess, batch_size, workers, sampler=rows,
+                         pin_memory=bundle.device.type == "cuda")  # fmt: skip
+    for batch in loader:
+        images = None if batch.images is None else batch.images.to(bundle.device, non_blocking=True)
+        yield _Batch(images, batch.labels.numpy(), batch.indices.numpy(), batch.failures)
+
+
+def _tensor_batches(bundle: ModelBundle, data: LoadedDataset, rows: range, batch_size: int, workers: int):
+    preprocess = TensorPreprocess(bundle.preprocess)
+    for raw in make_raw_loader(data.dataset, batch_size, workers, sampler=rows):
+        images, labels, indices, failures = decode_batch(raw, bundle.device)
+        batch = preprocess(images) if images else None
+        yield _Batch(batch, np.asarray(labels, np.int64), np.asarray(indices, np.int64), failures)
+
+
 def _encode(bundle: ModelBundle, encoder: View, data: LoadedDataset, shard: ShardWriter, batch_size: int,
             workers: int, show: bool) -> None:  # fmt: skip
     rows = range(shard.next_row, shard.rows.stop)
-    loader = make_loader(data.dataset, bundle.preprocess, batch_size, workers, sampler=rows,
-                         pin_memory=bundle.device.type == "cuda")  # fmt: skip
+    batches = (_tensor_batches if pipeline_of(bundle) == "tensor" else _pil_batches)(
+        bundle, data, rows, batch_size, workers
+    )
     total, initial = len(shard.rows), shard.done
     with tqdm(total=total, initial=initial, unit="img", desc=f"features {data.name}/{data.split}",
               dynamic_ncols=True, disable=not show) as bar:  # fmt: skip
-        for batch in loader:
+        for batch in batches:
             skipped = [{"name": sample_name(data.dataset, i), "error": e} for i, e in batch.failures]
             count = len(batch.indices) + len(batch.failures)
             if batch.images is None:
                 shard.write(np.zeros(0, np.int64), np.zeros((0, shard.features.shape[1])), np.zeros(0), count, skipped)
             else:
                 with autocast(bundle.device, bundle.precision):
-                    out = encoder.encode(bundle, batch.images.to(bundle.device, non_blocking=True))
+                    out = encoder.encode(bundle, batch.images)
                 out = F.normalize(out.float(), dim=-1).cpu().numpy()
-                shard.write(batch.indices.numpy(), out, batch.labels.numpy(), count, skipped)
+                shard.write(batch.indices, out, batch.labels, count, skipped)
             bar.update(count)
 
 

@@ -49,6 +49,7 @@ class ModelBundle:
     architecture: str = ""  # hash of the module tree (layers, activations): same weights, other net, other key
     train_preprocess: Callable | None = None  # the model's training transform (random crops etc.), for fine-tuning
     precision: str = "auto"  # image-feature extraction's autocast on CUDA (utils/device.py PRECISIONS)
+    pipeline: str = "auto"  # image decoding and preprocessing: pil, tensor or auto (utils/features/images.py)
 
     @property
     def has_text(self) -> bool:

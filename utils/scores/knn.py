@@ -12,15 +12,26 @@ from utils.scores.base import InDistribution, Score, as_array, l2_normalise
 
 BANK_CHUNK = 65536  # training rows read at once: the bank is streamed from disk, never held whole
 QUERY_CHUNK = 1024  # with BANK_CHUNK, bounds the similarity block to 256 MB of float32
+RESIDENT_SHARE = 0.5  # a bank is held on a GPU when its float32 and half copies take at most this of free memory
+RESIDENT_BLOCK_BYTES = 8 << 30  # the half-precision similarity block of one query block, at most
+RERANK_BYTES = 1 << 29  # candidate rows gathered in float32 at once, at most
+RERANK_MARGIN = 64  # candidates beyond k from the half-precision search, re-ranked in float32
 
 
-def top_similarities(queries: np.ndarray, bank: object, k: int, device: str | torch.device = "cpu") -> np.ndarray:
+def top_similarities(
+    queries: np.ndarray, bank: object, k: int, device: str | torch.device = "cpu", resident: bool | None = None
+) -> np.ndarray:
     """The k largest cosine similarities of each (normalised) query to the (normalised) bank, descending.
 
-    One pass over the bank (a memory-mapped float16 file is fine): each block is read and normalised once and
-    merged into every query's running top k, so memory is O(queries · k + one block), not O(bank).
+    On a GPU the bank fits (`resident` None: decided by free memory), it is held there (ResidentBank). Otherwise one
+    pass over the bank (a memory-mapped float16 file is fine): each block is read and normalised once and merged
+    into every query's running top k, so memory is O(queries · k + one block), not O(bank).
     """
     device = torch.device(device)
+    if resident is None:
+        resident = fits_on_device(len(bank), as_array(bank[:1]).shape[1], device)
+    if resident:
+        return ResidentBank(bank, device, torch.float16 if device.type == "cuda" else torch.bfloat16).top(queries, k)
     q_all = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(device)
     best: torch.Tensor | None = None  # queries x (at most k), descending
     for block in row_blocks(bank, BANK_CHUNK):
@@ -40,6 +51,49 @@ def top_similarities(queries: np.ndarray, bank: object, k: int, device: str | to
     if best is None:
         raise ValueError("the KNN bank is empty")
     return best.cpu().numpy()
+
+
+def fits_on_device(rows: int, dim: int, device: str | torch.device) -> bool:
+    """Whether a bank of rows x dim can be held on `device` (a GPU, with headroom) in float32 and half precision."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return rows * dim * 6 <= RESIDENT_SHARE * free
+
+
+class ResidentBank:
+    """The whole bank held on the device once, normalised, in float32 and in half precision: each query block is
+    one half-precision matmul (tensor cores) and a top-(k + margin), whose candidates are re-ranked in float32, so
+    the similarities returned are float32 ones (those of the streamed search, up to summation order)."""
+
+    def __init__(self, bank: object, device: str | torch.device, half: torch.dtype = torch.float16):
+        self.device, self.half = torch.device(device), half
+        parts = []
+        for block in row_blocks(bank, BANK_CHUNK):
+            rows = torch.from_numpy(np.array(block, dtype=np.float32)).to(self.device)
+            parts.append(rows.div_(rows.norm(dim=1, keepdim=True).clamp_min(1e-12)))
+        if not parts:
+            raise ValueError("the KNN bank is empty")
+        self.rows = torch.cat(parts)
+        self.rows_half = self.rows.to(half)
+
+    def top(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """The k largest cosine similarities of each normalised query, descending: float32 [queries, k]."""
+        n, dim = self.rows.shape
+        k, wanted = min(k, n), min(k + RERANK_MARGIN, n)
+        block = int(min(4096, max(1, RESIDENT_BLOCK_BYTES // (2 * n))))
+        sub = int(max(1, RERANK_BYTES // (4 * wanted * dim)))
+        q_all = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.device)
+        out = []
+        for q0 in range(0, len(q_all), block):
+            q = q_all[q0 : q0 + block]
+            candidates = torch.topk(q.to(self.half) @ self.rows_half.T, wanted, dim=1).indices
+            for s0 in range(0, len(q), sub):  # float32 similarities of the candidates, a few queries at a time
+                rows = self.rows[candidates[s0 : s0 + sub]]  # [sub, wanted, dim]
+                exact = torch.bmm(rows, q[s0 : s0 + sub, :, None])[:, :, 0]
+                out.append(torch.topk(exact, k, dim=1).values.cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, k), np.float32)
 
 
 def distance_from_similarity(similarity: np.ndarray) -> np.ndarray:

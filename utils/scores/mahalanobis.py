@@ -70,7 +70,9 @@ def _blocks(features: object, labels: np.ndarray, chunk: int):
 
 
 def squared_distances(x: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """(x − μ_c)ᵀ P (x − μ_c) for every row of x and every mean: N x C, by expansion, no per-class loop."""
+    """(x − μ_c)ᵀ P (x − μ_c) for every row of x and every mean: N x C, by expansion, no per-class loop.
+
+    Numpy arrays or torch tensors (float64 on a GPU: its matrix products are the whole cost)."""
     xp = x @ precision
     mp = means @ precision
     return (xp * x).sum(axis=1)[:, None] - 2.0 * xp @ means.T + (mp * means).sum(axis=1)[None, :]
@@ -78,18 +80,42 @@ def squared_distances(x: np.ndarray, means: np.ndarray, precision: np.ndarray) -
 
 class _GaussianScore(Score):
     needs = ("train_features", "train_labels")
+    inputs = ("device",)
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        super().__init__()
+        self.device = torch.device(device)
 
     def _fit(self, ind: InDistribution) -> None:
         if "gaussians" not in ind.shared:
             ind.shared["gaussians"] = fit_class_gaussians(ind.train_features, ind.train_labels)
         self.g: ClassGaussians = ind.shared["gaussians"]
+        self._on_device: dict[str, torch.Tensor] = {}
+
+    def distances(self, x: np.ndarray, which: str = "classes") -> np.ndarray:
+        """Squared distances to the class means (or to the background mean), float64; on the score's device (the
+        fitted statistics are moved there once)."""
+        means, precision = ((self.g.means, self.g.precision) if which == "classes" else
+                            (self.g.background_mean[None, :], self.g.background_precision))  # fmt: skip
+        if self.device.type == "cpu":
+            return squared_distances(x, means, precision)
+        return distances_on(self._on_device, which, x, means, precision, self.device)
+
+
+def distances_on(store: dict, which: str, x: np.ndarray, means: np.ndarray, precision: np.ndarray,
+                 device: torch.device) -> np.ndarray:  # fmt: skip
+    """squared_distances in float64 torch on `device`, the (means, precision) pair kept in `store` across calls."""
+    if which not in store:
+        store[which] = (torch.from_numpy(means).to(device), torch.from_numpy(precision).to(device))
+    means_t, precision_t = store[which]
+    return squared_distances(torch.from_numpy(x).to(device), means_t, precision_t).cpu().numpy()
 
 
 class Mahalanobis(_GaussianScore):
     """Mahalanobis (Lee et al., NeurIPS 2018): −min_c (x − μ_c)ᵀ Σ⁻¹ (x − μ_c), Σ shared by the classes."""
 
     def _score(self, features: np.ndarray) -> np.ndarray:
-        return -squared_distances(features.astype(np.float64), self.g.means, self.g.precision).min(axis=1)
+        return -self.distances(features.astype(np.float64)).min(axis=1)
 
 
 class RelativeMahalanobis(_GaussianScore):
@@ -97,6 +123,4 @@ class RelativeMahalanobis(_GaussianScore):
 
     def _score(self, features: np.ndarray) -> np.ndarray:
         x = features.astype(np.float64)
-        per_class = squared_distances(x, self.g.means, self.g.precision)
-        background = squared_distances(x, self.g.background_mean[None, :], self.g.background_precision)[:, 0]
-        return -(per_class.min(axis=1) - background)
+        return -(self.distances(x).min(axis=1) - self.distances(x, "background")[:, 0])
