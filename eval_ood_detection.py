@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="softmax temperature T of mcm, energy, entropy, var (default: 1, as in MCM)",
     )
+    parser.add_argument(
+        "--gl-lambda",
+        type=float,
+        default=1.0,
+        metavar="LAMBDA",
+        help="gl_mcm = mcm + LAMBDA * l_mcm (default: 1, GL-MCM's code; its ImageNet script: 0.5)",
+    )
     parser.add_argument("--templates", default="single",
                         help=f"prompt templates: {' | '.join(TEMPLATE_SETS)} | a file with one per line "
                              "(default: single, 'a photo of a {}.')")  # fmt: skip

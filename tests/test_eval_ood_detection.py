@@ -82,7 +82,7 @@ def test_first_working_path_digits_mcm(tmp_path, capsys):
 
 
 def test_every_score_one_extraction(tmp_path, words, monkeypatch):
-    """`--score all`: one row per score x OOD set (+ averages), each dataset encoded once."""
+    """`--score all`: one row per score x OOD set (+ averages), each dataset encoded once per view."""
     write_images(tmp_path / "noise", 20, seed=3)
     noise = f"folder:{tmp_path / 'noise'}"
     calls = []
@@ -90,7 +90,8 @@ def test_every_score_one_extraction(tmp_path, words, monkeypatch):
     monkeypatch.setattr(utils.features.images, "extract", lambda *a, **k: calls.append(a[1].name) or original(*a, **k))
     summary = run(tmp_path, "--in", "digits", "--out", "digits_ood", noise, "--score", "all", "--k", "5", "20",
                   "--neg-words", str(words), "--no-plots")  # fmt: skip
-    assert sorted(calls) == sorted(["digits", "digits", "digits_ood", noise])  # ID test + train, two OOD sets
+    # ID train once (global view); ID test and the two OOD sets once per view (global, and local for l_mcm/gl_mcm)
+    assert sorted(calls) == sorted(["digits", "digits", "digits", "digits_ood", "digits_ood", noise, noise])
     without_checkpoint = [s for s in SCORES if set(requirements(s)) <= set(RESOLVERS)]  # all but kplus1 and group
     labels = [s for s in without_checkpoint if s != "knn"] + ["knn@5", "knn@20"]
     assert len(labels) == len(SCORES) - 1
@@ -397,7 +398,9 @@ def test_list_presets(capsys):
     assert "mcm-imagenet " in printed and "neglabel-imagenet" in printed and "knn-cifar10-clip" in printed
     with pytest.raises(SystemExit):
         eval_ood_detection.main(["--preset", "nope"])
-    assert "unknown preset 'nope'; known: knn-cifar10-clip, knn-cifar100-clip, mcm-imagenet" in capsys.readouterr().err
+    assert (
+        "unknown preset 'nope'; known: glmcm-imagenet, knn-cifar10-clip, knn-cifar100-clip" in capsys.readouterr().err
+    )
 
 
 def test_mcm_imagenet20_preset_reads_imagenet10s_train_split(tmp_path):
@@ -428,3 +431,27 @@ def test_neglabel_preset_runs_offline(tmp_path, imagenet_benchmark, words, capsy
     assert [line.split("\t")[1] for line in mined] == ["noun"] * 3 + ["adj"] * 2
     rows = {r["ood"]: r for r in csv.DictReader((tmp_path / "out" / "results.csv").open())}
     assert float(rows["average"]["AUROC_published"]) == 94.21 and "FPR95_MCM" in rows["textures"]
+
+
+def test_gl_mcm_end_to_end_on_patch_tokens(tmp_path, capsys):
+    """l_mcm and gl_mcm on the tiny ViT's patch tokens: the local view is extracted for the test sets only (its size
+    said first), and gl_mcm = mcm + λ · l_mcm image by image."""
+    out = run(tmp_path, "--in", "digits", "--out", "digits_ood", "--score", "mcm", "l_mcm", "gl_mcm", "--gl-lambda",
+              "0.5", "--no-plots")  # fmt: skip
+    assert set(out["metrics"]) == {"mcm", "l_mcm", "gl_mcm"}
+    err = capsys.readouterr().err
+    assert "local features of digits/test: 271 images x 65 tokens x 64 = " in err
+    assert "local features of digits/train" not in err
+    scores = np.load(tmp_path / "out" / "scores.npz")
+    for part in ("id", "ood"):
+        combined = scores[f"mcm/digits_ood/{part}"] + 0.5 * scores[f"l_mcm/digits_ood/{part}"]
+        assert np.allclose(scores[f"gl_mcm/digits_ood/{part}"], combined, atol=2e-3)  # float16 cache of both views
+
+
+def test_glmcm_preset_runs_offline(tmp_path, imagenet_benchmark):
+    out = run(tmp_path, "--preset", "glmcm-imagenet", "--data-root", str(imagenet_benchmark), "--no-plots")
+    assert set(out["metrics"]["gl_mcm"]) == {"inaturalist", "sun", "places", "textures"}
+    rows = {r["ood"]: r for r in csv.DictReader((tmp_path / "out" / "results.csv").open())}
+    assert float(rows["average"]["AUROC_published"]) == 91.51 and "FPR95_MCM_diff" in rows["inaturalist"]
+    config = json.loads((tmp_path / "out" / "results.json").read_text())["config"]
+    assert (config["gl_lambda"], config["templates"], config["precision"]) == (0.5, "mcm", "fp16")

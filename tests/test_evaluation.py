@@ -201,6 +201,11 @@ def test_plan_skips_under_all_and_refuses_when_named(experiment, capsys):
     assert "skipping kplus1: needs ood_prompt_features" in capsys.readouterr().err
     with pytest.raises(UserError, match=r"finetune_clip\.py --method kplus1"):
         plan(["mcm", "kplus1"], experiment)
+    experiment.model_name = "RN50"  # a CLIP without patch tokens: everything but the local view
+    assert set(plan(["all"], experiment)) == set(SCORES) - {"kplus1", "group", "l_mcm", "gl_mcm"}
+    assert "skipping l_mcm, gl_mcm: needs patch tokens of an open_clip ViT" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"gl_mcm needs patch tokens of an open_clip ViT \(the local view\); RN50"):
+        plan(["gl_mcm"], experiment)
     experiment.model_name = "timm:test_vit"
     assert plan(["all"], experiment) == ["knn", "maha", "rmd", "lp_msp", "lp_energy", "lp_maxlogit"]
     with pytest.raises(UserError, match="needs a text encoder"):

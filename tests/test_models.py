@@ -266,3 +266,38 @@ def test_compile_falls_back_to_eager_with_one_warning(tiny):
     compile_image_tower(working, compile=lambda module: lambda *a, **k: calls.append(1) or module(*a, **k))
     assert torch.equal(working.model.encode_image(images), expected) and calls == [1]
     assert isinstance(working.model.visual, CompiledOrEager)
+
+
+def test_patch_tokens_are_the_last_blocks_value_path(tiny):
+    """GL-MCM's local features restated token by token from the last block's weights: W_v, out_proj, the block's
+    residual and MLP, ln_post and proj; the global embedding is encode_image's."""
+    from utils.models.local_tokens import global_and_patches
+
+    visual = tiny.model.visual
+    captured = {}
+    hook = visual.transformer.resblocks[-1].register_forward_pre_hook(lambda m, args: captured.update(x=args[0]))
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected_global = tiny.model.encode_image(images)
+        pooled, patches = global_and_patches(visual, images)
+        hook.remove()
+        x = captured["x"] if visual.transformer.batch_first else captured["x"].transpose(0, 1)
+        last = visual.transformer.resblocks[-1]
+        _, _, w_v = last.attn.in_proj_weight.chunk(3)
+        _, _, b_v = last.attn.in_proj_bias.chunk(3)
+        for b in range(2):
+            for t in range(1, x.shape[1]):  # every patch token, the class token left out
+                token = x[b, t]
+                value = last.attn.out_proj.weight @ (w_v @ last.ln_1(token) + b_v) + last.attn.out_proj.bias
+                out = token + value
+                out = out + last.mlp(last.ln_2(out))
+                expected = visual.ln_post(out) @ visual.proj
+                assert torch.allclose(patches[b, t - 1], expected, atol=1e-5)
+    assert torch.equal(pooled, expected_global) and patches.shape == (2, 64, 64)
+
+
+def test_patch_tokens_need_a_clip_vit(tmp_path):
+    from utils.models.local_tokens import patch_count
+
+    with pytest.raises(UserError, match="need an open_clip ViT image tower"):
+        patch_count(torch.nn.Linear(2, 2))

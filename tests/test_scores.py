@@ -73,8 +73,18 @@ def toy():
         "groups": [["c0", "c1"], ["c2", "c3"]],
         "classnames": ["c0", "c1", "c2", "c3"],
         "others_features": _unit(np.stack([eye[4] + eye[5], eye[4] + eye[5]])),
+        "gl_lambda": 1.0,
     }
     return ind, id_feats, ood_feats, test_labels, extras
+
+
+def _in_view(name: str, features: np.ndarray, patches: int = 4) -> np.ndarray:
+    """Rows as the score's view holds them: `local` = the global embedding, then patches (here: noisy copies)."""
+    if SCORES[name].view != "local":
+        return features
+    rng = np.random.default_rng(11)
+    tokens = [features] + [_unit(features + 0.1 * rng.normal(size=features.shape)) for _ in range(patches)]
+    return np.stack(tokens, axis=1).reshape(len(features), -1)
 
 
 def _build(name: str, extras: dict, **kwargs) -> object:
@@ -97,6 +107,7 @@ def test_declarations_are_consistent(name):
 @pytest.mark.parametrize("name", sorted(SCORES))
 def test_shape_finite_and_ranking(name, toy):
     ind, id_feats, ood_feats, _, extras = toy
+    id_feats, ood_feats = _in_view(name, id_feats), _in_view(name, ood_feats)
     score = _build(name, extras).fit(ind)
     s_id, s_ood = score(id_feats), score(ood_feats)
     assert s_id.shape == (40,) and s_ood.shape == (30,)
@@ -594,3 +605,23 @@ def test_mahalanobis_distances_in_torch_equal_numpys(toy):
     assert np.allclose(got, squared_distances(x, g.means, g.precision), rtol=1e-12, atol=1e-12)
     assert "classes" in store  # moved to the device once, reused by the next call
     assert build_score("maha", device="cpu").fit(ind).device.type == "cpu"
+
+
+def test_local_scores_are_glmcms_formulas():
+    """AtsuMiyai/GL-MCM utils/detection_util.py restated: softmax over classes of cos / T per token; L-MCM the max
+    over patches and classes; GL-MCM = MCM (global token) + λ · L-MCM."""
+    rng = np.random.default_rng(12)
+    text = _unit(rng.normal(size=(5, DIM)))
+    rows = _unit(rng.normal(size=(7 * 10, DIM))).reshape(7, 10, DIM)  # 7 images: global + 9 patches
+    flat = rows.reshape(7, -1)
+    ind = InDistribution(text_features=text)
+    for temperature, lam in [(1.0, 1.0), (0.5, 0.5)]:
+        local = build_score("l_mcm", temperature=temperature).fit(ind)(flat)
+        both = build_score("gl_mcm", temperature=temperature, gl_lambda=lam).fit(ind)(flat)
+        for i in range(7):
+            exps = [np.exp(rows[i, t] @ text.T / temperature) for t in range(10)]
+            per_token = [max(e / e.sum()) for e in exps]
+            assert local[i] == pytest.approx(max(per_token[1:]), rel=1e-6)
+            assert both[i] == pytest.approx(per_token[0] + lam * max(per_token[1:]), rel=1e-6)
+    with pytest.raises(ValueError, match="not tokens of dimension"):
+        build_score("l_mcm").fit(ind)(flat[:, :-1])

@@ -24,7 +24,7 @@ from utils.evaluation.options import EvalOptions
 from utils.features.store import CachedFeatures, FeatureCache
 from utils.features.text import text_embeddings
 from utils.models import CLIP_LOGIT_SCALE
-from utils.models.loading import ModelBundle, has_text_encoder
+from utils.models.loading import ModelBundle, has_patch_tokens, has_text_encoder
 from utils.prompts import NEGLABEL_PROMPTS, template_text
 from utils.scores import SCORES, NegativeLabels, mine_negative_labels, needs_text
 from utils.training.checkpoints import ScoreContract
@@ -158,6 +158,7 @@ RESOLVERS: dict[str, Resolver] = {
     # constructor inputs (`inputs`)
     "classnames": Resolver(lambda exp, enc: list(exp.id_test.classnames), check=_check_classnames),
     "temperature": Resolver(lambda exp, enc: exp.options.temperature),
+    "gl_lambda": Resolver(lambda exp, enc: exp.options.gl_lambda),
     "seed": Resolver(lambda exp, enc: exp.options.seed),
     "device": Resolver(lambda exp, enc: exp.bundle.device),
     "k": Resolver(lambda exp, enc: _ks(exp), check=_check_ks, uses_train=True),
@@ -213,7 +214,9 @@ def needs_train(scores: Sequence[str]) -> bool:
 
 
 def unavailable(score: str, exp: Experiment) -> str | None:
-    """Why `score` cannot run in this experiment (its first missing requirement), or None."""
+    """Why `score` cannot run in this experiment (its features' view, then its first missing requirement), or None."""
+    if SCORES[score].view == "local" and not has_patch_tokens(exp.model_name):
+        return f"needs patch tokens of an open_clip ViT (the local view); {exp.model_name} has none"
     return next((reason for name in requirements(score) if (reason := resolver(name).missing(exp))), None)
 
 

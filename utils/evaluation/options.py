@@ -12,6 +12,7 @@ from utils.prompts import TEMPLATE_SETS, Template
 class EvalOptions:
     templates: Sequence[Template] = TEMPLATE_SETS["single"]
     temperature: float = 1.0
+    gl_lambda: float = 1.0  # GL-MCM's weight of the local term (its code's default; its ImageNet script: 0.5)
     k: Sequence[int] | None = None  # KNN's k values; None: the ID dataset's default
     batch_size: int = 256
     workers: int = 4

@@ -6,6 +6,7 @@ views add an entry to VIEWS and get the same cache, resume and sharding.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from utils.errors import UserError
 from utils.features.store import CachedFeatures, FeatureCache, cache_key
 from utils.features.writer import ShardWriter, entry_writer
 from utils.models.loading import ModelBundle
+from utils.models.local_tokens import global_and_patches, patch_count
 from utils.models.preprocess import TensorPreprocess
 
 SHOW_FAILURES = 5
@@ -32,18 +34,31 @@ DEFAULT_VIEW = "global"
 
 @dataclass(frozen=True)
 class View:
-    """One kind of image feature: how a batch is encoded into rows, and how wide a row is."""
+    """One kind of image feature: how a batch is encoded into rows of `tokens` embeddings, each L2-normalised."""
 
-    encode: Callable[[ModelBundle, torch.Tensor], torch.Tensor]  # (bundle, images) -> [B, dim], before normalising
-    dim: Callable[[ModelBundle], int]
+    encode: Callable[[ModelBundle, torch.Tensor], torch.Tensor]  # (bundle, images) -> [B, tokens, D], unnormalised
+    tokens: Callable[[ModelBundle], int]
     description: str
+
+    def dim(self, bundle: ModelBundle) -> int:
+        return self.tokens(bundle) * bundle.embed_dim
+
+
+def _global_and_local(bundle: ModelBundle, images: torch.Tensor) -> torch.Tensor:
+    pooled, patches = global_and_patches(bundle.model.visual, images)
+    return torch.cat([pooled[:, None], patches], dim=1)
 
 
 VIEWS: dict[str, View] = {
     DEFAULT_VIEW: View(
-        encode=lambda bundle, images: bundle.model.encode_image(images),
-        dim=lambda bundle: bundle.embed_dim,
+        encode=lambda bundle, images: bundle.model.encode_image(images)[:, None],
+        tokens=lambda bundle: 1,
         description="the pooled, projected image embedding (CLIP's image feature)",
+    ),
+    "local": View(
+        encode=_global_and_local,
+        tokens=lambda bundle: 1 + patch_count(getattr(bundle.model, "visual", None)),
+        description="the global embedding, then every projected patch token (GL-MCM's value path of the last block)",
     ),
 }
 
@@ -109,6 +124,11 @@ def extract(
     """
     world = world or World()
     encoder = get_view(view)
+    tokens = encoder.tokens(bundle)
+    if tokens > 1 and world.main:  # patch tokens: hundreds of times a global row
+        size = len(data.dataset) * encoder.dim(bundle) * np.dtype(cache.dtype).itemsize
+        print(f"{view} features of {data.name}/{data.split}: {len(data.dataset)} images x {tokens} tokens x "
+              f"{bundle.embed_dim} = {size / 2**30:.2f} GiB in the cache", file=sys.stderr)  # fmt: skip
     spec = {"rows": len(data.dataset), "dim": encoder.dim(bundle), "dtype": cache.dtype, "batch_size": batch_size,
             "world_size": world.size}  # fmt: skip
     meta = {"model": bundle.name, "weights": bundle.weights, "dataset": data.identity, "classnames": data.classnames,
@@ -179,7 +199,7 @@ def _encode(bundle: ModelBundle, encoder: View, data: LoadedDataset, shard: Shar
             else:
                 with autocast(bundle.device, bundle.precision):
                     out = encoder.encode(bundle, batch.images)
-                out = F.normalize(out.float(), dim=-1).cpu().numpy()
+                out = F.normalize(out.float(), dim=-1).flatten(1).cpu().numpy()  # each token normalised
                 shard.write(batch.indices, out, batch.labels, count, skipped)
             bar.update(count)
 

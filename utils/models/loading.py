@@ -135,6 +135,15 @@ def has_text_encoder(name: str) -> bool:
     return not name.startswith(TIMM_PREFIX)
 
 
+def has_patch_tokens(name: str) -> bool:
+    """Whether `name` is an open_clip ViT (class-token pooling), whose patch tokens the `local` view reads."""
+    if name.startswith(TIMM_PREFIX):
+        return False
+    vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
+    return isinstance(vision.get("layers"), int) and not vision.get("timm_model_name") and \
+        not vision.get("attentional_pool") and vision.get("pool_type", "tok") == "tok"  # fmt: skip
+
+
 def check_model_name(name: str) -> None:
     """Fail early, before any data is fetched, on an architecture neither open_clip nor timm knows."""
     if name.startswith(TIMM_PREFIX):

@@ -17,11 +17,14 @@ from utils.scores.base import InDistribution, Score
 from utils.scores.knn import KNN
 from utils.scores.label_mass import GroupOthers, KPlusOne, NegativeLabels, NegLabel, Oracle, mine_negative_labels
 from utils.scores.linear_probe import ProbeEnergy, ProbeMaxLogit, ProbeMSP
+from utils.scores.local import GLMCM, LocalMCM
 from utils.scores.mahalanobis import Mahalanobis, RelativeMahalanobis
 from utils.scores.zero_shot import MCM, Energy, MaxLogit, NegEntropy, SoftmaxVariance, ZeroShotScore
 
 SCORES: dict[str, type[Score]] = {
     "mcm": MCM,
+    "l_mcm": LocalMCM,
+    "gl_mcm": GLMCM,
     "mis": MaxLogit,
     "energy": Energy,
     "entropy": NegEntropy,
