@@ -219,7 +219,7 @@ def run_skimage(args: argparse.Namespace) -> dict[str, Any]:
     batch = torch.stack([bundle.preprocess(image) for image in images]).to(bundle.device)
     with autocast(bundle.device):
         image_feats = VIEWS[DEFAULT_VIEW].encode(bundle, batch)
-    image_feats = torch.nn.functional.normalize(image_feats.float(), dim=-1).cpu().numpy()
+    image_feats = torch.nn.functional.normalize(image_feats.float(), dim=-1).flatten(1).cpu().numpy()  # one token
     similarity = image_feats @ text_embeddings(bundle, descriptions, AS_IS).T
     head = text_embeddings(bundle, CIFAR100, load_templates(args.templates))
     probabilities = torch.softmax(torch.from_numpy(CLIP_LOGIT_SCALE * image_feats @ head.T), dim=1).numpy()

@@ -431,7 +431,7 @@ def test_view_is_part_of_the_key(tiny, digits, monkeypatch):
     import utils.features.images as images
     from utils.errors import UserError
 
-    patches = images.View(encode=lambda bundle, x: bundle.model.encode_image(x), dim=lambda b: b.embed_dim,
+    patches = images.View(encode=lambda bundle, x: bundle.model.encode_image(x)[:, None], tokens=lambda b: 1,
                           description="a second view, for the test")  # fmt: skip
     monkeypatch.setitem(images.VIEWS, "other", patches)
     assert feature_key(tiny, digits, "float16", "global") != feature_key(tiny, digits, "float16", "other")
