@@ -4,32 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from utils.scores.base import InDistribution, Score, as_array
+from utils.scores.zero_shot import ZeroShotScore
 
 
-class _LocalScore(Score):
-    needs = ("text_features",)
-    inputs = ("temperature",)
+class _LocalScore(ZeroShotScore):
+    """Base: the ID prompts and temperature of the zero-shot scores, on rows of the `local` view."""
+
     view = "local"
-
-    def __init__(self, temperature: float = 1.0):
-        super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = float(temperature)
-
-    def _fit(self, ind: InDistribution) -> None:
-        self.text = as_array(ind.text_features)
 
     def _max_softmax(self, tokens: np.ndarray) -> np.ndarray:
         """max_k softmax(s / T)_k of every token: [rows, tokens]."""
-        s = np.einsum("btd,kd->btk", tokens, self.text).astype(np.float64) / self.temperature
+        s = np.einsum("btd,kd->btk", tokens, self.text_features).astype(np.float64) / self.temperature
         return 1.0 / np.exp(s - s.max(axis=2, keepdims=True)).sum(axis=2)  # the top class's share
 
     def _tokens(self, rows: np.ndarray) -> np.ndarray:
-        if rows.shape[1] % self.text.shape[1]:
-            raise ValueError(f"local rows of width {rows.shape[1]} are not tokens of dimension {self.text.shape[1]}")
-        return rows.reshape(len(rows), -1, self.text.shape[1])
+        dim = self.text_features.shape[1]
+        if rows.shape[1] % dim:
+            raise ValueError(f"local rows of width {rows.shape[1]} are not tokens of dimension {dim}")
+        return rows.reshape(len(rows), -1, dim)
 
 
 class LocalMCM(_LocalScore):
