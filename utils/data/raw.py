@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
+from torchvision.datasets import DTD
 
+from utils.data.folder import ImageFiles
 from utils.data.loaders import DECODE_ERRORS, TRANSIENT_ERRNOS, _yield_to_the_model
 
 JPEG_MAGIC, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
@@ -32,10 +34,10 @@ def _file_of(dataset: Dataset, index: int) -> tuple[str, int] | None:
         return _file_of(dataset.datasets[part], index - (dataset.cumulative_sizes[part - 1] if part else 0))
     if getattr(dataset, "transform", None) is not None:
         return None
-    if type(dataset).__name__ == "ImageFiles":
+    if isinstance(dataset, ImageFiles):
         path, label = dataset.samples[index]
         return str(path), int(label)
-    if type(dataset).__name__ == "DTD":  # torchvision's: a list of files, read with PIL and nothing else
+    if isinstance(dataset, DTD):  # torchvision's: a list of files, read with PIL and nothing else
         return str(dataset._image_files[index]), int(dataset._labels[index])
     return None
 
