@@ -20,7 +20,8 @@ demo:
 test:
 	$(PYTHON) -m pytest
 
-# The four fine-tuning methods x 3 seeds on digits (about an hour on 2 CPU cores; resumable): methods_table.md
+# The six fine-tuning methods x 3 seeds on digits (about 75 min on 2 CPU cores; resumable): methods_table.md;
+# coop and locoop start from the same seed's contrastive model (frozen), 16 shots per class
 methods-table:
 	$(PYTHON) -m tools.demo table $(OUT)/methods 0 1 2
 

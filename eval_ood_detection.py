@@ -43,9 +43,9 @@ from utils.features.store import FeatureCache
 from utils.models.compile import compile_image_tower
 from utils.models.loading import check_model_name, load_model
 from utils.models.preprocess import INTERPOLATIONS, with_interpolation
-from utils.prompts import TEMPLATE_SETS, load_templates
-from utils.scores import ALIASES, SCORES
-from utils.training.checkpoints import read_contract
+from utils.prompts import TEMPLATE_SETS
+from utils.scores import ALIASES, HEADS, SCORES, listing
+from utils.training.checkpoints import class_templates, read_contract
 
 
 class _ListPresets(argparse.Action):
@@ -59,12 +59,25 @@ class _ListPresets(argparse.Action):
         parser.exit()
 
 
+class _ListScores(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        for name, description in listing():
+            print(f"{name:24} {description}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default=None, metavar="NAME",
                         help="a paper's protocol (model, sets, prompts, preprocessing, k, T, ...) from "
                              "configs/presets/NAME.json; its published numbers go beside ours")  # fmt: skip
     parser.add_argument("--list-presets", action=_ListPresets, help="print every preset and its paper, then exit")
+    parser.add_argument("--list-scores", action=_ListScores,
+                        help="print every score and its paper, and the pytorch-ood detectors that cannot run on "
+                             "cached features with the reason, then exit")  # fmt: skip
     parser.add_argument("--in", dest="id_name", default="cifar10",
                         help="ID dataset: a registry name (cifar10, cifar100, imagenet, imagenet10, imagenet20, "
                              "imagenet100, digits, ...) or folder:PATH (default: cifar10)")  # fmt: skip
@@ -91,9 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LAMBDA",
         help="gl_mcm = mcm + LAMBDA * l_mcm (default: 1, GL-MCM's code; its ImageNet script: 0.5)",
     )
-    parser.add_argument("--templates", default="single",
-                        help=f"prompt templates: {' | '.join(TEMPLATE_SETS)} | a file with one per line "
-                             "(default: single, 'a photo of a {}.')")  # fmt: skip
+    parser.add_argument("--templates", default=None,
+                        help=f"prompt templates: {' | '.join(TEMPLATE_SETS)} | a file, one per line (default: the "
+                             "--ckpt's learned prompts (coop, locoop), else single: 'a photo of a {}.')")  # fmt: skip
     parser.add_argument("--k", nargs="+", type=positive_int, default=None, metavar="K",
                         help="KNN's k, one or several (one neighbour search covers all); default: 50, "
                              "1000 for imagenet")  # fmt: skip
@@ -114,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--neg-groups", type=positive_int, default=100, metavar="G",
                         help="neglabel: average the ID mass over G random groups of the negatives (default: 100, "
                              "as released; 1: one softmax over all)")  # fmt: skip
+    parser.add_argument("--pood-head", choices=list(HEADS), default="zero_shot",
+                        help="the linear head pytorch-ood's detectors (pood:*) read: zero_shot = CLIP's classifier, "
+                             "logit_scale (100) x the class prompts, no bias; probe = the linear probe of lp_*, "
+                             "fitted on the ID train features (default: zero_shot)")  # fmt: skip
     parser.add_argument("--ood-split", nargs="+", default=[], metavar="NAME=SPLIT",
                         help="read an OOD set's other split, e.g. imagenet10_mcm=train as MCM's ImageNet-20 "
                              "protocol does (default: every OOD set's test split)")  # fmt: skip
@@ -179,8 +196,9 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     check_model_name(args.model)
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
-    options = from_args(EvalOptions, args, templates=load_templates(args.templates))
-    exp = inputs.Experiment(options, args.model, contract=read_contract(args.ckpt), world=world)
+    contract = read_contract(args.ckpt)
+    options = from_args(EvalOptions, args, templates=class_templates(args.templates, contract))
+    exp = inputs.Experiment(options, args.model, contract=contract, world=world)
     scores = plan(args.score, exp)
     for name in [args.id_name, *(args.out or [])]:
         get_spec(name)  # every name is checked before anything is downloaded
@@ -190,7 +208,7 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     data = from_args(DataOptions, args, root=args.data_root)
     with main_first(world):  # rank 0 downloads, the others then find the files
         exp.id_test = data.load(args.id_name, "test")
-        exp.id_train = data.load(args.id_name, "train") if inputs.needs_train(scores) else None
+        exp.id_train = data.load(args.id_name, "train") if inputs.needs_train(scores, options) else None
         inputs.check(scores, exp)  # every score's requirements, before any image is encoded
         exp.ood_sets = resolve_ood_sets(args.id_name, args.out, data, args.ood_resize, _ood_splits(args.ood_split))
         if (protocol := _protocol(args))["resolution"]:

@@ -45,8 +45,10 @@ from utils.features.text import text_embeddings
 from utils.models.loading import check_model_name, has_text_encoder, load_model
 from utils.models.weights import fingerprint
 from utils.prompts import TEMPLATE_SETS, load_templates
-from utils.training.clip_finetune import TrainConfig, save_model, train
-from utils.training.objectives import DEFAULT_OOD_PROMPT, DEFAULT_OTHERS_PROMPT, METHODS, load_groups
+from utils.training.clip_finetune import AUGMENTATIONS, TrainConfig, save_model, train
+from utils.training.loop import OPTIMIZERS, SCHEDULES
+from utils.training.methods import METHODS
+from utils.training.objectives import DEFAULT_OOD_PROMPT, DEFAULT_OTHERS_PROMPT, load_groups
 from utils.training.towers import FREEZE
 
 DEFAULT_AUX = {"digits": "digits_aux"}  # the offline experiment's outliers: digits 5-6
@@ -66,13 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-out", nargs="+", default=None, metavar="NAME",
                         help="the OOD sets the model will be tested on; the auxiliary pool must not overlap them "
                              "(default: the ID set's standard OOD partners)")  # fmt: skip
-    parser.add_argument("--freeze", choices=FREEZE, default="none", help="tower kept fixed (default: none)")
-    parser.add_argument("--epochs", type=positive_int, default=10, help="epochs (default: 10)")
-    parser.add_argument("--lr", type=positive_float, default=1e-5, help="AdamW learning rate (default: 1e-5)")
-    parser.add_argument(
-        "--weight-decay", type=non_negative_float, default=0.1, help="AdamW weight decay (default: 0.1)"
-    )
-    parser.add_argument("--warmup", type=float, default=0.1, help="warm-up share of all steps (default: 0.1)")
+    parser.add_argument("--freeze", choices=FREEZE, default="none",
+                        help="tower kept fixed (default: none; coop and locoop always freeze all of CLIP)")  # fmt: skip
+    parser.add_argument("--epochs", type=positive_int, default=None, help=f"epochs (default: {_defaults('epochs')})")
+    parser.add_argument("--lr", type=positive_float, default=None, help=f"learning rate (default: {_defaults('lr')})")
+    parser.add_argument("--weight-decay", type=non_negative_float, default=None,
+                        help=f"weight decay (default: {_defaults('weight_decay')})")  # fmt: skip
+    parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default=None,
+                        help=f"optimiser; sgd has momentum 0.9 (default: {_defaults('optimizer')})")  # fmt: skip
+    parser.add_argument("--schedule", choices=SCHEDULES, default=None,
+                        help="learning-rate schedule: cosine (linear warm-up over --warmup of all steps, then a "
+                             "per-step cosine) or coop (one epoch at 1e-5, then a per-epoch cosine) "
+                             f"(default: {_defaults('schedule')})")  # fmt: skip
+    parser.add_argument("--augment", choices=AUGMENTATIONS, default="method",
+                        help="training images: method = the method's paper's augmentation (coop, locoop: random "
+                             "resized crops of 8-100%% and horizontal flips), model = the model's own training "
+                             "transform (default: method; the other methods use the model's either way)")  # fmt: skip
+    parser.add_argument("--warmup", type=float, default=0.1,
+                        help="cosine schedule: warm-up share of all steps (default: 0.1)")  # fmt: skip
     parser.add_argument("--accumulate", type=positive_int, default=1, help="gradient accumulation steps (default: 1)")
     parser.add_argument("--templates", default="ensemble",
                         help=f"caption templates for contrastive: {' | '.join(TEMPLATE_SETS)} | a file (default: "
@@ -92,24 +105,65 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_OTHERS_PROMPT,
         help=f"group: the others slot's prompt, {{}} = group name (default: {DEFAULT_OTHERS_PROMPT!r})",
     )
+    parser.add_argument("--n-ctx", type=positive_int, default=16,
+                        help="coop, locoop: learned context tokens (default: 16, the papers')")  # fmt: skip
+    parser.add_argument("--ctx-init", default="",
+                        help="coop, locoop: initialise the context from these words, e.g. 'a photo of a' (their "
+                             "count sets --n-ctx) (default: random, N(0, 0.02²))")  # fmt: skip
+    parser.add_argument("--locoop-lambda", type=non_negative_float, default=0.25,
+                        help="locoop: weight of the entropy of OOD patches (default: 0.25)")  # fmt: skip
+    parser.add_argument("--locoop-top-k", type=positive_int, default=None,
+                        help="locoop: a patch is OOD when its top-K classes miss the label (default: the "
+                             "paper's 200 of 1000 classes, i.e. 20%% of them, within [1, classes - 1])")  # fmt: skip
     parser.add_argument(
         "--out-dir", default=None, help="run folder (default: results/finetune/<in>/<method>/<model>/<timestamp>)"
     )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
     add_model_args(parser)
     add_data_args(parser)
-    parser.set_defaults(batch_size=64)
+    parser.set_defaults(batch_size=None)
+    for action in parser._actions:
+        if action.dest == "batch_size":
+            action.help = f"images per step (default: {_defaults('batch_size')})"
     return parser
 
 
+TOOLKIT_DEFAULTS = {"epochs": 10, "lr": 1e-5, "weight_decay": 0.1, "batch_size": 64, "optimizer": "adamw",
+                    "schedule": "cosine"}  # fmt: skip
+
+
+def _defaults(key: str) -> str:
+    """The help text of a setting whose default depends on the method."""
+    own = [f"{name}: {cls.defaults[key]}" for name, cls in METHODS.items() if key in cls.defaults]
+    return f"{TOOLKIT_DEFAULTS[key]}" + (f"; {', '.join(own)}" if own else "")
+
+
+def with_method_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Settings not given take the method's paper's value where it has one, else the toolkit's."""
+    for key, value in TOOLKIT_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, METHODS[args.method].defaults.get(key, value))
+    return args
+
+
 def _method_options(args: argparse.Namespace, classnames: Sequence[str]) -> dict[str, Any]:
-    options = {"kplus1": {"ood_prompt": args.ood_prompt}, "oe": {"oe_weight": args.oe_weight}}.get(args.method, {})
-    if args.method == "group":
-        options = {"groups": load_groups(args.groups, args.id_name, classnames), "others_prompt": args.others_prompt}
-    return options
+    """The chosen method's own settings, as its objective's keyword arguments."""
+    prompt = {"n_ctx": args.n_ctx, "ctx_init": args.ctx_init, "seed": args.seed}
+    options = {
+        "kplus1": lambda: {"ood_prompt": args.ood_prompt},
+        "oe": lambda: {"oe_weight": args.oe_weight},
+        "group": lambda: {
+            "groups": load_groups(args.groups, args.id_name, classnames),
+            "others_prompt": args.others_prompt,
+        },
+        "coop": lambda: prompt,
+        "locoop": lambda: {**prompt, "locoop_lambda": args.locoop_lambda, "top_k": args.locoop_top_k},
+    }
+    return options.get(args.method, dict)()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    args = with_method_defaults(args)
     check_model_name(args.model)
     if not has_text_encoder(args.model):
         raise UserError("finetune_clip.py trains CLIP models (image and text towers); timm backbones have no text")
@@ -156,7 +210,7 @@ def _run(args: argparse.Namespace, world) -> dict[str, Any]:
     bundle = dataclasses.replace(bundle, fingerprint=fingerprint(bundle.model))  # new weights, new cache key
     summary: dict[str, Any] = {"method": args.method, "log": log, "out_dir": str(out_dir)}
     if world.main:
-        summary["zero_shot_top1"] = _zero_shot_top1(bundle, data.load(args.id_name, "test"), args)
+        summary["zero_shot_top1"] = _zero_shot_top1(bundle, objective, data.load(args.id_name, "test"), args)
         save_model(out_dir / "final.pt", bundle, objective, config, base_weights=bundle.weights,
                    zero_shot_top1=summary["zero_shot_top1"])  # fmt: skip
         write_json(out_dir / "results.json", {**summary, **run_metadata(args)})
@@ -166,9 +220,9 @@ def _run(args: argparse.Namespace, world) -> dict[str, Any]:
     return summary
 
 
-def _zero_shot_top1(bundle, test, args: argparse.Namespace) -> float:
-    """The fine-tuned model's zero-shot accuracy on the ID test split, with the prompt the scores use."""
-    head = text_embeddings(bundle, test.classnames, TEMPLATE_SETS["single"])
+def _zero_shot_top1(bundle, objective, test, args: argparse.Namespace) -> float:
+    """The fine-tuned model's zero-shot accuracy on the ID test split, with its class prompts (learned ones too)."""
+    head = text_embeddings(bundle, test.classnames, objective.class_templates)
     feats = image_features(bundle, test, FeatureCache(args.cache_dir, args.feature_dtype), 256, args.workers)
     return classification_report(logits_of(feats.features, head), feats.labels, list(test.classnames))["top1"]
 

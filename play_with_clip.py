@@ -41,10 +41,10 @@ from utils.evaluation.plots import confusion_matrix_figure, save_figure, similar
 from utils.features.images import DEFAULT_VIEW, VIEWS, image_features
 from utils.features.store import FeatureCache
 from utils.features.text import text_embeddings
-from utils.models import CLIP_LOGIT_SCALE
 from utils.models.loading import ModelBundle, check_model_name, load_model
-from utils.prompts import AS_IS, TEMPLATE_SETS, load_templates
-from utils.training.checkpoints import save_checkpoint
+from utils.models.logits import zero_shot_logit_scale
+from utils.prompts import AS_IS, TEMPLATE_SETS, Template
+from utils.training.checkpoints import class_templates, read_contract, save_checkpoint
 from utils.training.image_classifier import FinetuneConfig, finetune_image_encoder, predict
 from utils.training.logistic_regression import fit_linear_probe
 from utils.training.towers import kept_frozen
@@ -64,11 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-labels", default=None, metavar="LABELS",
                         help="zeroshot: class names to use instead of the dataset's, a comma list or a file with one "
                              "per line, in the dataset's class order")  # fmt: skip
-    parser.add_argument(
-        "--templates",
-        default="single",
-        help=f"prompt templates: {' | '.join(TEMPLATE_SETS)} | a file (default: single)",
-    )
+    parser.add_argument("--templates", default=None,
+                        help=f"prompt templates: {' | '.join(TEMPLATE_SETS)} | a file (default: the --ckpt's learned "
+                             "prompts (coop, locoop), else single)")  # fmt: skip
     parser.add_argument(
         "--images",
         nargs="+",
@@ -130,13 +128,17 @@ def _needs_text(bundle: ModelBundle, mode: str) -> None:
         raise UserError(f"--mode {mode} compares images with text; {bundle.name} has no text encoder")
 
 
+def _templates(args: argparse.Namespace) -> tuple[Template, ...]:
+    return class_templates(args.templates, read_contract(args.ckpt))
+
+
 def _folder(args: argparse.Namespace) -> Path:
     label = "skimage" if args.mode == "skimage" else f"{args.mode}-{args.id_name}".replace("/", "_").replace(":", "_")
     return run_folder(args.out_dir, ["play_with_clip", label, args.model.replace(":", "_")], args.overwrite)
 
 
 def run_zeroshot(args: argparse.Namespace) -> dict[str, Any]:
-    templates = load_templates(args.templates)
+    templates = _templates(args)
     data = _data(args, "test")
     names = list(data.classnames)
     if args.test_labels is not None:
@@ -187,7 +189,7 @@ def _finetune(args: argparse.Namespace, bundle: ModelBundle, train: LoadedDatase
     config = from_args(FinetuneConfig, args)
     head = None
     if bundle.has_text:  # start the head at the zero-shot classifier: the usual, stable start for CLIP
-        head = torch.from_numpy(text_embeddings(bundle, train.classnames, load_templates(args.templates)))
+        head = torch.from_numpy(text_embeddings(bundle, train.classnames, _templates(args)))
     try:
         result = finetune_image_encoder(bundle, train, config, head)
     except ValueError as err:
@@ -221,8 +223,9 @@ def run_skimage(args: argparse.Namespace) -> dict[str, Any]:
         image_feats = VIEWS[DEFAULT_VIEW].encode(bundle, batch)
     image_feats = torch.nn.functional.normalize(image_feats.float(), dim=-1).flatten(1).cpu().numpy()  # one token
     similarity = image_feats @ text_embeddings(bundle, descriptions, AS_IS).T
-    head = text_embeddings(bundle, CIFAR100, load_templates(args.templates))
-    probabilities = torch.softmax(torch.from_numpy(CLIP_LOGIT_SCALE * image_feats @ head.T), dim=1).numpy()
+    head = text_embeddings(bundle, CIFAR100, _templates(args))
+    scale = zero_shot_logit_scale(bundle.model)  # 100 for CLIP, a SigLIP model's own; a bias: no change
+    probabilities = torch.softmax(torch.from_numpy(scale * image_feats @ head.T), dim=1).numpy()
     top5 = {
         name: [(CIFAR100[k], float(p[k])) for k in np.argsort(-p)[:5]]
         for name, p in zip(names, probabilities, strict=True)

@@ -242,6 +242,32 @@ def test_first_per_class_keeps_file_order():
     assert capped.indices == [0, 1, 2, 4, 5]  # the first two of each class, in the order of the file
 
 
+def test_few_shot_draws_k_per_class_seeded_and_keeps_small_classes_whole():
+    from utils.data.loading import few_shot
+
+    labels = [0] * 10 + [1] * 3 + [2] * 7
+    a, b, c = few_shot(_Labelled(labels), 4, 0), few_shot(_Labelled(labels), 4, 0), few_shot(_Labelled(labels), 4, 1)
+    picked = np.asarray(labels)[a.indices]
+    assert np.bincount(picked).tolist() == [4, 3, 4]  # class 1 has only 3: all kept, none repeated
+    assert len(set(a.indices)) == len(a.indices) and a.indices == sorted(a.indices)
+    assert a.indices == b.indices != c.indices
+    with pytest.raises(UserError, match="--shots"):
+        few_shot(_Labelled(labels), 0, 0)
+
+
+def test_shots_apply_to_the_train_split_only_and_name_the_subset():
+    from utils.data import DataOptions
+
+    shots = DataOptions(shots=8, seed=2)
+    train, test = shots.load("digits", "train"), shots.load("digits", "test")
+    labels = np.asarray([label for _, label in train.dataset])
+    assert np.bincount(labels).tolist() == [8] * 5
+    assert len(test.dataset) == len(DataOptions().load("digits", "test").dataset)
+    assert train.identity != DataOptions(shots=8, seed=3).load("digits", "train").identity
+    limited = DataOptions(shots=2, limit=100).load("digits", "train")  # --limit first, then K per class of those
+    assert len(limited.dataset) == 10
+
+
 def test_ood_protocol_resizes_and_caps(tmp_path, monkeypatch):
     """CIFAR as ID: every OOD image 32 x 32 (squashed, bilinear), SVHN at its first 1,000 per class, recorded."""
     from utils.data import DataOptions, get_spec

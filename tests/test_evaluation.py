@@ -207,7 +207,8 @@ def test_plan_skips_under_all_and_refuses_when_named(experiment, capsys):
     with pytest.raises(UserError, match=r"gl_mcm needs patch tokens of an open_clip ViT \(the local view\); RN50"):
         plan(["gl_mcm"], experiment)
     experiment.model_name = "timm:test_vit"
-    assert plan(["all"], experiment) == ["knn", "maha", "rmd", "lp_msp", "lp_energy", "lp_maxlogit"]
+    assert plan(["all"], experiment) == ["knn", "maha", "rmd", "lp_msp", "lp_energy", "lp_maxlogit", "pood:mahalanobis",
+                                         "pood:rmd", "pood:gmm", "pood:knn"]  # fmt: skip
     with pytest.raises(UserError, match="needs a text encoder"):
         plan(["MCM"], experiment)
 
@@ -215,7 +216,7 @@ def test_plan_skips_under_all_and_refuses_when_named(experiment, capsys):
 def test_every_input_has_a_resolver_or_a_method_that_provides_it():
     from utils.evaluation.inputs import RESOLVERS, requirements
     from utils.scores import SCORES
-    from utils.training.objectives import METHODS
+    from utils.training.methods import METHODS
 
     provided = {name for objective in METHODS.values() for name in objective.provides}
     for score in SCORES:
@@ -276,7 +277,8 @@ def test_a_new_method_with_its_own_score_needs_no_resolver(experiment, monkeypat
     from utils.evaluation import inputs, pipeline
     from utils.scores import SCORES, Score
     from utils.training.checkpoints import ScoreContract
-    from utils.training.objectives import METHODS, Objective
+    from utils.training.methods import METHODS
+    from utils.training.objectives import Objective
 
     class PrototypeObjective(Objective):
         provides = ("prototype_features",)

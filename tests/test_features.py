@@ -440,6 +440,16 @@ def test_view_is_part_of_the_key(tiny, digits, monkeypatch):
         images.get_view("nope")
 
 
+def test_the_local_views_first_token_is_the_global_view(tiny, digits, tmp_path):
+    from utils.features.images import first_token
+
+    cache = FeatureCache(str(tmp_path), "float32")
+    local = image_features(tiny, digits, cache, 64, 0, view="local")
+    derived, direct = first_token(local, tiny.embed_dim), image_features(tiny, digits, cache, 64, 0)
+    np.testing.assert_allclose(derived.features, direct.features, atol=1e-6)
+    assert np.array_equal(derived.labels, direct.labels) and np.array_equal(derived.index, direct.index)
+
+
 @pytest.fixture
 def awkward_jpegs(tmp_path):
     """500 x 375 JPEGs (baseline, progressive, grayscale, CMYK), a PNG, a truncated JPEG and a non-image."""

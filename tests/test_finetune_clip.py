@@ -16,8 +16,8 @@ import finetune_clip
 import utils.training.clip_finetune
 from tests.conftest import write_images
 from utils.models.loading import load_model
-from utils.training.checkpoints import read_contract
-from utils.training.objectives import METHODS
+from utils.training.checkpoints import CONTRACT_KEY, read_contract
+from utils.training.methods import METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--in", "digits", "--model", "tiny", "--pretrained", "none", "--workers", "0", "--limit", "64",
@@ -56,9 +56,12 @@ def test_checkpoint_scores_need_their_checkpoint(tmp_path, capsys):
     assert "finetune_clip.py --method kplus1" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("extra", [[], ["--accumulate", "2", "--workers", "2", "--batch-size", "24"]])
-def test_resume_reaches_the_same_weights(tmp_path, monkeypatch, extra):
-    _train(tmp_path, "kplus1", "--epochs", "2", *extra, out="straight")
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [("kplus1", []), ("kplus1", ["--accumulate", "2", "--workers", "2", "--batch-size", "24"]), ("locoop", [])],
+)
+def test_resume_reaches_the_same_weights(tmp_path, monkeypatch, method, extra):
+    _train(tmp_path, method, "--epochs", "2", *extra, out="straight")
     original = utils.training.clip_finetune._write_log
 
     def crash_after_first_epoch(path, records):
@@ -68,13 +71,15 @@ def test_resume_reaches_the_same_weights(tmp_path, monkeypatch, extra):
 
     monkeypatch.setattr(utils.training.clip_finetune, "_write_log", crash_after_first_epoch)
     with pytest.raises(SystemExit):
-        _train(tmp_path, "kplus1", "--epochs", "2", *extra, out="interrupted")
+        _train(tmp_path, method, "--epochs", "2", *extra, out="interrupted")
     assert torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)["epoch"] == 1
     monkeypatch.setattr(utils.training.clip_finetune, "_write_log", original)
-    _train(tmp_path, "kplus1", "--epochs", "2", "--resume", *extra, out="interrupted")
-    a = torch.load(tmp_path / "straight" / "final.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "interrupted" / "final.pt", weights_only=True)["state_dict"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _train(tmp_path, method, "--epochs", "2", "--resume", *extra, out="interrupted")
+    a = torch.load(tmp_path / "straight" / "final.pt", weights_only=True)
+    b = torch.load(tmp_path / "interrupted" / "final.pt", weights_only=True)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a[CONTRACT_KEY] == b[CONTRACT_KEY]  # a learned prompt context too (locoop)
 
 
 def test_accumulation_longer_than_an_epoch_still_trains(tmp_path):

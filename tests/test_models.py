@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -87,8 +88,6 @@ MISMATCHES = {
 @pytest.fixture(scope="module")
 def mismatched_configs(tmp_path_factory):
     """The tiny config with one change each, registered with open_clip as tiny_<change>."""
-    import json
-
     from utils.models.loading import CONFIG_DIR
 
     folder = tmp_path_factory.mktemp("configs")
@@ -301,3 +300,185 @@ def test_patch_tokens_need_a_clip_vit(tmp_path):
 
     with pytest.raises(UserError, match="need an open_clip ViT image tower"):
         patch_count(torch.nn.Linear(2, 2))
+
+
+# open_clip's folder schemas: `local-dir:FOLDER` and `hf-hub:org/repo` (from the hub cache), built from tiny's config.
+FOLDER_PREPROCESS = {"mean": [0.5, 0.25, 0.125], "std": [0.2, 0.3, 0.4], "interpolation": "bilinear"}
+
+
+def write_open_clip_folder(folder: Path, weights: dict | None) -> Path:
+    """What an open_clip repo on Hugging Face holds: open_clip_config.json (tiny's config) and, if given, weights."""
+    from utils.models.loading import CONFIG_DIR
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model_cfg = json.loads((CONFIG_DIR / "tiny.json").read_text())
+    config = {"model_cfg": model_cfg, "preprocess_cfg": FOLDER_PREPROCESS}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    if weights is not None:
+        torch.save(weights, folder / "open_clip_pytorch_model.bin")
+    return folder
+
+
+def write_hub_cache(cache: Path, repo: str, weights: dict | None) -> Path:
+    """The layout huggingface_hub leaves after a download: models--org--repo/{snapshots/<rev>/, refs/main}."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    root = cache / f"models--{repo.replace('/', '--')}"
+    write_open_clip_folder(root / "snapshots" / revision, weights)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(revision)
+    return root / "snapshots" / revision
+
+
+@pytest.fixture(scope="module")
+def tiny_seed0():
+    return load_model("tiny", "none", seed=0)
+
+
+def _same_model(a, b) -> None:
+    images, tokens = torch.randn(2, 3, 32, 32), a.tokenizer(["a photo of a cat.", "a dog"])
+    assert torch.equal(tokens, b.tokenizer(["a photo of a cat.", "a dog"]))
+    with torch.no_grad():
+        assert torch.equal(a.model.encode_image(images), b.model.encode_image(images))
+        assert torch.equal(a.model.encode_text(tokens), b.model.encode_text(tokens))
+    assert a.fingerprint == b.fingerprint and a.embed_dim == b.embed_dim == 64
+
+
+def _normalize_and_resize(preprocess):
+    from torchvision import transforms
+
+    steps = preprocess.transforms
+    norm = next(s for s in steps if isinstance(s, transforms.Normalize))
+    resize = next(s for s in steps if isinstance(s, transforms.Resize))
+    return list(norm.mean), list(norm.std), resize.interpolation.value
+
+
+def test_local_dir_loads_the_folders_model_and_preprocessing(tmp_path, tiny_seed0):
+    from utils.models.loading import check_model_name, has_patch_tokens, model_config
+
+    folder = write_open_clip_folder(tmp_path / "clip", tiny_seed0.model.state_dict())
+    name = f"local-dir:{folder}"
+    check_model_name(name)
+    loaded = load_model(name, "openai", seed=7)  # the default tag: the folder's weights, not a random init
+    _same_model(loaded, tiny_seed0)
+    assert loaded.weights == str(folder / "open_clip_pytorch_model.bin") and loaded.name == name
+    mean, std, interpolation = _normalize_and_resize(loaded.preprocess)
+    assert (mean, std, interpolation) == (FOLDER_PREPROCESS["mean"], FOLDER_PREPROCESS["std"], "bilinear")
+    assert _normalize_and_resize(tiny_seed0.preprocess)[0] != mean  # tiny's own is OpenAI's
+    assert has_patch_tokens(name) and model_config(name)["embed_dim"] == 64
+
+
+def test_local_dir_weights_ckpt_and_random_init(tmp_path, tiny_seed0):
+    folder = write_open_clip_folder(tmp_path / "clip", tiny_seed0.model.state_dict())
+    other = load_model("tiny", "none", seed=5)
+    ckpt = tmp_path / "other.pt"
+    torch.save(other.model.state_dict(), ckpt)
+    with_ckpt = load_model(f"local-dir:{folder}", "openai", ckpt=str(ckpt))
+    assert with_ckpt.fingerprint == other.fingerprint and with_ckpt.weights == str(ckpt)
+    random = load_model(f"local-dir:{folder}", "none", seed=5)  # --pretrained none: seeded init, as for built-ins
+    assert random.weights == "random" and random.fingerprint == other.fingerprint
+    empty = write_open_clip_folder(tmp_path / "no_weights", None)
+    with pytest.raises(UserError, match=r"holds no weights.*--ckpt FILE, or --pretrained none"):
+        load_model(f"local-dir:{empty}", "openai")
+    assert load_model(f"local-dir:{empty}", "none").weights == "random"
+    bad = tmp_path / "bad.pt"
+    torch.save({"visual.proj": torch.zeros(3, 3)}, bad)
+    with pytest.raises(UserError, match="does not fit architecture local-dir:"):
+        load_model(f"local-dir:{folder}", "openai", ckpt=str(bad))
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("local-dir:{tmp}/missing", "no folder"),
+        ("local-dir:{tmp}", "has no open_clip_config.json"),
+        ("hf-hub:", "Empty identifier"),
+        ("hf-hub:a/b/c", "is not a Hugging Face repo id"),
+    ],
+)
+def test_folder_names_are_checked_without_the_network(tmp_path, monkeypatch, name, expected):
+    from utils.models.loading import check_model_name
+
+    monkeypatch.setattr("utils.models.weights.network_reachable", lambda host: pytest.fail("network asked"))
+    with pytest.raises(UserError, match=expected):
+        check_model_name(name.format(tmp=tmp_path))
+    check_model_name("hf-hub:org/never-downloaded")  # a repo id: accepted, whatever the cache holds
+
+
+@pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE", "unreachable"])
+def test_hf_hub_not_cached_offline_is_one_clear_error(tmp_path, monkeypatch, offline):
+    from utils.models.loading import has_patch_tokens, model_config
+
+    if offline == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr("utils.models.weights.network_reachable", lambda host: False)
+    start = time.monotonic()
+    with pytest.raises(UserError) as info:
+        load_model("hf-hub:org/never-downloaded", "openai", cache_dir=str(tmp_path))
+    assert time.monotonic() - start < 10  # a hang guard, not a benchmark
+    message = str(info.value)
+    for part in ("hf-hub:org/never-downloaded", "huggingface.co", str(tmp_path), "network", "--model local-dir:"):
+        assert part in message
+    assert model_config("hf-hub:org/never-downloaded", str(tmp_path)) is None
+    assert not has_patch_tokens("hf-hub:org/never-downloaded", str(tmp_path))
+
+
+def test_hf_hub_loads_offline_from_the_hub_cache(tmp_path, monkeypatch, tiny_seed0):
+    from utils.models.loading import has_patch_tokens, model_config
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("utils.models.weights.network_reachable", lambda host: pytest.fail("network asked"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))  # the default cache
+    snapshot = write_hub_cache(tmp_path / "hub", "org/repo", tiny_seed0.model.state_dict())
+    loaded = load_model("hf-hub:org/repo", "openai", seed=7)
+    _same_model(loaded, tiny_seed0)
+    assert loaded.weights == str(snapshot / "open_clip_pytorch_model.bin")
+    assert _normalize_and_resize(loaded.preprocess)[:2] == (FOLDER_PREPROCESS["mean"], FOLDER_PREPROCESS["std"])
+    assert model_config("hf-hub:org/repo")["embed_dim"] == 64 and has_patch_tokens("hf-hub:org/repo")
+    other = load_model("tiny", "none", seed=5)
+    ckpt = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in other.model.state_dict().items()}, ckpt)
+    with_ckpt = load_model("hf-hub:org/repo", "openai", ckpt=str(ckpt), cache_dir=str(tmp_path / "hub"))
+    assert with_ckpt.fingerprint == other.fingerprint != loaded.fingerprint and with_ckpt.weights == str(ckpt)
+
+
+def test_hf_hub_cached_config_without_weights_offline(tmp_path, monkeypatch):
+    """The config alone is cached: --pretrained none builds it; its weights need the hub, or --ckpt."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_hub_cache(tmp_path, "org/repo", None)
+    assert load_model("hf-hub:org/repo", "none", cache_dir=str(tmp_path)).weights == "random"
+    with pytest.raises(UserError, match=r"not in the local cache.*--ckpt PATH"):
+        load_model("hf-hub:org/repo", "openai", cache_dir=str(tmp_path))
+
+
+def test_eval_ood_detection_with_a_local_dir_model(tmp_path, tiny_seed0):
+    import eval_ood_detection
+
+    folder = write_open_clip_folder(tmp_path / "clip", tiny_seed0.model.state_dict())
+    argv = ["--in", "digits", "--model", f"local-dir:{folder}", "--score", "mcm", "--workers", "0", "--limit", "40",
+            "--no-plots", "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "out")]  # fmt: skip
+    summary = eval_ood_detection.main(argv)
+    assert 0 <= summary["metrics"]["mcm"]["digits_ood"]["AUROC"] <= 1
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["model_weights"] == str(folder / "open_clip_pytorch_model.bin")
+
+
+def test_model_logits_add_a_siglip_bias_and_keep_its_scale(tiny):
+    """CLIP: min(exp(t), 100) · cos; a SigLIP-family model (a logit_bias): exp(t') · cos + b, never capped at 100."""
+    import math
+
+    from utils.models.logits import logit_scale, model_logits, zero_shot_logit_scale
+
+    model = copy.deepcopy(tiny.model)
+    image = torch.nn.functional.normalize(torch.randn(3, 64), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(4, 64), dim=-1)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(200.0))
+    assert torch.allclose(model_logits(model, image, text), 100.0 * image @ text.T)  # CLIP: capped
+    assert zero_shot_logit_scale(model) == 100.0
+    model.logit_bias = torch.nn.Parameter(torch.tensor(-10.0))
+    assert torch.allclose(model_logits(model, image, text), 200.0 * image @ text.T - 10.0, atol=1e-4)
+    assert logit_scale(model).item() == pytest.approx(200.0) and zero_shot_logit_scale(model) == pytest.approx(200.0)
+    patches = torch.nn.functional.normalize(torch.randn(2, 5, 64), dim=-1)  # LoCoOp's local logits [B, P, C]
+    assert torch.allclose(model_logits(model, patches, text), 200.0 * patches @ text.T - 10.0, atol=1e-4)

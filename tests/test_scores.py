@@ -25,6 +25,7 @@ from utils.scores import (
 )  # fmt: skip
 from utils.scores.label_mass import id_probability
 from utils.scores.mahalanobis import fit_class_gaussians
+from utils.scores.pood import Head
 from utils.training.logistic_regression import fit_linear_probe
 
 DIM, CLASSES = 16, 4
@@ -74,6 +75,9 @@ def toy():
         "classnames": ["c0", "c1", "c2", "c3"],
         "others_features": _unit(np.stack([eye[4] + eye[5], eye[4] + eye[5]])),
         "gl_lambda": 1.0,
+        # pytorch-ood's detectors read a linear head: the zero-shot one, at 5x since the toy's prompts are orthogonal
+        # (cosine gaps ~0.9 where CLIP's are ~0.1), so its softmaxes saturate no more than CLIP's at 100x
+        "head": Head.zero_shot(text, 5.0),
     }
     return ind, id_feats, ood_feats, test_labels, extras
 

@@ -14,7 +14,8 @@ from utils.models.loading import load_model
 from utils.prompts import TEMPLATE_SETS
 from utils.training.checkpoints import CONTRACT_KEY, read_contract, save_final
 from utils.training.loop import grad_scaler, optimizer_steps, run_epoch, warmup_cosine
-from utils.training.objectives import METHODS, class_prompts, load_groups
+from utils.training.methods import METHODS
+from utils.training.objectives import class_prompts, load_groups
 from utils.training.towers import freeze, kept_frozen, tower_parameters
 
 CLASSES = ["digit zero", "digit one", "digit two", "digit three", "digit four"]
@@ -187,3 +188,16 @@ def test_contract_of_a_checkpoint_from_before_the_contract(tiny, tmp_path):
     assert kplus1.texts == {"ood_prompt_features": ("an odd one.",)} and kplus1.logit_scale == 42.0
     assert group.texts == {"others_features": ("not a round.", "not a other.")}
     assert group.values == {"groups": [["digit zero"], CLASSES[1:]]} and group.method == "group"
+
+
+def test_weight_decay_spares_gains_biases_and_the_logit_scale(tiny):
+    from utils.training.loop import OPTIMIZERS
+
+    params = list(tiny.model.parameters())
+    for name in OPTIMIZERS:
+        decayed, spared = OPTIMIZERS[name](params, 1e-3, 0.1).param_groups
+        assert decayed["weight_decay"] == 0.1 and spared["weight_decay"] == 0.0
+        assert any(p is tiny.model.logit_scale for p in spared["params"])
+        assert all(p.ndim >= 2 for p in decayed["params"]) and len(decayed["params"]) + len(spared["params"]) == len(
+            params
+        )

@@ -86,7 +86,7 @@ LAYERS = [  # each group may import only itself and the groups before it
 ]
 # Strings that equal a score's name but mean something else, and what.
 NOT_SCORE_NAMES = {
-    "utils/training/objectives.py": {"kplus1", "group"},  # the fine-tuning methods' own registry names
+    "utils/training/methods.py": {"kplus1", "group"},  # the fine-tuning methods' own registry names
     "utils/data/imagenet_subsets.py": {"mcm"},  # the class list published with the MCM paper (`--variant mcm`)
     "utils/prompts.py": {"mcm"},  # the template set of MCM's released code (`--templates mcm`)
 }

@@ -27,8 +27,10 @@ def summarise(out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     argv = argv or sys.argv[1:]
-    if argv[0] == "table":  # python -m tools.demo table OUT [SEEDS...]
-        print(methods_table(Path(argv[1]), [int(s) for s in argv[2:]] or [0, 1, 2]))
+    if argv[0] == "table":  # python -m tools.demo table OUT [SEEDS...] [--methods NAME...]
+        cut = argv.index("--methods") if "--methods" in argv else len(argv)
+        seeds = [int(s) for s in argv[2:cut]] or [0, 1, 2]
+        print(methods_table(Path(argv[1]), seeds, methods=argv[cut + 1 :] or None))
         return
     out = Path(argv[0])
     summary = summarise(out)
@@ -37,13 +39,24 @@ def main(argv: list[str] | None = None) -> None:
           f"{100 * mcm['AUROC']:.2f} / FPR95 {100 * mcm['FPR95']:.2f}; {out / 'summary.json'}")  # fmt: skip
 
 
-TABLE_SCORES = ["mcm", "energy", "knn", "maha"]  # and each method's own score, where its checkpoint enables one
+TABLE_SCORES = ["mcm", "gl_mcm", "energy", "knn", "maha"]  # and each method's own score, where its checkpoint has one
+# Prompt learning starts from a pre-trained CLIP: the same seed's contrastive model, frozen, with 16 shots per class
+# and the papers' training settings (the method's defaults).
+PROMPT_LEARNING = {"coop", "locoop"}
 
 
-def methods_table(out: Path, seeds: list[int], epochs: int = 30) -> str:
-    """The four fine-tuning methods x seeds on digits: mean ± std of AUROC and FPR95 per score and OOD set.
+def _train_args(method: str, out: Path, seed: int, epochs: int) -> list[str]:
+    if method in PROMPT_LEARNING:
+        return ["--ckpt", str(out / f"contrastive-seed{seed}" / "final.pt"), "--shots", "16"]
+    return ["--epochs", str(epochs), "--batch-size", "64", "--lr", "3e-4", "--weight-decay", "0", "--templates",
+            "single"]  # fmt: skip
 
-    A run whose results.json files exist is read back, so an interrupted table resumes where it stopped.
+
+def methods_table(out: Path, seeds: list[int], epochs: int = 30, methods: list[str] | None = None) -> str:
+    """The fine-tuning methods x seeds on digits: mean ± std of AUROC and FPR95 per score and OOD set.
+
+    A run whose results.json files exist is read back, so an interrupted table resumes where it stopped. Prompt
+    learning needs the contrastive model of its seed, so "contrastive" runs first.
     """
     import numpy as np
 
@@ -51,16 +64,19 @@ def methods_table(out: Path, seeds: list[int], epochs: int = 30) -> str:
     import finetune_clip
     from utils.evaluation.inputs import enabled_by
     from utils.training.checkpoints import read_contract
-    from utils.training.objectives import METHODS
+    from utils.training.methods import METHODS
 
     rows: dict[tuple[str, str, str], dict[str, list[float]]] = {}
     accuracy: dict[str, list[float]] = {}
     tiny = ["--model", "tiny", "--pretrained", "none", "--workers", "0", "--cache-dir", str(out / "cache")]
-    for method in METHODS:
+    methods = methods or list(METHODS)
+    if PROMPT_LEARNING & set(methods):
+        methods = ["contrastive", *[m for m in methods if m != "contrastive"]]
+    for method in methods:
         for seed in seeds:
             run = out / f"{method}-seed{seed}"
-            train = ["--in", "digits", "--method", method, *tiny, "--seed", str(seed), "--epochs", str(epochs),
-                     "--batch-size", "64", "--lr", "3e-4", "--weight-decay", "0", "--templates", "single"]  # fmt: skip
+            train = ["--in", "digits", "--method", method, *tiny, "--seed", str(seed), *_train_args(method, out, seed,
+                     epochs)]  # fmt: skip
             if (run / "results.json").exists() and (run / "eval" / "results.json").exists():  # finished earlier
                 summary = json.loads((run / "results.json").read_text())
                 result = json.loads((run / "eval" / "results.json").read_text())

@@ -8,6 +8,7 @@ import dataclasses
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -130,8 +131,12 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         help="use a seeded random subset of at most N images per dataset (default: all)",
     )
     group.add_argument(
-        "--seed", type=non_negative_int, default=0, help="seed for --limit subsets and random init (default: 0)"
-    )
+        "--seed", type=non_negative_int, default=0,
+        help="seed for --limit and --shots subsets and random init (default: 0)",
+    )  # fmt: skip
+    group.add_argument("--shots", type=positive_int, default=None, metavar="K",
+                       help="few-shot protocols: K seeded images per class of the train split (1, 2, 4, 8, 16 in "
+                            "the papers; a class with fewer keeps all) (default: all)")  # fmt: skip
     group.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default: 256)")
     group.add_argument(
         "--workers",
@@ -188,7 +193,8 @@ def run_folder(out_dir: str | None, default: Sequence[str], overwrite: bool = Fa
     A folder that already holds results is never reused silently: a numbered sibling is made instead,
     unless `overwrite`.
     """
-    path = Path(out_dir) if out_dir else Path("results", *default, time.strftime("%Y%m%d-%H%M%S"))
+    parts = [re.sub(r"[/\\:]+", "_", part).strip("_") or "_" for part in default]  # hf-hub:org/repo: one folder
+    path = Path(out_dir) if out_dir else Path("results", *parts, time.strftime("%Y%m%d-%H%M%S"))
     if not overwrite and path.is_dir() and any(path.iterdir()):
         base, number = path, 1
         while path.exists():

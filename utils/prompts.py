@@ -53,7 +53,9 @@ def is_template(line: str) -> bool:
 
 def template_text(template: Template) -> str:
     """A template as text with its `{}` (callable templates, like open_clip's, rendered with "{}")."""
-    return template if isinstance(template, str) else template("{}")
+    if isinstance(template, str):
+        return template
+    return getattr(template, "text", None) or template("{}")
 
 
 def render(templates: Sequence[Template], classname: str) -> list[str]:

@@ -65,8 +65,10 @@ def make_loader(
     shuffle: bool = False,
     seed: int = 0,
     sampler: Sampler | None = None,
+    drop_last: bool = False,
 ) -> DataLoader:
-    """A loader of `Batch`es: in dataset order (as the cache stores features) unless `shuffle` (seeded) or a sampler."""
+    """A loader of `Batch`es: in dataset order (as the cache stores features) unless `shuffle` (seeded) or a sampler;
+    `drop_last` leaves out a last, short batch."""
     return DataLoader(
         Preprocessed(dataset, transform),
         batch_size=batch_size,
@@ -75,6 +77,7 @@ def make_loader(
         generator=torch.Generator().manual_seed(seed) if shuffle or sampler is not None else None,
         num_workers=workers,
         collate_fn=collate,
+        drop_last=drop_last,
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=2 if workers > 0 else None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +34,14 @@ class DataOptions:
     download: bool = True
     limit: int | None = None
     seed: int = 0
+    shots: int | None = None  # K images per class of every train split (few-shot protocols)
 
     def load(self, name: str, split: str, resize: int | None = None, per_class: int | None = None) -> LoadedDataset:
-        return load_dataset(name, split, self.root, self.download, self.limit, self.seed, resize, per_class)
+        loaded = load_dataset(name, split, self.root, self.download, self.limit, self.seed, resize, per_class)
+        if split != "train" or self.shots is None:
+            return loaded
+        dataset = few_shot(loaded.dataset, self.shots, self.seed)
+        return replace(loaded, dataset=dataset, identity=f"{name}|{split}|{dataset_identity(dataset)}")
 
 
 class Resized(Dataset):
@@ -57,6 +62,8 @@ class Resized(Dataset):
 
 
 def _labels(dataset: Dataset) -> np.ndarray:
+    if isinstance(dataset, Subset):
+        return _labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
     for attribute in ("targets", "labels"):
         if getattr(dataset, attribute, None) is not None:
             return np.asarray(getattr(dataset, attribute))
@@ -69,6 +76,20 @@ def first_per_class(dataset: Dataset, count: int) -> Dataset:
     """The first `count` images of each class, in file order (KNN-OOD's SVHN selection)."""
     labels = _labels(dataset)
     keep = [i for c in np.unique(labels) for i in np.flatnonzero(labels == c)[:count]]
+    return Subset(dataset, sorted(keep))
+
+
+def few_shot(dataset: Dataset, shots: int, seed: int) -> Dataset:
+    """K images per class drawn without replacement, seeded; a class with fewer keeps all of them (Dassl's
+    generate_fewshot_dataset with repeat=False, CoOp's sampler; its draws come from Python's random, ours from
+    NumPy's, so the same seed picks other images)."""
+    if shots < 1:
+        raise UserError(f"--shots must be a positive number of images per class, got {shots}")
+    labels, rng = _labels(dataset), np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        keep += members[rng.permutation(len(members))[:shots]].tolist()
     return Subset(dataset, sorted(keep))
 
 

@@ -10,7 +10,10 @@ from utils.arrays import CHUNK, as_array, chunks
 
 
 def logits_of(features: object, weights: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    """features @ weights.T (+ bias), block by block."""
+    """features @ weights.T (+ bias), block by block.
+
+    For zero-shot heads (weights = class prompts) these are cosine similarities: a model's logit scale and a
+    SigLIP model's bias (utils/models/logits.py) change no argmax or ranking, so top-k accuracy needs neither."""
     blocks = [block @ weights.T.astype(np.float32) for block in chunks(features)]
     out = np.concatenate(blocks) if blocks else np.zeros((0, len(weights)), dtype=np.float32)
     return out + bias if bias is not None else out

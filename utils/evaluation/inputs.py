@@ -22,13 +22,14 @@ from utils.distributed import World
 from utils.errors import UserError
 from utils.evaluation.options import EvalOptions
 from utils.features.store import CachedFeatures, FeatureCache
-from utils.features.text import text_embeddings
+from utils.features.text import learned_context, text_embeddings
 from utils.models import CLIP_LOGIT_SCALE
 from utils.models.loading import ModelBundle, has_patch_tokens, has_text_encoder
+from utils.models.logits import zero_shot_logit_scale
 from utils.prompts import NEGLABEL_PROMPTS, template_text
-from utils.scores import SCORES, NegativeLabels, mine_negative_labels, needs_text
+from utils.scores import SCORES, Head, NegativeLabels, mine_negative_labels, needs_text
 from utils.training.checkpoints import ScoreContract
-from utils.training.objectives import METHODS
+from utils.training.methods import METHODS
 
 
 @dataclass
@@ -71,7 +72,8 @@ class Resolver:
     resolve: Callable[[Experiment, Encoded], Any]
     check: Check = lambda exp: None  # before any image is encoded; raises UserError
     missing: Missing = lambda exp: None  # why this input cannot be had in this run; None if it can
-    uses_train: bool = False  # reads the ID train split (its features or labels): the run loads and encodes it
+    uses_train: bool | Callable[[EvalOptions], bool] = False  # reads the ID train split (its features or labels),
+    # always or under these options: the run loads and encodes it
 
 
 def _image_only(exp: Experiment) -> str | None:
@@ -123,8 +125,11 @@ def _check_words_and_names(exp: Experiment) -> None:
 
 def _negative_labels(exp: Experiment, encoded: Encoded) -> NegativeLabels:
     """NegLabel's mining as released: ID labels and nouns as "the nice {}", adjectives as "This is a {} photo"; the
-    lowest 15 % of each part of speech by 95th-percentile similarity to the ID labels; nouns first."""
-    id_features = text_embeddings(exp.bundle, exp.id_test.classnames, NEGLABEL_PROMPTS["noun"])
+    lowest 15 % of each part of speech by 95th-percentile similarity to the ID labels; nouns first. With a learned
+    prompt context (--ckpt of coop/locoop), the ID labels are its prompts."""
+    learned = learned_context(exp.options.templates) is not None
+    id_features = text_embeddings(exp.bundle, exp.id_test.classnames,
+                                  exp.options.templates if learned else NEGLABEL_PROMPTS["noun"])  # fmt: skip
     pool = load_words(exp.options.neg_words)
     picked_words, picked = [], []
     for pos in PARTS_OF_SPEECH:
@@ -145,9 +150,31 @@ def _logit_scale(exp: Experiment) -> float:
     if exp.contract is not None:
         return exp.contract.logit_scale
     model = getattr(exp.bundle, "model", None)
-    if getattr(model, "logit_bias", None) is not None:
-        return float(model.logit_scale.exp())
-    return CLIP_LOGIT_SCALE
+    return CLIP_LOGIT_SCALE if model is None else zero_shot_logit_scale(model)
+
+
+def _pood_head(exp: Experiment, encoded: Encoded) -> Head:
+    """The head pytorch-ood's detectors read: CLIP's zero-shot classifier (the run's class prompts, at the label-mass
+    scores' softmax scale: 100 for CLIP), or the linear probe, fitted with the lp_* scores (--pood-head)."""
+    if exp.options.pood_head == "probe":
+        return Head.probe(encoded.id_train.features, encoded.id_train.labels)
+    text = encoded.text if encoded.text is not None else text_embeddings(exp.bundle, exp.id_test.classnames,
+                                                                         exp.options.templates)  # fmt: skip
+    return Head.zero_shot(text, _logit_scale(exp))
+
+
+def _check_pood_head(exp: Experiment) -> None:
+    if exp.options.pood_head == "probe":
+        _check_train(exp)
+    else:
+        _check_classnames(exp)
+
+
+def _pood_head_missing(exp: Experiment) -> str | None:
+    if exp.options.pood_head == "probe" or has_text_encoder(exp.model_name):
+        return None
+    return (f"reads the zero-shot head (--pood-head zero_shot), which needs a text encoder; {exp.model_name} is "
+            f"image-only: --pood-head probe reads the linear probe instead")  # fmt: skip
 
 
 RESOLVERS: dict[str, Resolver] = {
@@ -166,6 +193,9 @@ RESOLVERS: dict[str, Resolver] = {
     "negative_labels": Resolver(_negative_labels, check=_check_words_and_names, missing=_image_only),
     "neg_groups": Resolver(lambda exp, enc: exp.options.neg_groups),
     "logit_scale": Resolver(lambda exp, enc: _logit_scale(exp)),
+    "head": Resolver(
+        _pood_head, check=_check_pood_head, missing=_pood_head_missing, uses_train=lambda o: o.pood_head == "probe"
+    ),
 }
 
 
@@ -208,9 +238,10 @@ def requirements(score: str) -> tuple[str, ...]:
     return (*SCORES[score].needs, *SCORES[score].inputs)
 
 
-def needs_train(scores: Sequence[str]) -> bool:
-    """Whether any of `scores` reads the ID train split (so the run loads it and encodes it)."""
-    return any(resolver(name).uses_train for score in scores for name in requirements(score))
+def needs_train(scores: Sequence[str], options: EvalOptions) -> bool:
+    """Whether any of `scores` reads the ID train split under `options` (so the run loads it and encodes it)."""
+    uses = [resolver(name).uses_train for score in scores for name in requirements(score)]
+    return any(use(options) if callable(use) else use for use in uses)
 
 
 def unavailable(score: str, exp: Experiment) -> str | None:

@@ -21,3 +21,4 @@ class EvalOptions:
     neg_words: str | None = None  # candidate labels of negative-label scores; None: the shipped WordNet pool
     extra_metrics: Sequence[str] = ()  # EXTRA_METRICS names (one codebase's definitions)
     neg_groups: int = 100  # NegLabel's random groups of negatives (the release: 100; 1 = ungrouped)
+    pood_head: str = "zero_shot"  # the head pytorch-ood's detectors read: zero_shot (CLIP's) or probe (lp_*'s)

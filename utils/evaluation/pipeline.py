@@ -19,7 +19,7 @@ from utils.errors import UserError
 from utils.evaluation.classification import top1
 from utils.evaluation.inputs import Encoded, Experiment, PerSet, needs_train, requirements, resolver, unavailable
 from utils.evaluation.metrics import bootstrap_intervals, ood_metrics
-from utils.features.images import DEFAULT_VIEW, image_features
+from utils.features.images import DEFAULT_VIEW, first_token, image_features
 from utils.features.store import CachedFeatures
 from utils.features.text import text_embeddings
 from utils.scores import SCORES, InDistribution, Score, canonical, resolve_scores
@@ -109,9 +109,16 @@ def encode(exp: Experiment, scores: Sequence[str]) -> Encoded:
     def features(data: LoadedDataset, view: str = DEFAULT_VIEW):
         return image_features(exp.bundle, data, exp.cache, options.batch_size, options.workers, exp.world, view)
 
-    id_train = features(exp.id_train) if needs_train(scores) else None
-    id_test = {view: features(exp.id_test, view) for view in views}
-    ood = {data.name: {view: features(data, view) for view in views} for data in exp.ood_sets}
+    def every_view(data: LoadedDataset) -> dict[str, CachedFeatures]:
+        """The global rows are the local view's first token: a set needing both is encoded once."""
+        encoded = {view: features(data, view) for view in views if view != DEFAULT_VIEW or "local" not in views}
+        if DEFAULT_VIEW in views and "local" in views:
+            encoded[DEFAULT_VIEW] = first_token(encoded["local"], exp.bundle.embed_dim)
+        return encoded
+
+    id_train = features(exp.id_train) if needs_train(scores, options) else None
+    id_test = every_view(exp.id_test)
+    ood = {data.name: every_view(data) for data in exp.ood_sets}
     text = None  # the scoring rank's alone: under torchrun the others stop after encoding the images
     if any("text_features" in requirements(score) for score in scores) and (exp.world is None or exp.world.main):
         text = text_embeddings(exp.bundle, exp.id_test.classnames, options.templates)

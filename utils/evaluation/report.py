@@ -92,7 +92,7 @@ def write_results(folder: Path, evaluation: Evaluation, metadata: dict[str, Any]
         _write_text(written[-1], "\n".join(lines) + "\n")
     if plots:
         for score, per_set in evaluation.scores.items():
-            safe = score.replace("@", "_k")
+            safe = score.replace("@", "_k").replace(":", "_")  # pood:vim -> hist_pood_vim.png (Windows-safe)
             save_figure(score_histograms(per_set, f"{score}: {evaluation.id_name} vs OOD"), folder / f"hist_{safe}.png")
             save_figure(roc_curves(per_set, f"{score}: {evaluation.id_name} (ID positive)"), folder / f"roc_{safe}.png")
             written += [folder / f"hist_{safe}.png", folder / f"roc_{safe}.png"]

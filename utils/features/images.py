@@ -204,6 +204,14 @@ def _encode(bundle: ModelBundle, encoder: View, data: LoadedDataset, shard: Shar
             bar.update(count)
 
 
+def first_token(entry: CachedFeatures, dim: int) -> CachedFeatures:
+    """The first token of every row of a multi-token view (the local view's global embedding), in memory."""
+    rows = np.empty((len(entry.features), dim), dtype=entry.features.dtype)
+    for start in range(0, len(rows), 65536):
+        rows[start : start + 65536] = entry.features[start : start + 65536, :dim]
+    return CachedFeatures(rows, entry.labels, entry.index, entry.meta)
+
+
 def image_features(
     bundle: ModelBundle,
     data: LoadedDataset,

@@ -20,29 +20,44 @@ from utils.errors import UserError
 from utils.features.store import FeatureCache, cache_key
 from utils.features.writer import entry_writer
 from utils.models.loading import ModelBundle
+from utils.models.prompt_context import LearnedTemplate, PromptContext
 from utils.prompts import AS_IS, Template, render
 
 PROMPTS_PER_FORWARD = 1024  # text encoder batch: large enough to amortise overhead, small enough for any GPU
 NAMES_PER_ENTRY_WRITE = 4096  # names encoded between two writes into a cache entry
 
 
-def encode_texts(bundle: ModelBundle, texts: Sequence[str]) -> torch.Tensor:
-    """One L2-normalised float32 embedding per text [len(texts), D], on the bundle's device, with gradients."""
+def encode_texts(bundle: ModelBundle, texts: Sequence[str], context: PromptContext | None = None) -> torch.Tensor:
+    """One L2-normalised float32 embedding per text [len(texts), D], on the bundle's device, with gradients.
+
+    With a learned `context`, the texts are its placeholder prompts and the vectors take the placeholders' place.
+    """
     if not bundle.has_text:
         raise UserError(f"{bundle.name} has no text encoder")
     tokens = bundle.tokenizer(list(texts)).to(bundle.device)
-    return F.normalize(bundle.model.encode_text(tokens).float(), dim=-1)
+    if context is None:
+        return F.normalize(bundle.model.encode_text(tokens).float(), dim=-1)
+    with context.inserted(bundle.model, tokens):
+        return F.normalize(bundle.model.encode_text(tokens).float(), dim=-1)
+
+
+def learned_context(templates: Sequence[Template]) -> PromptContext | None:
+    """The learned context when the templates are one LearnedTemplate; None for text templates."""
+    learned = [t for t in templates if isinstance(t, LearnedTemplate)]
+    if learned and len(templates) > 1:
+        raise UserError("a learned prompt context cannot be averaged with other templates")
+    return learned[0].context if learned else None
 
 
 @torch.no_grad()
 def _averaged(bundle: ModelBundle, names: Sequence[str], templates: Sequence[Template]) -> np.ndarray:
     """Each name's prompts encoded, averaged over the templates and renormalised: [len(names), D] float32."""
-    per_forward = max(1, PROMPTS_PER_FORWARD // len(templates))
+    per_forward, context = max(1, PROMPTS_PER_FORWARD // len(templates)), learned_context(templates)
     blocks = []
     for start in range(0, len(names), per_forward):
         batch = names[start : start + per_forward]
         prompts = [prompt for name in batch for prompt in render(templates, name)]
-        mean = encode_texts(bundle, prompts).reshape(len(batch), len(templates), -1).mean(dim=1)
+        mean = encode_texts(bundle, prompts, context).reshape(len(batch), len(templates), -1).mean(dim=1)
         blocks.append((mean / mean.norm(dim=1, keepdim=True)).cpu().numpy())
     return np.concatenate(blocks)
 
@@ -68,6 +83,8 @@ def text_embeddings(
     key = cache_key({"model": bundle.name, "weights": bundle.fingerprint,
                      "text": hashlib.blake2b("\n".join(names).encode(), digest_size=16).hexdigest(),
                      "templates": render(templates, "{}"), "dtype": cache.dtype})  # fmt: skip
+    if (context := learned_context(templates)) is not None:  # the placeholders alone do not name the prompts
+        key = cache_key({"text": key, "context": context.digest()})
     entry = cache.load(key)
     if entry is None:
         spec = {"rows": len(names), "dim": bundle.embed_dim, "dtype": cache.dtype, "batch_size": NAMES_PER_ENTRY_WRITE,

@@ -1,4 +1,4 @@
-"""Loading a model: open_clip architectures and tags, local checkpoints, the offline `tiny` model, timm backbones."""
+"""Loading a model: open_clip names and tags, `hf-hub:`/`local-dir:` folders, checkpoints, `tiny`, timm backbones."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 import open_clip
 import torch
 
 from utils.errors import UserError
+from utils.models.folders import check_name, folder_model_config, folder_tokenizer, is_folder_name, resolve
 from utils.models.weights import (
     check_fits,
     ensure_can_download,
@@ -66,6 +68,8 @@ def list_models_with_tags() -> list[str]:
         f"{TIMM_PREFIX}NAME: any timm image backbone (image-only: no zero-shot scores), e.g. "
         f"{TIMM_PREFIX}vit_base_patch16_224; list them with python -c 'import timm; print(timm.list_models())'"
     )
+    lines.append("hf-hub:ORG/REPO: an open_clip repo on Hugging Face (config + weights; cached after one download)")
+    lines.append("local-dir:FOLDER: a folder holding open_clip_config.json and weights, e.g. a copy of such a repo")
     return lines
 
 
@@ -130,23 +134,35 @@ def _tag_overrides(name: str, tag: str | None) -> dict[str, Any]:
     return overrides
 
 
+def model_config(name: str, cache_dir: str | None = None) -> dict[str, Any] | None:
+    """open_clip's model config (embed_dim, vision_cfg, text_cfg) of a built-in name, a `local-dir:` folder or an
+    `hf-hub:` repo in the hub cache; None otherwise (timm, unknown, a repo not downloaded). Never touches the network,
+    where open_clip.get_model_config would fetch an hf-hub repo's config."""
+    if is_folder_name(name):
+        return folder_model_config(name, cache_dir)
+    return None if name.startswith(TIMM_PREFIX) else open_clip.get_model_config(name)
+
+
 def has_text_encoder(name: str) -> bool:
-    """Whether the architecture `name` encodes text (CLIP models do; image-only timm backbones do not)."""
+    """Whether the architecture `name` encodes text (CLIP models, from open_clip or a folder, do; image-only timm
+    backbones do not)."""
     return not name.startswith(TIMM_PREFIX)
 
 
-def has_patch_tokens(name: str) -> bool:
-    """Whether `name` is an open_clip ViT (class-token pooling), whose patch tokens the `local` view reads."""
-    if name.startswith(TIMM_PREFIX):
-        return False
-    vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
+def has_patch_tokens(name: str, cache_dir: str | None = None) -> bool:
+    """Whether `name` is an open_clip ViT (class-token pooling), whose patch tokens the `local` view reads; False for
+    an hf-hub repo not downloaded yet (its config is unknown until then)."""
+    vision = (model_config(name, cache_dir) or {}).get("vision_cfg", {})
     return isinstance(vision.get("layers"), int) and not vision.get("timm_model_name") and \
         not vision.get("attentional_pool") and vision.get("pool_type", "tok") == "tok"  # fmt: skip
 
 
 def check_model_name(name: str) -> None:
-    """Fail early, before any data is fetched, on an architecture neither open_clip nor timm knows."""
-    if name.startswith(TIMM_PREFIX):
+    """Fail early, before any data is fetched and without the network, on an architecture neither open_clip nor timm
+    knows, a `local-dir:` folder without open_clip_config.json, or an `hf-hub:` name that is no repo id."""
+    if is_folder_name(name):
+        check_name(name)
+    elif name.startswith(TIMM_PREFIX):
         import timm
 
         if not timm.is_model(name[len(TIMM_PREFIX) :]):
@@ -156,7 +172,29 @@ def check_model_name(name: str) -> None:
         raise UserError(f"unknown model '{name}'; {LIST_MODELS_HINT}")
 
 
-def _load_open_clip(name: str, tag: str | None, ckpt: str | None, cache_dir: str | None) -> dict[str, Any]:
+class _Source(NamedTuple):
+    """What open_clip builds a model from."""
+
+    name: str  # open_clip's name for it: the built-in name, or `local-dir:` of the folder holding its config
+    overrides: dict[str, Any]  # create_model_and_transforms settings a pretrained tag implies
+    weights: str | None  # the file to load, None: random init
+    tokenizer: Callable[[], Any]
+    config: dict[str, Any]  # open_clip's model config (embed_dim, vision_cfg, text_cfg)
+
+
+def _open_clip_source(name: str, tag: str | None, ckpt: str | None, cache_dir: str | None) -> _Source:
+    """Where the model's config, preprocessing, weights and tokenizer come from.
+
+    A built-in name takes its weights from `ckpt`, else the tag. A folder name (`hf-hub:`, `local-dir:`) is built
+    from the folder's own config and preprocessing, as open_clip does, with weights from `ckpt`, else the folder's;
+    its --pretrained only says whether to load them (none: seeded random init), as open_clip ignores tags there.
+    """
+    if is_folder_name(name):
+        found = resolve(name, want_weights=bool(tag) and not ckpt, cache_dir=cache_dir)
+        weights_file = ckpt or (found.weights if tag else None)
+        tokenizer = partial(folder_tokenizer, name, found, cache_dir)
+        # an hf-hub repo is built from its cached snapshot, so open_clip never asks the hub again
+        return _Source(f"local-dir:{found.folder}", {}, weights_file, tokenizer, found.config["model_cfg"])
     if ckpt and tag and not open_clip.get_pretrained_cfg(name, tag):
         tag = None  # the weights come from the checkpoint; an inapplicable (e.g. default) tag adds nothing
     if tag and not open_clip.get_pretrained_cfg(name, tag):
@@ -165,25 +203,35 @@ def _load_open_clip(name: str, tag: str | None, ckpt: str | None, cache_dir: str
             f"unknown pretrained tag '{tag}' for {name}; known tags: {', '.join(tags) or 'none'} (or --pretrained none)"
         )
     weights_file = ckpt or (fetch_pretrained(name, tag, cache_dir) if tag else None)
+    tokenizer = partial(open_clip.get_tokenizer, name)
+    return _Source(name, _tag_overrides(name, tag), weights_file, tokenizer, open_clip.get_model_config(name))
+
+
+def _load_open_clip(name: str, tag: str | None, ckpt: str | None, cache_dir: str | None) -> dict[str, Any]:
+    source = _open_clip_source(name, tag, ckpt, cache_dir)
     try:
         with quiet_root_logger():  # open_clip warns "initialized randomly"; the weights are loaded just below
-            # pretrained_text=False: never fetch a Hugging Face text tower's base weights behind the user's back
+            # pretrained_text=False: never fetch a Hugging Face text tower's base weights behind the user's back;
+            # load_weights=False: a folder's weights are loaded below, checked like any checkpoint
             model, train_preprocess, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=None, pretrained_text=False, **_tag_overrides(name, tag)
+                source.name, pretrained=None, load_weights=False, pretrained_text=False, **source.overrides
             )
-            tokenizer = open_clip.get_tokenizer(name)
+            tokenizer = source.tokenizer()
     except ImportError as err:
         raise UserError(f"{name} needs the package '{err.name}' (pip install {err.name})") from err
     except OSError as err:  # Hugging Face tokenizers and configs fetched from the hub
         raise UserError(f"{name} needs files from the Hugging Face hub that are not cached here: {err}") from err
-    if weights_file:
+    except (KeyError, TypeError, ValueError) as err:
+        if not is_folder_name(name):
+            raise
+        raise UserError(f"open_clip cannot build {name} from its open_clip_config.json: {err}") from err
+    if path := source.weights:
         # readable, nothing but tensors, and of this architecture's shapes, before open_clip converts and loads it
-        check_fits(read_state_dict(weights_file), model, weights_file, name)
-        load_into(lambda: open_clip.load_checkpoint(model, weights_file, strict=True, weights_only=True),
-                  weights_file, name)  # fmt: skip
-    embed_dim = open_clip.get_model_config(name)["embed_dim"]
-    return {"model": model, "preprocess": preprocess, "tokenizer": tokenizer, "weights": ckpt or tag or "random",
-            "embed_dim": embed_dim, "train_preprocess": train_preprocess}  # fmt: skip
+        check_fits(read_state_dict(path), model, path, name)
+        load_into(lambda: open_clip.load_checkpoint(model, path, strict=True, weights_only=True), path, name)
+    weights = ckpt or (path if is_folder_name(name) else tag) or "random"
+    return {"model": model, "preprocess": preprocess, "tokenizer": tokenizer, "weights": weights,
+            "embed_dim": source.config["embed_dim"], "train_preprocess": train_preprocess}  # fmt: skip
 
 
 def load_model(
@@ -194,7 +242,8 @@ def load_model(
     cache_dir: str | None = None,
     seed: int = 0,
 ) -> ModelBundle:
-    """An open_clip model (or `timm:NAME` backbone) with weights from `ckpt`, else the tag, else seeded random init."""
+    """An open_clip model (a built-in name, `hf-hub:org/repo` or `local-dir:FOLDER`) or `timm:NAME` backbone, with
+    weights from `ckpt`, else the tag (a folder's own weights), else seeded random init."""
     check_model_name(name)
     tag = None if (pretrained or "").lower() in NO_WEIGHTS else pretrained
     # Seeded random init (--pretrained none) is reproducible, so its features cache too; the caller's RNG is untouched.

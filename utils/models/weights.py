@@ -46,11 +46,16 @@ def network_reachable(host: str) -> bool:
         return False
 
 
+def download_blocked(host: str) -> str | None:
+    """Why nothing can be downloaded from `host` now (HF_HUB_OFFLINE set, or unreachable), within seconds; None: go."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    return None if network_reachable(host) else f"{host} cannot be reached"
+
+
 def ensure_can_download(what: str, host: str, cache_dir: str | None) -> None:
     """Fail in seconds, with what to do, when weights are not cached and cannot be downloaded."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    reason = "HF_HUB_OFFLINE is set" if offline else (None if network_reachable(host) else f"{host} cannot be reached")
-    if reason:
+    if reason := download_blocked(host):
         raise UserError(
             f"pretrained weights {what} are not in the local cache ({cache_dir or default_cache_dir()}) and {reason}. "
             f"Either run once with network access to download them, copy the cache folder from a machine that has "

@@ -19,6 +19,7 @@ from utils.scores.label_mass import GroupOthers, KPlusOne, NegativeLabels, NegLa
 from utils.scores.linear_probe import ProbeEnergy, ProbeMaxLogit, ProbeMSP
 from utils.scores.local import GLMCM, LocalMCM
 from utils.scores.mahalanobis import Mahalanobis, RelativeMahalanobis
+from utils.scores.pood import HEADS, POOD_SCORES, POOD_UNAVAILABLE, Head
 from utils.scores.zero_shot import MCM, Energy, MaxLogit, NegEntropy, SoftmaxVariance, ZeroShotScore
 
 SCORES: dict[str, type[Score]] = {
@@ -39,13 +40,17 @@ SCORES: dict[str, type[Score]] = {
     "lp_maxlogit": ProbeMaxLogit,
     "kplus1": KPlusOne,  # its inputs come from a checkpoint of finetune_clip.py --method kplus1
     "group": GroupOthers,  # its inputs come from a checkpoint of finetune_clip.py --method group
+    **POOD_SCORES,  # pytorch-ood's detectors on the cached features: pood:vim, pood:gen, ... (utils/scores/pood.py)
 }
 ALIASES = {"maxlogit": "mis", "mahalanobis": "maha", "relative_mahalanobis": "rmd"}
 
 
 def canonical(name: str) -> str:
-    """The registry name of `name` (case-insensitive, aliases resolved); ValueError listing SCORES if unknown."""
+    """The registry name of `name` (case-insensitive, aliases resolved); ValueError listing SCORES if unknown, or
+    saying why for a pytorch-ood detector that cannot run on cached features."""
     key = ALIASES.get(name.lower(), name.lower())
+    if key in POOD_UNAVAILABLE:
+        raise ValueError(f"{name} is not available: it {POOD_UNAVAILABLE[key]}")
     if key not in SCORES:
         raise ValueError(f"unknown score '{name}'; known: {', '.join([*SCORES, *ALIASES])}")
     return key
@@ -62,6 +67,13 @@ def needs_text(name: str) -> bool:
     return "text_features" in cls.needs or cls.reads_text
 
 
+def listing() -> list[tuple[str, str]]:
+    """(name, what it is) for every score, from its docstring's first line; then each pytorch-ood detector that
+    cannot run on cached features, with the reason (what --list-scores prints)."""
+    rows = [(name, (cls.__doc__ or "").strip().splitlines()[0]) for name, cls in SCORES.items()]
+    return rows + [(name, f"unavailable: {reason}") for name, reason in POOD_UNAVAILABLE.items()]
+
+
 def resolve_scores(names: Sequence[str]) -> list[str]:
     """Registry names for user-given names, `all` expanded, duplicates dropped, order kept."""
     resolved: list[str] = []
@@ -73,6 +85,6 @@ def resolve_scores(names: Sequence[str]) -> list[str]:
 
 
 __all__ = [
-    "ALIASES", "SCORES", "InDistribution", "NegativeLabels", "Score", "ZeroShotScore", "build_score", "canonical",
-    "mine_negative_labels", "needs_text", "resolve_scores",
+    "ALIASES", "HEADS", "POOD_UNAVAILABLE", "SCORES", "Head", "InDistribution", "NegativeLabels", "Score",
+    "ZeroShotScore", "build_score", "canonical", "listing", "mine_negative_labels", "needs_text", "resolve_scores",
 ]  # fmt: skip

@@ -15,7 +15,9 @@ import torch
 
 from utils.atomic import atomic_path
 from utils.errors import UserError
+from utils.models.prompt_context import LearnedTemplate, PromptContext
 from utils.models.weights import read_state_dict
+from utils.prompts import Template, load_templates
 
 CONTRACT_KEY = "score_contract"
 
@@ -27,7 +29,8 @@ class ScoreContract:
     `texts` are prompts that evaluation encodes with the checkpoint's own text tower (e.g. the K+1 method's OOD
     prompt); `values` are plain values (e.g. class groups as indices into `classnames`, so they are supplied only
     when the ID set has exactly these classes); `logit_scale` is the learned one at the end of training;
-    `class_templates` the templates its class prompts were trained with (empty: not recorded).
+    `class_templates` the templates its class prompts were trained with (empty: not recorded); `context` a learned
+    prompt context [tokens, width] (CoOp, LoCoOp), which then makes every class prompt.
     """
 
     method: str
@@ -36,6 +39,7 @@ class ScoreContract:
     texts: dict[str, tuple[str, ...]] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
     class_templates: tuple[str, ...] = ()
+    context: tuple[tuple[float, ...], ...] | None = None  # [tokens][width]
 
     @property
     def inputs(self) -> set[str]:
@@ -55,10 +59,28 @@ class ScoreContract:
                 texts={str(k): tuple(str(t) for t in v) for k, v in saved.get("texts", {}).items()},
                 values=dict(saved.get("values", {})),
                 class_templates=tuple(str(t) for t in saved.get("class_templates", ())),
+                context=_matrix(saved.get("context")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise UserError(f"{path}: its {CONTRACT_KEY} entry is damaged ({type(err).__name__}: {err})") from err
         return contract
+
+
+def _matrix(rows: Any) -> tuple[tuple[float, ...], ...] | None:
+    """A saved [tokens, width] context as nested tuples (so contracts compare by value); ValueError if not one."""
+    if rows is None:
+        return None
+    matrix = tuple(tuple(float(v) for v in row) for row in rows)
+    if not matrix or len({len(row) for row in matrix}) != 1 or not matrix[0]:
+        raise ValueError("the prompt context must be a non-empty [tokens, width] matrix")
+    return matrix
+
+
+def class_templates(spec: str | None, contract: ScoreContract | None) -> tuple[Template, ...]:
+    """The class prompts of a run: --templates when given, else the checkpoint's learned context, else CLIP's."""
+    if spec is None and contract is not None and contract.context is not None:
+        return (LearnedTemplate(PromptContext(torch.tensor(contract.context))),)
+    return load_templates(spec or "single")
 
 
 def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], **extra: Any) -> None:

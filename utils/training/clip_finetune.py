@@ -17,12 +17,15 @@ from utils.distributed import World
 from utils.errors import UserError
 from utils.models.loading import ModelBundle
 from utils.training.checkpoints import load_training_state, rng_state, save_final, set_rng_state
-from utils.training.loop import grad_scaler, optimizer_steps, run_epoch, warmup_cosine
+from utils.training.loop import OPTIMIZERS, grad_scaler, make_schedule, optimizer_steps, run_epoch
 from utils.training.objectives import Objective, logit_scale
-from utils.training.towers import freeze, kept_frozen
+from utils.training.towers import kept_frozen
 
 RESUME_MUST_MATCH = ("method", "model", "id_name", "aux", "seed", "batch_size", "accumulate", "freeze", "epochs", "lr",
-                     "weight_decay", "warmup")  # fmt: skip
+                     "weight_decay", "warmup", "shots", "optimizer", "schedule", "augment")  # fmt: skip
+
+
+AUGMENTATIONS = ("method", "model")
 
 
 @dataclass
@@ -40,6 +43,10 @@ class TrainConfig:
     freeze: str = "none"
     seed: int = 0
     workers: int = 4
+    shots: int | None = None  # K training images per class (few-shot protocols), else all
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    augment: str = "method"  # method: the method's paper's augmentation; model: the model's own training transform
 
 
 def _sampler(dataset, world: World, seed: int) -> DistributedSampler:
@@ -86,17 +93,21 @@ class _Run:
 def _set_up(bundle: ModelBundle, objective: Objective, id_train: LoadedDataset, aux: LoadedDataset | None,
             config: TrainConfig, world: World) -> _Run:  # fmt: skip
     device = bundle.device
-    params = freeze(bundle.model, config.freeze)
+    params = objective.trainable(config.freeze)
     module = objective
     if world.distributed:
         module = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None
         )
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    transform = bundle.train_preprocess or bundle.preprocess
+    optimizer = OPTIMIZERS[config.optimizer](params, config.lr, config.weight_decay)
+    transform = (
+        objective.train_transform() if config.augment == "method" else bundle.train_preprocess or bundle.preprocess
+    )
     per_rank, pin = max(1, config.batch_size // world.size), device.type == "cuda"
     sampler = _sampler(id_train.dataset, world, config.seed)
-    loader = make_loader(id_train.dataset, transform, per_rank, config.workers, pin, sampler=sampler, seed=config.seed)
+    drop = objective.drop_last and len(sampler) >= per_rank  # Dassl's rule: only when a full batch exists
+    loader = make_loader(id_train.dataset, transform, per_rank, config.workers, pin, sampler=sampler, seed=config.seed,
+                         drop_last=drop)  # fmt: skip
     if len(loader) == 0:
         raise UserError(f"{id_train.name} train has fewer images than one batch ({config.batch_size})")
     aux_sampler = aux_loader = None
@@ -104,19 +115,26 @@ def _set_up(bundle: ModelBundle, objective: Objective, id_train: LoadedDataset, 
         aux_sampler = _sampler(aux.dataset, world, config.seed + 1)
         aux_loader = make_loader(aux.dataset, transform, per_rank, config.workers, pin, sampler=aux_sampler,
                                  seed=config.seed + 1)  # fmt: skip
-    steps = config.epochs * optimizer_steps(len(loader), config.accumulate)
-    scheduler = warmup_cosine(optimizer, max(1, steps), int(config.warmup * steps))
+    per_epoch = optimizer_steps(len(loader), config.accumulate)
+    scheduler = make_schedule(config.schedule, optimizer, per_epoch, config.epochs, config.warmup)
     return _Run(module, loader, sampler, aux_loader, aux_sampler, optimizer, scheduler, grad_scaler(device))
 
 
-def _resume(last: Path, bundle: ModelBundle, run: _Run, config: TrainConfig) -> tuple[int, list[dict]]:
+def _resume(
+    last: Path, bundle: ModelBundle, objective: Objective, run: _Run, config: TrainConfig
+) -> tuple[int, list[dict]]:
     """Load `last.pt` into the model and every stepping state; (epochs done, log so far)."""
     state = load_training_state(last)
-    changed = [k for k in RESUME_MUST_MATCH if state["config"].get(k) != getattr(config, k)]
+    defaults = asdict(TrainConfig(config.method, config.model, config.id_name, config.aux))  # settings added later
+    changed = [k for k in RESUME_MUST_MATCH if state["config"].get(k, defaults[k]) != getattr(config, k)]
     if changed:
         raise UserError(f"--resume: {last} was trained with other settings ({', '.join(changed)}); "
                         f"use the same ones or another --out-dir")  # fmt: skip
     bundle.model.load_state_dict(state["model"])
+    missing = set(objective.learned_state()) - set(state.get("learned", {}))
+    if missing:
+        raise UserError(f"--resume: {last} lacks the method's own parameters ({', '.join(sorted(missing))})")
+    objective.load_state_dict(state.get("learned", {}), strict=False)
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
@@ -129,9 +147,10 @@ def _write_log(path: Path, records: list[dict]) -> None:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def _save_epoch(out_dir: Path, bundle: ModelBundle, run: _Run, config: TrainConfig, epoch: int, log: list[dict]):
+def _save_epoch(out_dir: Path, objective: Objective, run: _Run, config: TrainConfig, epoch: int, log: list[dict]):
     with atomic_path(out_dir / "last.pt") as tmp:
-        torch.save({"model": bundle.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        torch.save({"model": objective.model.state_dict(), "learned": objective.learned_state(),
+                    "optimizer": run.optimizer.state_dict(),
                     "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng_state(),
                     "epoch": epoch, "config": asdict(config), "log": log}, tmp)  # fmt: skip
     _write_log(out_dir / "metrics.jsonl", log)
@@ -154,11 +173,11 @@ def train(
     run = _set_up(bundle, objective, id_train, aux, config, world)
     device, start_epoch, log = bundle.device, 0, []
     if resume and (out_dir / "last.pt").is_file():
-        start_epoch, log = _resume(out_dir / "last.pt", bundle, run, config)
+        start_epoch, log = _resume(out_dir / "last.pt", bundle, objective, run, config)
         if world.main:
             print(f"resuming {out_dir / 'last.pt'} after epoch {start_epoch}")
     objective.train()
-    with kept_frozen(bundle.model, config.freeze):
+    with kept_frozen(bundle.model, objective.frozen or config.freeze):
         for epoch in range(start_epoch, config.epochs):
             torch.manual_seed(config.seed * 100_003 + epoch)  # augmentation randomness: a function of (seed, epoch)
             run.loader.generator.manual_seed(config.seed * 100_003 + epoch)  # worker seeds too: resume is exact
@@ -177,7 +196,7 @@ def train(
                         "seconds": stats.seconds})  # fmt: skip
             if world.main:
                 print(json.dumps(log[-1]))
-                _save_epoch(out_dir, bundle, run, config, epoch + 1, log)
+                _save_epoch(out_dir, objective, run, config, epoch + 1, log)
     objective.eval()
     return log
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from utils.data.loaders import make_loader
 from utils.data.loading import LoadedDataset
 from utils.device import autocast
-from utils.models import CLIP_LOGIT_SCALE
 from utils.models.loading import ModelBundle
+from utils.models.logits import zero_shot_logit_scale
 from utils.training.loop import grad_scaler, run_epoch, warmup_cosine
 from utils.training.towers import freeze, image_tower, kept_frozen
 
@@ -25,8 +25,9 @@ class ImageClassifier(torch.nn.Module):
         self.model = model
         self.head = torch.nn.Linear(dim, classes)
         with torch.no_grad():
-            self.head.weight.copy_(CLIP_LOGIT_SCALE * text_head if text_head is not None else torch.zeros(classes, dim))
-            self.head.bias.zero_()
+            scale = zero_shot_logit_scale(model)  # 100 for CLIP, a SigLIP model's own
+            self.head.weight.copy_(scale * text_head if text_head is not None else torch.zeros(classes, dim))
+            self.head.bias.zero_()  # a SigLIP bias is the same for every class: the softmax does not see it
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(F.normalize(self.model.encode_image(images).float(), dim=-1))

@@ -29,6 +29,50 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def constant_warmup_epoch_cosine(
+    optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int, warmup_lr: float = 1e-5, warmup_epochs: int = 1
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """CoOp's schedule (Dassl ConstantWarmupScheduler around CosineAnnealingLR, stepped per epoch): `warmup_lr`
+    for the first epochs, then epoch e runs at base · ½(1 + cos(π (e − warm-up) / epochs))."""
+    base = optimizer.param_groups[0]["lr"]
+
+    def factor(step: int) -> float:
+        epoch = step // max(1, steps_per_epoch)
+        if epoch < warmup_epochs:
+            return warmup_lr / base
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / epochs))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_schedule(
+    name: str, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int, warmup: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """`cosine`: linear warm-up over a `warmup` share of all steps, then a per-step cosine to 0 (open_clip's);
+    `coop`: CoOp's one epoch at 1e-5, then a per-epoch cosine."""
+    steps = max(1, epochs * steps_per_epoch)
+    schedules = {
+        "cosine": lambda: warmup_cosine(optimizer, steps, int(warmup * steps)),
+        "coop": lambda: constant_warmup_epoch_cosine(optimizer, steps_per_epoch, epochs),
+    }
+    return schedules[name]()
+
+
+SCHEDULES = ("cosine", "coop")
+
+
+def decay_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: gains, biases, the logit scale and bias are left out (open_clip's rule)."""
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # fmt: skip
+
+
+OPTIMIZERS = {  # SGD as Dassl configures it for CoOp: momentum 0.9, no dampening, no Nesterov
+    "adamw": lambda params, lr, weight_decay: torch.optim.AdamW(decay_groups(params, weight_decay), lr=lr),
+    "sgd": lambda params, lr, weight_decay: torch.optim.SGD(decay_groups(params, weight_decay), lr=lr, momentum=0.9),
+}
+
+
 def optimizer_steps(batches: int, accumulate: int) -> int:
     """Optimiser steps in an epoch of `batches`: the last, short accumulation counts too."""
     return -(-batches // accumulate)

@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -18,19 +18,15 @@ import torch.nn.functional as F
 
 from utils.errors import UserError
 from utils.features.text import encode_texts
-from utils.models import CLIP_LOGIT_SCALE
 from utils.models.loading import ModelBundle
+from utils.models.logits import logit_scale, model_logits  # logit_scale: also the checkpoint's and the log's
 from utils.prompts import TEMPLATE_SETS, Template, is_template, render, template_text
 from utils.training.checkpoints import ScoreContract
+from utils.training.towers import freeze
 
 DEFAULT_OOD_PROMPT = "a photo of an unknown object."
 DEFAULT_OTHERS_PROMPT = "a photo of something that is not a {}."
 GROUPS_DIR = Path(__file__).resolve().parents[2] / "configs" / "groups"
-
-
-def logit_scale(model: torch.nn.Module) -> torch.Tensor:
-    """CLIP's learned temperature, capped at 100 as in CLIP's training."""
-    return model.logit_scale.exp().clamp(max=CLIP_LOGIT_SCALE)
 
 
 def class_prompts(classnames: Sequence[str]) -> list[str]:
@@ -43,11 +39,26 @@ class Objective(torch.nn.Module):
 
     needs_aux = False
     provides: tuple[str, ...] = ()  # score inputs this method's checkpoint supplies (see ScoreContract)
+    frozen: str | None = None  # the tower this method always keeps fixed ("all": only its own parameters train)
+    defaults: ClassVar[dict[str, Any]] = {}  # its paper's training settings, where they differ from ours
+    drop_last = False  # leave out each epoch's last, short batch of ID images
 
     def __init__(self, bundle: ModelBundle, classnames: Sequence[str], templates: Sequence[Template], **_: Any):
         super().__init__()
         self.bundle, self.model = bundle, bundle.model  # the model as a submodule: DDP sees its parameters
         self.classnames, self.templates = list(classnames), list(templates)
+
+    def trainable(self, tower: str) -> list[torch.nn.Parameter]:
+        """The parameters to optimise, `tower` (--freeze) kept fixed."""
+        return freeze(self.model, tower)
+
+    def train_transform(self) -> Any:
+        """The training images' transform: the model's own (random crops) by default."""
+        return self.bundle.train_preprocess or self.bundle.preprocess
+
+    def learned_state(self) -> dict[str, torch.Tensor]:
+        """What the method trains beside the model's weights (e.g. a prompt context), for last.pt."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.model.encode_image(images).float(), dim=-1)
@@ -79,7 +90,7 @@ class ContrastiveObjective(Objective):
         captions = [render([self.templates[int(rng.integers(len(self.templates)))]], self.classnames[int(y)])[0]
                     for y in labels]  # fmt: skip
         image_feats, text_feats = self.image_features(images), self.texts(captions)
-        logits = logit_scale(self.model) * image_feats @ text_feats.T
+        logits = model_logits(self.model, image_feats, text_feats)
         same = (labels[:, None] == labels[None, :]).float()
         targets = same / same.sum(dim=1, keepdim=True)
         return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
@@ -99,7 +110,7 @@ class KPlusOneObjective(Objective):
         text = self.texts([*class_prompts(self.classnames), self.ood_prompt])
         both = torch.cat([images, aux])
         targets = torch.cat([labels, torch.full((len(aux),), len(self.classnames), device=labels.device)])
-        return F.cross_entropy(logit_scale(self.model) * self.image_features(both) @ text.T, targets)
+        return F.cross_entropy(model_logits(self.model, self.image_features(both), text), targets)
 
     def contract(self, method: str) -> ScoreContract:
         return replace(super().contract(method), texts={"ood_prompt_features": (self.ood_prompt,)})
@@ -116,9 +127,8 @@ class OutlierExposureObjective(Objective):
 
     def forward(self, images, labels, aux, step_seed) -> torch.Tensor:
         text = self.texts(class_prompts(self.classnames))
-        scale = logit_scale(self.model)
-        id_loss = F.cross_entropy(scale * self.image_features(images) @ text.T, labels)
-        aux_log_p = F.log_softmax(scale * self.image_features(aux) @ text.T, dim=1)
+        id_loss = F.cross_entropy(model_logits(self.model, self.image_features(images), text), labels)
+        aux_log_p = F.log_softmax(model_logits(self.model, self.image_features(aux), text), dim=1)
         return id_loss + self.oe_weight * (-aux_log_p.mean(dim=1)).mean()
 
 
@@ -169,7 +179,7 @@ class GroupObjective(Objective):
         text = self.texts([*prompts, *self.others_prompts()])
         feats = self.image_features(torch.cat([images, aux]))
         every = torch.cat([labels, torch.full((len(aux),), -1, device=labels.device)])
-        logits = logit_scale(self.model) * feats @ text.T
+        logits = model_logits(self.model, feats, text)
         loss = 0.0
         for g, members in enumerate(self.members):
             group_logits = torch.cat([logits[:, members], logits[:, len(prompts) + g : len(prompts) + g + 1]], dim=1)
@@ -184,11 +194,3 @@ class GroupObjective(Objective):
     def contract(self, method: str) -> ScoreContract:
         return replace(super().contract(method), texts={"others_features": tuple(self.others_prompts())},
                        values={"groups": [list(g["classes"]) for g in self.groups]})  # fmt: skip
-
-
-METHODS: dict[str, type[Objective]] = {
-    "contrastive": ContrastiveObjective,
-    "kplus1": KPlusOneObjective,
-    "oe": OutlierExposureObjective,
-    "group": GroupObjective,
-}

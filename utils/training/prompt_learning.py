@@ -1,0 +1,116 @@
+"""Prompt learning on a frozen CLIP: CoOp and LoCoOp, as objectives of the one training loop.
+
+Only the prompt context trains; the whole CLIP model is frozen and checked unchanged at the end. Defaults are
+the papers' ImageNet settings (CoOp configs vit_b16_ep50 and LoCoOp's scripts): 16 generic context tokens, class
+token at the end, SGD lr 0.002 (momentum 0.9, weight decay 5e-4), batch 32, 50 epochs, one warm-up epoch at
+lr 1e-5 then a per-epoch cosine, random resized crops (scale 0.08-1, bicubic) and horizontal flips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
+
+from utils.errors import UserError
+from utils.features.text import encode_texts
+from utils.models.local_tokens import global_and_patches
+from utils.models.logits import model_logits
+from utils.models.prompt_context import LearnedTemplate, PromptContext, initial_context
+from utils.training.checkpoints import ScoreContract
+from utils.training.objectives import Objective
+from utils.training.towers import freeze, image_tower
+
+LOCOOP_TOP_K_SHARE = 0.2  # LoCoOp's K = 200 of ImageNet-1k's 1000 classes
+
+
+def coop_train_transform(preprocess: Any, size: int) -> transforms.Compose:
+    """Dassl's "random_resized_crop, random_flip, normalize" at the model's input size, with its normalisation."""
+    normalise = next((s for s in getattr(preprocess, "transforms", []) if isinstance(s, transforms.Normalize)), None)
+    if normalise is None:
+        raise UserError(f"the model's transform has no Normalize step to reuse for prompt learning ({preprocess})")
+    return transforms.Compose([
+        transforms.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=InterpolationMode.BICUBIC),
+        transforms.RandomHorizontalFlip(),
+        lambda image: image.convert("RGB"),
+        transforms.ToTensor(),
+        transforms.Normalize(normalise.mean, normalise.std),
+    ])  # fmt: skip
+
+
+class CoOpObjective(Objective):
+    """CoOp (Zhou et al., IJCV 2022): cross-entropy of logit_scale · cos(image, [V]_1..[V]_M[CLASS].) over the ID
+    classes; only the context vectors [V] learn."""
+
+    frozen = "all"
+    drop_last = True  # Dassl's training loader
+    defaults: ClassVar[dict[str, Any]] = {"epochs": 50, "lr": 2e-3, "weight_decay": 5e-4, "batch_size": 32,
+                                          "optimizer": "sgd", "schedule": "coop"}  # fmt: skip
+
+    def __init__(self, *args: Any, n_ctx: int = 16, ctx_init: str = "", seed: int = 0, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        vectors = initial_context(self.model, self.bundle.tokenizer, n_ctx, ctx_init, seed)
+        self.context = PromptContext(vectors).to(self.bundle.device)
+
+    @property
+    def class_templates(self) -> tuple[LearnedTemplate, ...]:
+        return (LearnedTemplate(self.context),)
+
+    def trainable(self, tower: str) -> list[torch.nn.Parameter]:
+        freeze(self.model, "all")
+        return [self.context.vectors]
+
+    def train_transform(self) -> Any:
+        return coop_train_transform(self.bundle.preprocess, int(image_tower(self.model).image_size[0]))
+
+    def class_text(self) -> torch.Tensor:
+        """The ID classes' learned-prompt embeddings [C, D], with gradients to the context."""
+        return encode_texts(self.bundle, [self.context.prompt(name) for name in self.classnames], self.context)
+
+    def forward(self, images, labels, aux, step_seed) -> torch.Tensor:
+        with torch.no_grad():
+            features = self.image_features(images)
+        return F.cross_entropy(model_logits(self.model, features, self.class_text()), labels)
+
+    def contract(self, method: str) -> ScoreContract:
+        vectors = self.context.vectors.detach().float().cpu().tolist()
+        return replace(super().contract(method), context=tuple(tuple(row) for row in vectors))
+
+
+def entropy_outside_top_k(local_logits: torch.Tensor, labels: torch.Tensor, top_k: int) -> torch.Tensor:
+    """LoCoOp's OOD regions: patches whose top-K classes miss the image's label; the mean entropy of their class
+    distribution (p log(p + 1e-5), as the official entropy_select_topk), 0 when there are none."""
+    batch, patches, classes = local_logits.shape
+    probs = F.softmax(local_logits.reshape(batch * patches, classes), dim=-1)
+    top = probs.topk(top_k, dim=1).indices
+    outside = ~(top == labels.repeat_interleave(patches)[:, None]).any(dim=1)
+    picked = probs[outside]
+    if len(picked) == 0:
+        return local_logits.new_zeros(())
+    return -(picked * torch.log(picked + 1e-5)).sum(dim=1).mean()
+
+
+class LoCoOpObjective(CoOpObjective):
+    """LoCoOp (Miyai et al., NeurIPS 2023): CoOp's loss − λ · entropy of the patches whose top-K classes exclude the
+    label (treated as OOD: their prediction is pushed to uniform). λ = 0.25; K = 200 for 1000 classes."""
+
+    def __init__(self, *args: Any, locoop_lambda: float = 0.25, top_k: int | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        classes = len(self.classnames)
+        self.top_k = top_k or min(classes - 1, max(1, round(LOCOOP_TOP_K_SHARE * classes)))
+        if not 0 < self.top_k < classes:
+            raise UserError(f"LoCoOp's top-K must be between 1 and the class count - 1 ({classes - 1}), got {top_k}")
+        self.locoop_lambda = locoop_lambda
+
+    def forward(self, images, labels, aux, step_seed) -> torch.Tensor:
+        with torch.no_grad():
+            pooled, patches = global_and_patches(image_tower(self.model), images)
+            pooled, patches = F.normalize(pooled.float(), dim=-1), F.normalize(patches.float(), dim=-1)
+        text = self.class_text()
+        loss_id = F.cross_entropy(model_logits(self.model, pooled, text), labels)
+        entropy = entropy_outside_top_k(model_logits(self.model, patches, text), labels, self.top_k)
+        return loss_id - self.locoop_lambda * entropy
