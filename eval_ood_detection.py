@@ -27,7 +27,8 @@ from utils.cli import (
     run_folder,
     run_metadata,
 )
-from utils.data.loading import DataOptions
+from utils.data.classnames import parse_labels
+from utils.data.loading import DataOptions, renamed
 from utils.data.registry import get_spec
 from utils.device import PRECISIONS, resolve_device
 from utils.distributed import World, close, init_world, local_device, main_first
@@ -43,9 +44,9 @@ from utils.features.store import FeatureCache
 from utils.models.compile import compile_image_tower
 from utils.models.loading import check_model_name, load_model
 from utils.models.preprocess import INTERPOLATIONS, with_interpolation
-from utils.prompts import TEMPLATE_SETS
+from utils.prompts import TEMPLATE_SETS, Template
 from utils.scores import ALIASES, HEADS, SCORES, listing
-from utils.training.checkpoints import class_templates, read_contract
+from utils.training.checkpoints import ScoreContract, class_templates, read_contract
 
 
 class _ListPresets(argparse.Action):
@@ -104,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LAMBDA",
         help="gl_mcm = mcm + LAMBDA * l_mcm (default: 1, GL-MCM's code; its ImageNet script: 0.5)",
     )
+    parser.add_argument("--classnames", default=None, metavar="NAMES",
+                        help="the ID set's class names for the prompts, in its class order: a file with one per line "
+                             "or a comma list (e.g. for a folder: set whose folder names are codes) (default: the "
+                             "dataset's own)")  # fmt: skip
     parser.add_argument("--templates", default=None,
                         help=f"prompt templates: {' | '.join(TEMPLATE_SETS)} | a file, one per line (default: the "
                              "--ckpt's learned prompts (coop, locoop), else single: 'a photo of a {}.')")  # fmt: skip
@@ -186,6 +191,17 @@ def run(args: argparse.Namespace) -> dict:
         close(world)
 
 
+def class_prompts(args: argparse.Namespace, contract: ScoreContract | None) -> tuple[tuple[Template, ...], list[str]]:
+    """The run's class-prompt templates and a note: a learned context (coop, locoop) wins over a preset's
+    templates, not over --templates written on the command line."""
+    spec = args.templates
+    if spec and contract and contract.context is not None and "templates" not in getattr(args, "given", []):
+        note = (f"the class prompts are the checkpoint's learned ones, not the preset's --templates {spec} (write "
+                f"--templates to use those)")  # fmt: skip
+        return class_templates(None, contract), [note]
+    return class_templates(spec, contract), []
+
+
 def _run(args: argparse.Namespace, world: World) -> dict:
     """Under torchrun every rank encodes a shard of each dataset; rank 0 alone scores and reports."""
     preset = load_preset(args.preset) if args.preset else None
@@ -197,8 +213,9 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
     contract = read_contract(args.ckpt)
-    options = from_args(EvalOptions, args, templates=class_templates(args.templates, contract))
-    exp = inputs.Experiment(options, args.model, contract=contract, world=world)
+    templates, notes = class_prompts(args, contract)
+    options = from_args(EvalOptions, args, templates=templates)
+    exp = inputs.Experiment(options, args.model, contract=contract, world=world, notes=notes)
     scores = plan(args.score, exp)
     for name in [args.id_name, *(args.out or [])]:
         get_spec(name)  # every name is checked before anything is downloaded
@@ -208,7 +225,11 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     data = from_args(DataOptions, args, root=args.data_root)
     with main_first(world):  # rank 0 downloads, the others then find the files
         exp.id_test = data.load(args.id_name, "test")
-        exp.id_train = data.load(args.id_name, "train") if inputs.needs_train(scores, options) else None
+        exp.id_train = data.load_id_train(args.id_name) if inputs.needs_train(scores, options) else None
+        if args.classnames:
+            names = parse_labels(args.classnames)
+            exp.id_test = renamed(exp.id_test, names)
+            exp.id_train = exp.id_train and renamed(exp.id_train, names)
         inputs.check(scores, exp)  # every score's requirements, before any image is encoded
         exp.ood_sets = resolve_ood_sets(args.id_name, args.out, data, args.ood_resize, _ood_splits(args.ood_split))
         if (protocol := _protocol(args))["resolution"]:

@@ -185,7 +185,7 @@ def _run(args: argparse.Namespace, world) -> dict[str, Any]:
     check_writable_dir(args.out_dir or "results", "--out-dir")
     captions = load_templates(args.templates)
     data = from_args(DataOptions, args, root=args.data_root)
-    train_data = data.load(args.id_name, "train")
+    train_data = data.load_id_train(args.id_name)
     if not train_data.classnames:
         raise UserError(f"'{args.id_name}' has no class names (a flat folder?); fine-tuning needs labelled images")
     aux_name = args.aux or DEFAULT_AUX.get(args.id_name)
@@ -199,7 +199,7 @@ def _run(args: argparse.Namespace, world) -> dict[str, Any]:
     options = _method_options(args, train_data.classnames)
     bundle = load_model(args.model, args.pretrained, args.ckpt, device, args.model_cache_dir, args.seed)
     objective = METHODS[args.method](bundle, train_data.classnames, captions, **options)
-    config = from_args(TrainConfig, args, aux=aux.name if aux else None)
+    config = from_args(TrainConfig, args, aux=aux.name if aux else None, method_options=options)
     out_dir = Path(args.out_dir) if args.resume else None
     if out_dir is None:
         out_dir = Path(args.out_dir) if world.distributed else None

@@ -31,7 +31,7 @@ from utils.cli import (
     run_folder,
     run_metadata,
 )
-from utils.data.classnames import CIFAR100
+from utils.data.classnames import CIFAR100, parse_labels
 from utils.data.loading import DataOptions, LoadedDataset
 from utils.data.skimage import SKIMAGE_IMAGES, skimage_images
 from utils.device import autocast, resolve_device
@@ -93,23 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_labels(spec: str | Sequence[str]) -> list[str]:
-    """A list, a comma-separated string, or a file with one label per line."""
-    if not isinstance(spec, str):
-        labels = [str(s).strip() for s in spec]
-    elif Path(spec).is_file():
-        try:
-            labels = [line.strip() for line in Path(spec).read_text(encoding="utf-8").splitlines()]
-        except UnicodeDecodeError as err:
-            raise UserError(f"--test-labels {spec} is not UTF-8 text: {err}") from err
-    else:
-        labels = [part.strip() for part in spec.split(",")]
-    labels = [label for label in labels if label]
-    if not labels:
-        raise UserError("--test-labels gave an empty label list")
-    return labels
-
-
 def _load(args: argparse.Namespace) -> ModelBundle:
     return load_model(
         args.model, args.pretrained, args.ckpt, resolve_device(args.device), args.model_cache_dir, args.seed
@@ -117,7 +100,8 @@ def _load(args: argparse.Namespace) -> ModelBundle:
 
 
 def _data(args: argparse.Namespace, split: str) -> LoadedDataset:
-    data = from_args(DataOptions, args, root=args.data_root).load(args.id_name, split)
+    options = from_args(DataOptions, args, root=args.data_root)
+    data = options.load_id_train(args.id_name) if split == "train" else options.load(args.id_name, split)
     if not data.classnames:
         raise UserError(f"'{args.id_name}' has no class names (a flat folder?); {args.mode} needs labelled images")
     return data
@@ -142,7 +126,7 @@ def run_zeroshot(args: argparse.Namespace) -> dict[str, Any]:
     data = _data(args, "test")
     names = list(data.classnames)
     if args.test_labels is not None:
-        names = parse_labels(args.test_labels)
+        names = parse_labels(args.test_labels, "--test-labels")
         if len(names) != len(data.classnames):
             raise UserError(f"--test-labels has {len(names)} labels but {args.id_name} has {len(data.classnames)} "
                             f"classes; give one label per class, in the dataset's class order")  # fmt: skip

@@ -255,16 +255,18 @@ def test_few_shot_draws_k_per_class_seeded_and_keeps_small_classes_whole():
         few_shot(_Labelled(labels), 0, 0)
 
 
-def test_shots_apply_to_the_train_split_only_and_name_the_subset():
+def test_shots_apply_to_the_id_train_split_only_and_name_the_subset():
     from utils.data import DataOptions
 
     shots = DataOptions(shots=8, seed=2)
-    train, test = shots.load("digits", "train"), shots.load("digits", "test")
+    train, test = shots.load_id_train("digits"), shots.load("digits", "test")
     labels = np.asarray([label for _, label in train.dataset])
     assert np.bincount(labels).tolist() == [8] * 5
     assert len(test.dataset) == len(DataOptions().load("digits", "test").dataset)
-    assert train.identity != DataOptions(shots=8, seed=3).load("digits", "train").identity
-    limited = DataOptions(shots=2, limit=100).load("digits", "train")  # --limit first, then K per class of those
+    whole = len(DataOptions().load("digits", "train").dataset)
+    assert len(shots.load("digits", "train").dataset) == whole  # an OOD set's or outlier pool's train split: whole
+    assert train.identity != DataOptions(shots=8, seed=3).load_id_train("digits").identity
+    limited = DataOptions(shots=2, limit=100).load_id_train("digits")  # --limit first, then K per class of those
     assert len(limited.dataset) == 10
 
 

@@ -457,3 +457,21 @@ def test_glmcm_preset_runs_offline(tmp_path, imagenet_benchmark):
     assert float(rows["average"]["AUROC_published"]) == 91.51 and "FPR95_MCM_diff" in rows["inaturalist"]
     config = json.loads((tmp_path / "out" / "results.json").read_text())["config"]
     assert (config["gl_lambda"], config["templates"], config["precision"]) == (0.5, "mcm", "fp16")
+
+
+def test_classnames_name_the_id_classes_without_touching_the_images(tmp_path, capsys, monkeypatch):
+    import utils.evaluation.pipeline as pipeline
+
+    names = tmp_path / "names.txt"
+    names.write_text("nought\nuno\ndeux\ndrei\nquattro\n")
+    seen = []
+    original = pipeline.text_embeddings
+    monkeypatch.setattr(pipeline, "text_embeddings", lambda b, n, *a, **k: seen.append(list(n)) or original(b, n, *a))
+    base = run(tmp_path, "--in", "digits", "--score", "mcm", "--limit", "40", "--no-plots", out="a")
+    renamed = run(tmp_path, "--in", "digits", "--score", "mcm", "--limit", "40", "--no-plots", "--classnames",
+                  str(names), out="b")  # fmt: skip
+    assert seen[-1] == ["nought", "uno", "deux", "drei", "quattro"] and seen[0][0] == "digit zero"
+    assert renamed["metrics"]["mcm"] != base["metrics"]["mcm"]  # other prompts, the same cached images
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--in", "digits", "--score", "mcm", "--limit", "40", "--classnames", "a,b", out="c")
+    assert "--classnames gives 2 names but digits has 5 classes" in capsys.readouterr().err

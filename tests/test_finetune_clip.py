@@ -173,3 +173,28 @@ def test_frozen_tower_is_unchanged_and_the_other_trains(tmp_path, tower):
     trained = [k for k in base if in_image[k] != (tower == "image")]
     assert all(torch.equal(final[k], base[k]) for k in frozen)
     assert any(not torch.equal(final[k], base[k]) for k in trained)
+
+
+def test_a_run_from_before_the_decay_groups_resumes_as_it_was_trained(tmp_path, monkeypatch):
+    """last.pt of a run whose optimiser decayed every parameter in one group resumes with one group, exactly."""
+    import utils.training.clip_finetune as clip_finetune
+
+    one_group = lambda params, decay, split=True: [{"params": list(params), "weight_decay": decay}]  # noqa: E731
+    monkeypatch.setattr(clip_finetune, "decay_groups", one_group)
+    _train(tmp_path, "oe", "--epochs", "2", "--weight-decay", "0.1", out="straight")
+    original = clip_finetune._write_log
+
+    def crash_after_first_epoch(path, records):
+        original(path, records)
+        if len(records) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(clip_finetune, "_write_log", crash_after_first_epoch)
+    with pytest.raises(SystemExit):
+        _train(tmp_path, "oe", "--epochs", "2", "--weight-decay", "0.1", out="old")
+    monkeypatch.undo()  # today's code resumes it
+    _train(tmp_path, "oe", "--epochs", "2", "--weight-decay", "0.1", "--resume", out="old")
+    a = torch.load(tmp_path / "straight" / "final.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "old" / "final.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(torch.load(tmp_path / "old" / "last.pt", weights_only=True)["optimizer"]["param_groups"]) == 1

@@ -193,3 +193,10 @@ def test_only_detectors_that_fit_or_read_the_probe_load_the_train_split(data):
     gen = build_score("pood:gen", head=head).fit(InDistribution())
     reference = build_score("pood:gen", head=PROBE).fit(data.ind)
     np.testing.assert_allclose(gen(data.test), reference(data.test), rtol=1e-12)
+
+
+def test_a_siglip_models_bias_is_in_the_zero_shot_head(data):
+    head = Head.zero_shot(data.text, 10.0, logit_bias=-10.0)
+    np.testing.assert_allclose(head.weight, 10.0 * data.text.astype(np.float64))
+    assert head.bias.tolist() == [-10.0] * CLASSES
+    assert Head.zero_shot(data.text, 100.0).bias.tolist() == [0.0] * CLASSES

@@ -185,3 +185,28 @@ def test_coop_augments_as_dassl_at_the_models_size_and_normalisation(tiny):
     ours = next(s for s in steps if isinstance(s, transforms.Normalize))
     model = next(s for s in tiny.preprocess.transforms if isinstance(s, transforms.Normalize))
     assert (ours.mean, ours.std) == (model.mean, model.std)
+
+
+def test_coop_on_a_resnet_keeps_its_batchnorm_in_eval_mode():
+    from utils.models.loading import load_model
+    from utils.training.prompt_learning import CoOpObjective
+
+    bundle = load_model("RN50", "none", device="cpu")
+    objective = CoOpObjective(bundle, CLASSES, ())
+    objective.train()
+    assert not bundle.model.training and objective.training  # BatchNorm statistics stay CLIP's
+    assert objective.train_transform().transforms[0].size == (224, 224)  # open_clip's ResNets keep an int size
+
+
+def test_a_learned_context_wins_over_a_presets_templates_not_over_the_command_line():
+    from argparse import Namespace
+
+    from utils.training.checkpoints import ScoreContract
+
+    contract = ScoreContract("locoop", tuple(CLASSES), 100.0, context=((0.1,) * 64,) * 4)
+    from_preset, notes = eval_ood_detection.class_prompts(Namespace(templates="mcm", given=[]), contract)
+    assert isinstance(from_preset[0], LearnedTemplate) and "not the preset's --templates mcm" in notes[0]
+    written, notes = eval_ood_detection.class_prompts(Namespace(templates="mcm", given=["templates"]), contract)
+    assert written == TEMPLATE_SETS["mcm"] and not notes
+    plain, _ = eval_ood_detection.class_prompts(Namespace(templates=None, given=[]), None)
+    assert plain == TEMPLATE_SETS["single"]

@@ -191,11 +191,12 @@ def test_contract_of_a_checkpoint_from_before_the_contract(tiny, tmp_path):
 
 
 def test_weight_decay_spares_gains_biases_and_the_logit_scale(tiny):
-    from utils.training.loop import OPTIMIZERS
+    from utils.training.loop import OPTIMIZERS, decay_groups
 
     params = list(tiny.model.parameters())
+    assert len(decay_groups(params, 0.1, split=False)) == 1  # the layout of runs before the rule
     for name in OPTIMIZERS:
-        decayed, spared = OPTIMIZERS[name](params, 1e-3, 0.1).param_groups
+        decayed, spared = OPTIMIZERS[name](decay_groups(params, 0.1), 1e-3).param_groups
         assert decayed["weight_decay"] == 0.1 and spared["weight_decay"] == 0.0
         assert any(p is tiny.model.logit_scale for p in spared["params"])
         assert all(p.ndim >= 2 for p in decayed["params"]) and len(decayed["params"]) + len(spared["params"]) == len(

@@ -135,7 +135,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         help="seed for --limit and --shots subsets and random init (default: 0)",
     )  # fmt: skip
     group.add_argument("--shots", type=positive_int, default=None, metavar="K",
-                       help="few-shot protocols: K seeded images per class of the train split (1, 2, 4, 8, 16 in "
+                       help="few-shot protocols: K seeded images per class of the ID train split (1, 2, 4, 8, 16 in "
                             "the papers; a class with fewer keeps all) (default: all)")  # fmt: skip
     group.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default: 256)")
     group.add_argument(

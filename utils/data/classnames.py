@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+
+from utils.errors import UserError
 
 RESOURCES = Path(__file__).parent / "resources"
 
@@ -104,3 +107,20 @@ def imagenet100_mcm() -> dict[str, str]:
     """ImageNet-100 with the names MCM's release prompts with (the Keras class index, '_' -> ' ')."""
     lines = (RESOURCES / "imagenet100_mcm.tsv").read_text().splitlines()
     return dict(line.split("\t") for line in lines if not line.startswith("#"))
+
+
+def parse_labels(spec: str | Sequence[str], flag: str = "--classnames") -> list[str]:
+    """User-given class names: a list, a comma-separated string, or a UTF-8 file with one name per line."""
+    if not isinstance(spec, str):
+        labels = [str(s).strip() for s in spec]
+    elif Path(spec).is_file():
+        try:
+            labels = [line.strip() for line in Path(spec).read_text(encoding="utf-8").splitlines()]
+        except UnicodeDecodeError as err:
+            raise UserError(f"{flag} {spec} is not UTF-8 text: {err}") from err
+    else:
+        labels = [part.strip() for part in spec.split(",")]
+    labels = [label for label in labels if label]
+    if not labels:
+        raise UserError(f"{flag} gave an empty label list")
+    return labels

@@ -37,11 +37,16 @@ class DataOptions:
     shots: int | None = None  # K images per class of every train split (few-shot protocols)
 
     def load(self, name: str, split: str, resize: int | None = None, per_class: int | None = None) -> LoadedDataset:
-        loaded = load_dataset(name, split, self.root, self.download, self.limit, self.seed, resize, per_class)
-        if split != "train" or self.shots is None:
+        return load_dataset(name, split, self.root, self.download, self.limit, self.seed, resize, per_class)
+
+    def load_id_train(self, name: str) -> LoadedDataset:
+        """The ID set's train split, what scores fit and methods train on: `shots` per class where given (OOD sets
+        and auxiliary pools read through `load`, whole)."""
+        loaded = self.load(name, "train")
+        if self.shots is None:
             return loaded
         dataset = few_shot(loaded.dataset, self.shots, self.seed)
-        return replace(loaded, dataset=dataset, identity=f"{name}|{split}|{dataset_identity(dataset)}")
+        return replace(loaded, dataset=dataset, identity=f"{name}|train|{dataset_identity(dataset)}")
 
 
 class Resized(Dataset):
@@ -166,3 +171,12 @@ def load_dataset(
         dataset = _seeded_subset(dataset, limit, seed)
     identity = f"{name}|{split}|{dataset_identity(dataset)}"
     return LoadedDataset(name, split, dataset, tuple(classes) if classes else None, identity)
+
+
+def renamed(data: LoadedDataset, names: list[str], flag: str = "--classnames") -> LoadedDataset:
+    """`data` with other class names (same classes, same order): the images, and so the cache, are unchanged."""
+    if not data.classnames or len(names) != len(data.classnames):
+        have = f"{len(data.classnames)} classes" if data.classnames else "no classes (a flat folder?)"
+        raise UserError(f"{flag} gives {len(names)} names but {data.name} has {have}; give one name per class, "
+                        f"in the dataset's class order")  # fmt: skip
+    return replace(data, classnames=tuple(names))

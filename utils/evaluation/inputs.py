@@ -154,13 +154,14 @@ def _logit_scale(exp: Experiment) -> float:
 
 
 def _pood_head(exp: Experiment, encoded: Encoded) -> Head:
-    """The head pytorch-ood's detectors read: CLIP's zero-shot classifier (the run's class prompts, at the label-mass
-    scores' softmax scale: 100 for CLIP), or the linear probe, fitted with the lp_* scores (--pood-head)."""
+    """The head pytorch-ood's detectors read: the zero-shot classifier (the run's class prompts at the label-mass
+    scores' scale, 100 for CLIP, plus a SigLIP model's bias), or the linear probe of the lp_* scores (--pood-head)."""
     if exp.options.pood_head == "probe":
         return Head.probe(encoded.id_train.features, encoded.id_train.labels)
     text = encoded.text if encoded.text is not None else text_embeddings(exp.bundle, exp.id_test.classnames,
                                                                          exp.options.templates)  # fmt: skip
-    return Head.zero_shot(text, _logit_scale(exp))
+    bias = getattr(exp.bundle.model, "logit_bias", None)
+    return Head.zero_shot(text, _logit_scale(exp), 0.0 if bias is None else float(bias))
 
 
 def _check_pood_head(exp: Experiment) -> None:

@@ -21,7 +21,8 @@ PRESETS_DIR = Path(__file__).parents[2] / "configs" / "presets"
 # Arguments that, when set, make a run's numbers differ from the paper's whatever the preset fixes.
 NOT_COMPARABLE_WHEN_SET = {"ckpt": "other weights (--ckpt)", "limit": "a subset of the data (--limit)",
                            "neg_words": "another word pool (--neg-words)",
-                           "shots": "a few-shot train split (--shots)"}  # fmt: skip
+                           "shots": "a few-shot train split (--shots)",
+                           "classnames": "other class names (--classnames)"}  # fmt: skip
 UNORDERED = {"score", "out", "extra_metrics", "ood_split"}  # list arguments whose order does not matter
 
 

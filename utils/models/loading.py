@@ -150,9 +150,12 @@ def has_text_encoder(name: str) -> bool:
 
 
 def has_patch_tokens(name: str, cache_dir: str | None = None) -> bool:
-    """Whether `name` is an open_clip ViT (class-token pooling), whose patch tokens the `local` view reads; False for
-    an hf-hub repo not downloaded yet (its config is unknown until then)."""
-    vision = (model_config(name, cache_dir) or {}).get("vision_cfg", {})
+    """Whether `name` is an open_clip ViT (class-token pooling), whose patch tokens the `local` view reads. An hf-hub
+    repo whose config is not on this machine yet is taken to have them: the local view checks the loaded tower."""
+    config = model_config(name, cache_dir)
+    if config is None and is_folder_name(name):
+        return True
+    vision = (config or {}).get("vision_cfg", {})
     return isinstance(vision.get("layers"), int) and not vision.get("timm_model_name") and \
         not vision.get("attentional_pool") and vision.get("pool_type", "tok") == "tok"  # fmt: skip
 

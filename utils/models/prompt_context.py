@@ -35,6 +35,11 @@ def initial_context(model: torch.nn.Module, tokenizer, n_ctx: int, init: str = "
     count then sets the length), as trainers/coop.py does with CTX_INIT."""
     layer = token_embedding(model)
     if init:
+        from open_clip.tokenizer import SimpleTokenizer
+
+        if not isinstance(tokenizer, SimpleTokenizer):  # CoOp's rule reads [SOS] w_1 .. w_n: CLIP's tokenizer
+            raise UserError(f"--ctx-init reads the words' embeddings as CoOp does, after CLIP's start token; "
+                            f"this model's tokenizer is {type(tokenizer).__name__}: use --n-ctx instead")  # fmt: skip
         words, tokens = init.split(), tokenizer([init])[0]
         pieces = int((tokens != 0).sum()) - 2  # CLIP's tokenizer: start and end of text around the words
         if pieces != len(words):

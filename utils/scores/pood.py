@@ -45,10 +45,11 @@ class Head:
         return cls(train_features=train_features, train_labels=train_labels)
 
     @classmethod
-    def zero_shot(cls, text_features: object, logit_scale: float) -> Head:
-        """CLIP's zero-shot classifier: W = logit_scale · the class prompts' embeddings, b = 0."""
+    def zero_shot(cls, text_features: object, logit_scale: float, logit_bias: float = 0.0) -> Head:
+        """The zero-shot classifier: W = logit_scale · the class prompts' embeddings, b = the model's logit bias
+        (SigLIP's; 0 for CLIP) for every class."""
         text = as_array(text_features, np.float64)
-        return cls(logit_scale * text, np.zeros(len(text)))
+        return cls(logit_scale * text, np.full(len(text), float(logit_bias)))
 
 
 PROBE = Head()

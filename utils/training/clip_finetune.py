@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,13 @@ from utils.distributed import World
 from utils.errors import UserError
 from utils.models.loading import ModelBundle
 from utils.training.checkpoints import load_training_state, rng_state, save_final, set_rng_state
-from utils.training.loop import OPTIMIZERS, grad_scaler, make_schedule, optimizer_steps, run_epoch
+from utils.training.loop import OPTIMIZERS, decay_groups, grad_scaler, make_schedule, optimizer_steps, run_epoch
 from utils.training.objectives import Objective, logit_scale
 from utils.training.towers import kept_frozen
 
 RESUME_MUST_MATCH = ("method", "model", "id_name", "aux", "seed", "batch_size", "accumulate", "freeze", "epochs", "lr",
-                     "weight_decay", "warmup", "shots", "optimizer", "schedule", "augment")  # fmt: skip
+                     "weight_decay", "warmup", "shots", "optimizer", "schedule", "augment",
+                     "method_options")  # fmt: skip
 
 
 AUGMENTATIONS = ("method", "model")
@@ -47,6 +48,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     schedule: str = "cosine"
     augment: str = "method"  # method: the method's paper's augmentation; model: the model's own training transform
+    method_options: dict[str, Any] = field(default_factory=dict)  # the objective's own settings (n_ctx, groups, ...)
 
 
 def _sampler(dataset, world: World, seed: int) -> DistributedSampler:
@@ -91,7 +93,7 @@ class _Run:
 
 
 def _set_up(bundle: ModelBundle, objective: Objective, id_train: LoadedDataset, aux: LoadedDataset | None,
-            config: TrainConfig, world: World) -> _Run:  # fmt: skip
+            config: TrainConfig, world: World, split_decay: bool = True) -> _Run:  # fmt: skip
     device = bundle.device
     params = objective.trainable(config.freeze)
     module = objective
@@ -99,7 +101,7 @@ def _set_up(bundle: ModelBundle, objective: Objective, id_train: LoadedDataset, 
         module = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None
         )
-    optimizer = OPTIMIZERS[config.optimizer](params, config.lr, config.weight_decay)
+    optimizer = OPTIMIZERS[config.optimizer](decay_groups(params, config.weight_decay, split_decay), config.lr)
     transform = (
         objective.train_transform() if config.augment == "method" else bundle.train_preprocess or bundle.preprocess
     )
@@ -121,12 +123,13 @@ def _set_up(bundle: ModelBundle, objective: Objective, id_train: LoadedDataset, 
 
 
 def _resume(
-    last: Path, bundle: ModelBundle, objective: Objective, run: _Run, config: TrainConfig
+    state: dict, last: Path, bundle: ModelBundle, objective: Objective, run: _Run, config: TrainConfig
 ) -> tuple[int, list[dict]]:
-    """Load `last.pt` into the model and every stepping state; (epochs done, log so far)."""
-    state = load_training_state(last)
+    """Load `last.pt`'s `state` into the model and every stepping state; (epochs done, log so far)."""
+    saved, now = state["config"], asdict(config)
     defaults = asdict(TrainConfig(config.method, config.model, config.id_name, config.aux))  # settings added later
-    changed = [k for k in RESUME_MUST_MATCH if state["config"].get(k, defaults[k]) != getattr(config, k)]
+    defaults["method_options"] = now["method_options"]  # not recorded before: taken as they are now
+    changed = [k for k in RESUME_MUST_MATCH if saved.get(k, defaults[k]) != now[k]]
     if changed:
         raise UserError(f"--resume: {last} was trained with other settings ({', '.join(changed)}); "
                         f"use the same ones or another --out-dir")  # fmt: skip
@@ -170,10 +173,12 @@ def train(
 
     A frozen tower (config.freeze) is checked to be unchanged at the end.
     """
-    run = _set_up(bundle, objective, id_train, aux, config, world)
+    state = load_training_state(out_dir / "last.pt") if resume and (out_dir / "last.pt").is_file() else None
+    one_group = state is not None and len(state["optimizer"]["param_groups"]) == 1  # written before decay_groups
+    run = _set_up(bundle, objective, id_train, aux, config, world, split_decay=not one_group)
     device, start_epoch, log = bundle.device, 0, []
-    if resume and (out_dir / "last.pt").is_file():
-        start_epoch, log = _resume(out_dir / "last.pt", bundle, objective, run, config)
+    if state is not None:
+        start_epoch, log = _resume(state, out_dir / "last.pt", bundle, objective, run, config)
         if world.main:
             print(f"resuming {out_dir / 'last.pt'} after epoch {start_epoch}")
     objective.train()

@@ -61,15 +61,18 @@ def make_schedule(
 SCHEDULES = ("cosine", "coop")
 
 
-def decay_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: gains, biases, the logit scale and bias are left out (open_clip's rule)."""
+def decay_groups(params: list[torch.nn.Parameter], weight_decay: float, split: bool = True) -> list[dict]:
+    """Weight decay on matrices only: gains, biases, the logit scale and bias are left out (open_clip's rule).
+    `split=False`: one group, all decayed (how runs before this rule were trained; their last.pt resumes so)."""
+    if not split:
+        return [{"params": list(params), "weight_decay": weight_decay}]
     return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # fmt: skip
 
 
-OPTIMIZERS = {  # SGD as Dassl configures it for CoOp: momentum 0.9, no dampening, no Nesterov
-    "adamw": lambda params, lr, weight_decay: torch.optim.AdamW(decay_groups(params, weight_decay), lr=lr),
-    "sgd": lambda params, lr, weight_decay: torch.optim.SGD(decay_groups(params, weight_decay), lr=lr, momentum=0.9),
+OPTIMIZERS = {  # (parameter groups, lr) -> optimiser; SGD as Dassl configures it for CoOp: momentum 0.9
+    "adamw": lambda groups, lr: torch.optim.AdamW(groups, lr=lr),
+    "sgd": lambda groups, lr: torch.optim.SGD(groups, lr=lr, momentum=0.9),
 }
 
 

@@ -28,6 +28,10 @@ from utils.training.towers import freeze, image_tower
 LOCOOP_TOP_K_SHARE = 0.2  # LoCoOp's K = 200 of ImageNet-1k's 1000 classes
 
 
+def _rgb(image: Any) -> Any:
+    return image.convert("RGB")  # a module-level function: loader workers started by spawn can pickle it
+
+
 def coop_train_transform(preprocess: Any, size: int) -> transforms.Compose:
     """Dassl's "random_resized_crop, random_flip, normalize" at the model's input size, with its normalisation."""
     normalise = next((s for s in getattr(preprocess, "transforms", []) if isinstance(s, transforms.Normalize)), None)
@@ -36,7 +40,7 @@ def coop_train_transform(preprocess: Any, size: int) -> transforms.Compose:
     return transforms.Compose([
         transforms.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=InterpolationMode.BICUBIC),
         transforms.RandomHorizontalFlip(),
-        lambda image: image.convert("RGB"),
+        _rgb,
         transforms.ToTensor(),
         transforms.Normalize(normalise.mean, normalise.std),
     ])  # fmt: skip
@@ -65,7 +69,14 @@ class CoOpObjective(Objective):
         return [self.context.vectors]
 
     def train_transform(self) -> Any:
-        return coop_train_transform(self.bundle.preprocess, int(image_tower(self.model).image_size[0]))
+        size = image_tower(self.model).image_size  # a pair for ViTs, an int for open_clip's ResNets
+        return coop_train_transform(self.bundle.preprocess, int(size[0] if isinstance(size, tuple | list) else size))
+
+    def train(self, mode: bool = True) -> CoOpObjective:
+        """CLIP stays in eval mode (its BatchNorm statistics fixed), as in CoOp's code; only the context trains."""
+        super().train(mode)
+        self.model.eval()
+        return self
 
     def class_text(self) -> torch.Tensor:
         """The ID classes' learned-prompt embeddings [C, D], with gradients to the context."""
