@@ -1,14 +1,16 @@
-"""OOD-aware fine-tuning of CLIP: the project notes' four baselines.
+"""OOD-aware fine-tuning of CLIP: the project notes' four baselines, and CoOp/LoCoOp prompt learning.
 
     python finetune_clip.py --in imagenet10 --method contrastive --epochs 10 --out-dir runs/in10-contrastive
     python finetune_clip.py --in digits --method kplus1 --model tiny --pretrained none --lr 3e-4
+    python finetune_clip.py --in imagenet --method locoop --shots 16 --out-dir runs/locoop-16shot
     torchrun --nproc_per_node=4 finetune_clip.py --in imagenet10 --method oe --aux imagenet100 \
         --eval-out inaturalist sun places textures --out-dir runs/oe
 
 Methods: contrastive (CLIP's loss on ID image-caption pairs, class-aware targets), kplus1 (a K+1-th "OOD"
 prompt trained on auxiliary outliers), oe (outlier exposure: uniform predictions on outliers), group
-(MOS-style groups, each with an "others" slot). The run folder gets final.pt (weights + what the method's
-score needs; --ckpt loads it everywhere), last.pt (the full training state, for --resume) and metrics.jsonl.
+(MOS-style groups, each with an "others" slot), coop (a learned prompt context on a frozen CLIP), locoop (CoOp
+plus the entropy of off-class patches). The run folder gets final.pt (weights + what the method's score needs;
+--ckpt loads it everywhere), last.pt (the full training state, for --resume) and metrics.jsonl.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The four OOD-aware fine-tuning objectives of the project notes, as modules whose forward returns the loss.
+"""The Objective base and the project notes' four OOD-aware objectives, as modules whose forward returns the loss.
 
 Each wraps the CLIP model (so DistributedDataParallel sees one forward). An objective whose method has its own
 score says which score inputs it `provides` and fills them into the checkpoint's ScoreContract.
