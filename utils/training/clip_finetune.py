@@ -16,9 +16,10 @@ from utils.data.loading import LoadedDataset
 from utils.distributed import World
 from utils.errors import UserError
 from utils.models.loading import ModelBundle
+from utils.models.logits import logit_scale
 from utils.training.checkpoints import load_training_state, rng_state, save_final, set_rng_state
 from utils.training.loop import OPTIMIZERS, decay_groups, grad_scaler, make_schedule, optimizer_steps, run_epoch
-from utils.training.objectives import Objective, logit_scale
+from utils.training.objectives import Objective
 from utils.training.towers import kept_frozen
 
 RESUME_MUST_MATCH = ("method", "model", "id_name", "aux", "seed", "batch_size", "accumulate", "freeze", "epochs", "lr",

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from utils.errors import UserError
 from utils.features.text import encode_texts
 from utils.models.loading import ModelBundle
-from utils.models.logits import logit_scale, model_logits  # logit_scale: also the checkpoint's and the log's
+from utils.models.logits import logit_scale, model_logits
 from utils.prompts import TEMPLATE_SETS, Template, is_template, render, template_text
 from utils.training.checkpoints import ScoreContract
 from utils.training.towers import freeze
