@@ -29,16 +29,18 @@ from utils.cli import (
 )
 from utils.data.classnames import parse_labels
 from utils.data.loading import DataOptions, renamed
+from utils.data.openood import BENCHMARKS as OPENOOD_BENCHMARKS
 from utils.data.registry import get_spec
 from utils.device import PRECISIONS, resolve_device
 from utils.distributed import World, close, init_world, local_device, main_first
 from utils.errors import UserError
-from utils.evaluation import inputs
+from utils.evaluation import inputs, openood_export
 from utils.evaluation.metrics import EXTRA_METRICS
+from utils.evaluation.openood_export import write_openood
 from utils.evaluation.options import EvalOptions
 from utils.evaluation.pipeline import encode, evaluate, plan, resolve_ood_sets
 from utils.evaluation.presets import apply_preset, comparable, list_presets, load_preset, with_published
-from utils.evaluation.report import markdown_table, table_rows, write_results
+from utils.evaluation.report import incomplete_groups, markdown_table, table_rows, write_results
 from utils.features.images import PIPELINES
 from utils.features.store import FeatureCache
 from utils.models.compile import compile_image_tower
@@ -81,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "cached features with the reason, then exit")  # fmt: skip
     parser.add_argument("--in", dest="id_name", default="cifar10",
                         help="ID dataset: a registry name (cifar10, cifar100, imagenet, imagenet10, imagenet20, "
-                             "imagenet100, digits, ...) or folder:PATH (default: cifar10)")  # fmt: skip
+                             "imagenet100, digits, OpenOOD v1.5's openood_cifar10, openood_cifar100, "
+                             "openood_imagenet200, openood_imagenet, ...) or folder:PATH "
+                             "(default: cifar10)")  # fmt: skip
     parser.add_argument(
         "--out",
         nargs="+",
@@ -246,6 +250,8 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     if not world.main:
         return {}
     evaluation = evaluate(exp, scores, encoded)
+    evaluation.groups = get_spec(args.id_name).ood_groups
+    evaluation.notes += incomplete_groups([d.name for d in exp.ood_sets], evaluation.groups)
     accuracy = ", ".join(f"{k} {100 * v:.2f}%" if k.endswith("top1") else f"{k} {v:g}"
                          for k, v in evaluation.accuracy.items())  # fmt: skip
     print(f"\nID {args.id_name}: {evaluation.samples['ID']} test images" + (f"; {accuracy}" if accuracy else ""))
@@ -266,7 +272,9 @@ def _run(args: argparse.Namespace, world: World) -> dict:
                               "source": preset.source, "published": preset.published,
                               "comparable": comparable(preset, vars(args)) is None}  # fmt: skip
     write_results(out_dir, evaluation, metadata, rows=rows, plots=args.plots)
-    print(f"\nsaved results.json, results.csv, results.md{', plots' if args.plots else ''} in {out_dir}")
+    exported = write_openood(out_dir, evaluation) if args.id_name in OPENOOD_BENCHMARKS else []
+    print(f"\nsaved results.json, results.csv, results.md{', plots' if args.plots else ''}"
+          f"{f', {openood_export.FOLDER}/<score>.csv (OpenOOD layout)' if exported else ''} in {out_dir}")  # fmt: skip
     return {"metrics": evaluation.metrics, "accuracy": evaluation.accuracy, "samples": evaluation.samples,
             "out_dir": str(out_dir)}  # fmt: skip
 

@@ -20,7 +20,7 @@ BUILT_IN_FAR_OOD = ("faces", "skimage_textures")
 def test_every_spec_says_how_to_get_it(name):
     spec = DATASETS[name]
     assert spec.source and spec.layout
-    assert set(spec.splits) <= {"train", "test"} and "test" in spec.splits
+    assert set(spec.splits) <= {"train", "val", "test"} and "test" in spec.splits
     assert all(partner in DATASETS for partner in spec.ood)
 
 

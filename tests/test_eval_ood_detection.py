@@ -327,7 +327,7 @@ def test_every_preset_is_well_formed(name):
     assert preset.paper and preset.source
     for score, per_set in preset.published.items():
         assert score in preset.settings["score"]
-        assert set(per_set) <= {*preset.settings["out"], "average"}
+        assert set(per_set) <= {*preset.settings["out"], "average", *DATASETS[preset.settings["id_name"]].ood_groups}
         for values in per_set.values():  # every published metric is one the run computes
             assert set(values) <= {*METRICS, *preset.settings.get("extra_metrics", [])}
     for name in [preset.settings["id_name"], *preset.settings["out"]]:

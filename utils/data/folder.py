@@ -65,6 +65,20 @@ class ImageFiles(Dataset):
         if not self.samples:
             raise UserError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {self.root}")
 
+    @classmethod
+    def listed(cls, root: str | Path, samples: Sequence[tuple[Path, int]], classes: Sequence[str] = (),
+               classnames: Sequence[str] | None = None) -> ImageFiles:  # fmt: skip
+        """The files a list names (an OpenOOD image list), in its order, with its labels (-1: unlabelled);
+        `classnames`, where given, are the prompt names of `classes` as they are."""
+        dataset = cls.__new__(cls)
+        dataset.root, dataset.classes = Path(root), list(classes)
+        dataset.samples = [(path if isinstance(path, Path) else Path(path), label) for path, label in samples]
+        if classnames is not None:
+            dataset.classnames = list(classnames)
+        if not dataset.samples:
+            raise UserError(f"the image list for {root} names no images")
+        return dataset
+
     def __len__(self) -> int:
         return len(self.samples)
 
@@ -85,5 +99,6 @@ class ImageFiles(Dataset):
                 signature = f"{stat.st_size}:{stat.st_mtime_ns}"
             except OSError:  # a broken link: skipped at load time, but its presence is part of the identity
                 signature = "missing"
-            digest.update(os.fsencode(path.relative_to(self.root)) + f":{label}:{signature}\n".encode())
+            name = path.relative_to(self.root) if path.is_relative_to(self.root) else path  # listed from elsewhere
+            digest.update(os.fsencode(name) + f":{label}:{signature}\n".encode())
         return digest.hexdigest()

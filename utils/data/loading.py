@@ -158,8 +158,8 @@ def load_dataset(
             f"  get it from: {spec.source}\n  expected under --data-root: {spec.layout}"
         ) from err
     classes = spec.classnames() if callable(spec.classnames) else spec.classnames
-    if classes is None:
-        classes = [readable_classname(c) for c in getattr(dataset, "classes", None) or []]
+    if classes is None:  # the dataset's exact prompt names, else its class folders made readable
+        classes = getattr(dataset, "classnames", None) or [readable_classname(c) for c in getattr(dataset, "classes", None) or []]
     dataset = _seeded_subset(dataset, spec.subset, seed=0)
     if per_class is not None:
         dataset = first_per_class(dataset, per_class)

@@ -9,7 +9,7 @@ from pathlib import Path
 from torch.utils.data import ConcatDataset, Dataset
 
 from utils.data import classnames as names
-from utils.data import skimage
+from utils.data import openood, skimage
 from utils.data.digits import Digits
 from utils.data.folder import ImageFiles
 from utils.errors import UserError
@@ -47,6 +47,7 @@ class DatasetSpec:
     ood: tuple[str, ...] = field(default_factory=tuple)  # default OOD partners when used as ID
     knn_k: int = 50  # KNN's default k (Sun et al. 2022: 50 for CIFAR, 1000 for the full ImageNet-1k train set)
     ood_protocol: OODProtocol = field(default_factory=OODProtocol)  # how its OOD sets are prepared when it is ID
+    ood_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # e.g. OpenOOD's nearood/farood: mean rows
 
 
 def _torchvision(cls_name: str, folder: str, **kwargs) -> Builder:
@@ -199,6 +200,28 @@ DATASETS: dict[str, DatasetSpec] = {
         classnames=[f"digit {w}" for w in names.DIGIT_WORDS[5:7]],
     ),
 }
+
+
+def _openood_specs(benchmark: str) -> dict[str, DatasetSpec]:
+    """An OpenOOD v1.5 benchmark: its ID set (train/val/test lists) and each OOD set (test, and val for the one
+    OpenOOD tunes on), under names like openood_imagenet:ssb_hard; the results get nearood/farood mean rows."""
+    bench = openood.BENCHMARKS[benchmark]
+    named = {d: openood.ood_name(benchmark, d) for d in (*bench.near, *bench.far)}
+    specs = {benchmark: DatasetSpec(
+        build=openood.builder(benchmark), source=openood.SOURCE, layout=openood.layout(benchmark, None),
+        splits=("train", "val", "test"), ood=tuple(named.values()), knn_k=bench.knn_k,
+        ood_groups={"nearood": tuple(named[d] for d in bench.near), "farood": tuple(named[d] for d in bench.far)},
+    )}  # fmt: skip
+    for dataset, name in named.items():
+        specs[name] = DatasetSpec(
+            build=openood.builder(benchmark, dataset), source=openood.SOURCE,
+            layout=openood.layout(benchmark, dataset), splits=("val", "test") if dataset == bench.val_ood else ("test",),
+        )  # fmt: skip
+    return specs
+
+
+for _benchmark in openood.BENCHMARKS:
+    DATASETS.update(_openood_specs(_benchmark))
 
 
 def get_spec(name: str) -> DatasetSpec:

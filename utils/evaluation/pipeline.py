@@ -39,6 +39,7 @@ class Evaluation:
     accuracy: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     artifacts: dict[str, list[str]] = field(default_factory=dict)
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # mean rows over sets (OpenOOD's near/far)
 
 
 def plan(requested: Sequence[str], exp: Experiment) -> list[str]:

@@ -17,14 +17,40 @@ from utils.evaluation.plots import roc_curves, save_figure, score_histograms
 AVERAGE = "average"
 
 
+Entries = list[tuple[str, dict[str, float]]]
+
+
+def _mean(entries: Entries) -> dict[str, float]:
+    return {m: float(np.mean([values[m] for _, values in entries])) for m in entries[0][1]}
+
+
+def with_group_means(per_set: dict[str, dict[str, float]], groups: dict[str, tuple[str, ...]]) -> Entries:
+    """Each group's sets then its unweighted mean row (OpenOOD: near sets, nearood, far sets, farood), then the sets
+    in no group; a group with a set missing from `per_set` gets no mean row (it would not be the benchmark's)."""
+    entries: Entries = []
+    for group, members in groups.items():
+        present = [(name, per_set[name]) for name in members if name in per_set]
+        entries += present
+        if len(present) == len(members):
+            entries.append((group, _mean(present)))
+    grouped = {name for members in groups.values() for name in members}
+    return entries + [(name, values) for name, values in per_set.items() if name not in grouped]
+
+
+def incomplete_groups(sets: list[str], groups: dict[str, tuple[str, ...]]) -> list[str]:
+    """A note per group that gets no mean row because some of its sets were not evaluated."""
+    return [f"no {group} mean row: {', '.join(n for n in members if n not in sets)} not evaluated"
+            for group, members in groups.items() if any(n not in sets for n in members)]  # fmt: skip
+
+
 def table_rows(evaluation: Evaluation) -> list[dict[str, Any]]:
-    """One row per score x OOD set plus a per-score average; metrics x 100, rounded to two decimals."""
+    """One row per score x OOD set, each group's mean row (`evaluation.groups`) and a per-score average over the
+    sets; metrics x 100, rounded to two decimals."""
     rows = []
     for score, per_set in evaluation.metrics.items():
-        entries = list(per_set.items())
-        if len(entries) > 1:
-            names = entries[0][1]
-            entries.append((AVERAGE, {m: float(np.mean([v[m] for _, v in entries])) for m in names}))
+        entries = with_group_means(per_set, evaluation.groups)
+        if len(per_set) > 1:
+            entries.append((AVERAGE, _mean(list(per_set.items()))))
         for ood, values in entries:
             row: dict[str, Any] = {"score": score, "ood": ood}
             row.update({m: round(100 * v, 2) for m, v in values.items()})
@@ -77,6 +103,7 @@ def write_results(folder: Path, evaluation: Evaluation, metadata: dict[str, Any]
         "accuracy": evaluation.accuracy,
         "samples": evaluation.samples,
         "notes": evaluation.notes,
+        "groups": evaluation.groups,
         **metadata,
     })  # fmt: skip
     _write_text(written[1], _csv_text(rows))
