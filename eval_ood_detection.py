@@ -34,7 +34,7 @@ from utils.data.registry import get_spec
 from utils.device import PRECISIONS, resolve_device
 from utils.distributed import World, close, init_world, local_device, main_first
 from utils.errors import UserError
-from utils.evaluation import inputs, openood_export
+from utils.evaluation import inputs, openood_export, selection
 from utils.evaluation.metrics import EXTRA_METRICS
 from utils.evaluation.openood_export import write_openood
 from utils.evaluation.options import EvalOptions
@@ -140,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the linear head pytorch-ood's detectors (pood:*) read: zero_shot = CLIP's classifier, "
                              "logit_scale (100) x the class prompts, no bias; probe = the linear probe of lp_*, "
                              "fitted on the ID train features (default: zero_shot)")  # fmt: skip
+    parser.add_argument("--select", nargs="+", default=None, metavar="NAME=V1,V2",
+                        help="choose each score's hyper-parameters on validation data before any test set is read: "
+                             "grids of T (temperature), k, lambda (gl_lambda), groups (neg_groups), e.g. "
+                             "T=0.5,1,2 k=10,50,200; a score takes the best mean AUROC of the settings it uses "
+                             "(default: none, the flags' values)")  # fmt: skip
+    parser.add_argument("--select-ood", nargs="+", default=[], metavar="NAME[=SPLIT]",
+                        help="--select's OOD validation sets, never test sets (default: OpenOOD's val OOD list for "
+                             "openood_* benchmarks; required otherwise, e.g. digits_aux)")  # fmt: skip
+    parser.add_argument("--select-holdout", type=float, default=0.1, metavar="FRACTION",
+                        help="--select's ID validation images where the ID set has no val split: this seeded share "
+                             "of ID train, left out of what scores fit on while choosing (default: 0.1)")  # fmt: skip
     parser.add_argument("--ood-split", nargs="+", default=[], metavar="NAME=SPLIT",
                         help="read an OOD set's other split, e.g. imagenet10_mcm=train as MCM's ImageNet-20 "
                              "protocol does (default: every OOD set's test split)")  # fmt: skip
@@ -221,6 +232,9 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     options = from_args(EvalOptions, args, templates=templates)
     exp = inputs.Experiment(options, args.model, contract=contract, world=world, notes=notes)
     scores = plan(args.score, exp)
+    grid = selection.parse_grid(args.select) if args.select else None
+    if grid and (unused := [k for k in grid if not any(k in SCORES[s].inputs for s in scores)]):
+        raise UserError(f"--select {', '.join(unused)}: none of the scores {', '.join(scores)} takes it")
     for name in [args.id_name, *(args.out or [])]:
         get_spec(name)  # every name is checked before anything is downloaded
     check_writable_dir(args.cache_dir, "--cache-dir")
@@ -236,7 +250,10 @@ def _run(args: argparse.Namespace, world: World) -> dict:
             exp.id_train = exp.id_train and renamed(exp.id_train, names)
         inputs.check(scores, exp)  # every score's requirements, before any image is encoded
         exp.ood_sets = resolve_ood_sets(args.id_name, args.out, data, args.ood_resize, _ood_splits(args.ood_split))
-        if (protocol := _protocol(args))["resolution"]:
+        protocol = _protocol(args)
+        val = grid and selection.validation_data(args.id_name, data, args.select_ood, args.select_holdout,
+                                                  [exp.id_test, *exp.ood_sets], protocol["resolution"])  # fmt: skip
+        if protocol["resolution"]:
             exp.notes.append(f"OOD images resized to {protocol['resolution']}x{protocol['resolution']} first "
                              f"({protocol['source']}; --no-ood-resize keeps them as they are)")  # fmt: skip
         device = local_device(resolve_device(args.device), world)
@@ -246,10 +263,16 @@ def _run(args: argparse.Namespace, world: World) -> dict:
         if args.compile:
             compile_image_tower(exp.bundle)
     exp.cache = FeatureCache(args.cache_dir, args.feature_dtype)
+    choices = None
+    if grid:  # validation sets encoded and every choice made before a test image is read
+        val_encoded = selection.encode_validation(exp, val, scores)
+        choices = selection.choose(exp, val, val_encoded, scores, grid) if world.main else {}
+        for name, choice in choices.items():
+            print(f"{name}: chose {choice.chosen} on {val.split}")
     encoded = encode(exp, scores)
     if not world.main:
         return {}
-    evaluation = evaluate(exp, scores, encoded)
+    evaluation = selection.score_chosen(exp, encoded, scores, choices) if grid else evaluate(exp, scores, encoded)
     evaluation.groups = get_spec(args.id_name).ood_groups
     evaluation.notes += incomplete_groups([d.name for d in exp.ood_sets], evaluation.groups)
     accuracy = ", ".join(f"{k} {100 * v:.2f}%" if k.endswith("top1") else f"{k} {v:g}"
@@ -267,6 +290,8 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     out_dir = run_folder(args.out_dir, [args.id_name.replace("/", "_").replace(":", "_"), args.model.replace(":", "_")],
                          args.overwrite)  # fmt: skip
     metadata = {**run_metadata(args), "model_weights": exp.bundle.weights, "ood_protocol": _protocol(args)}
+    if grid:
+        metadata["selection"] = {name: choice.summary(val.split) for name, choice in choices.items()}
     if preset:
         metadata["preset"] = {"name": preset.name, "paper": preset.paper, "table": preset.table,
                               "source": preset.source, "published": preset.published,

@@ -22,7 +22,8 @@ PRESETS_DIR = Path(__file__).parents[2] / "configs" / "presets"
 NOT_COMPARABLE_WHEN_SET = {"ckpt": "other weights (--ckpt)", "limit": "a subset of the data (--limit)",
                            "neg_words": "another word pool (--neg-words)",
                            "shots": "a few-shot train split (--shots)",
-                           "classnames": "other class names (--classnames)"}  # fmt: skip
+                           "classnames": "other class names (--classnames)",
+                           "select": "hyper-parameters chosen on validation data (--select)"}  # fmt: skip
 UNORDERED = {"score", "out", "extra_metrics", "ood_split"}  # list arguments whose order does not matter
 
 
