@@ -28,6 +28,7 @@ from utils.cli import (
     run_metadata,
 )
 from utils.data.classnames import parse_labels
+from utils.data.full_spectrum import full_spectrum
 from utils.data.loading import DataOptions, renamed
 from utils.data.openood import BENCHMARKS as OPENOOD_BENCHMARKS
 from utils.data.registry import get_spec
@@ -140,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the linear head pytorch-ood's detectors (pood:*) read: zero_shot = CLIP's classifier, "
                              "logit_scale (100) x the class prompts, no bias; probe = the linear probe of lp_*, "
                              "fitted on the ID train features (default: zero_shot)")  # fmt: skip
+    parser.add_argument("--shifted-id", nargs="+", default=[], metavar="NAME",
+                        help="covariate-shifted sets that count as ID (OpenOOD's full-spectrum protocol), joined to "
+                             "the ID test set by class: e.g. imagenet_v2 imagenet_r, or openood_imagenet:imagenet_r "
+                             "(default: none)")  # fmt: skip
     parser.add_argument("--select", nargs="+", default=None, metavar="NAME=V1,V2",
                         help="choose each score's hyper-parameters on validation data before any test set is read: "
                              "grids of T (temperature), k, lambda (gl_lambda), groups (neg_groups), e.g. "
@@ -230,12 +235,12 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     contract = read_contract(args.ckpt)
     templates, notes = class_prompts(args, contract)
     options = from_args(EvalOptions, args, templates=templates)
-    exp = inputs.Experiment(options, args.model, contract=contract, world=world, notes=notes)
+    exp = inputs.Experiment(options, args.model, contract=contract, world=world, run_notes=notes)
     scores = plan(args.score, exp)
     grid = selection.parse_grid(args.select) if args.select else None
     if grid and (unused := [k for k in grid if not any(k in SCORES[s].inputs for s in scores)]):
         raise UserError(f"--select {', '.join(unused)}: none of the scores {', '.join(scores)} takes it")
-    for name in [args.id_name, *(args.out or [])]:
+    for name in [args.id_name, *(args.out or []), *args.shifted_id]:
         get_spec(name)  # every name is checked before anything is downloaded
     check_writable_dir(args.cache_dir, "--cache-dir")
     if args.out_dir:
@@ -248,13 +253,20 @@ def _run(args: argparse.Namespace, world: World) -> dict:
             names = parse_labels(args.classnames)
             exp.id_test = renamed(exp.id_test, names)
             exp.id_train = exp.id_train and renamed(exp.id_train, names)
+        if args.shifted_id:
+            plain = exp.id_test
+            exp.id_test = full_spectrum(plain, [data.load(name, "test") for name in args.shifted_id])
+            exp.run_notes.append(
+                f"full-spectrum ID: the {len(exp.id_test.dataset)} ID test images are {plain.name}'s "
+                f"{len(plain.dataset)} and those of {', '.join(args.shifted_id)}, labelled by class"
+            )
         inputs.check(scores, exp)  # every score's requirements, before any image is encoded
         exp.ood_sets = resolve_ood_sets(args.id_name, args.out, data, args.ood_resize, _ood_splits(args.ood_split))
         protocol = _protocol(args)
         val = grid and selection.validation_data(args.id_name, data, args.select_ood, args.select_holdout,
                                                   [exp.id_test, *exp.ood_sets], protocol["resolution"])  # fmt: skip
         if protocol["resolution"]:
-            exp.notes.append(f"OOD images resized to {protocol['resolution']}x{protocol['resolution']} first "
+            exp.run_notes.append(f"OOD images resized to {protocol['resolution']}x{protocol['resolution']} first "
                              f"({protocol['source']}; --no-ood-resize keeps them as they are)")  # fmt: skip
         device = local_device(resolve_device(args.device), world)
         bundle = load_model(args.model, args.pretrained, args.ckpt, device, args.model_cache_dir, args.seed)

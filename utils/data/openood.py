@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -43,9 +43,10 @@ class Benchmark:
     far: tuple[str, ...]
     val_ood: str  # the OOD set whose val list OpenOOD tunes on
     knn_k: int = 50
+    csid: dict[str, str] = field(default_factory=dict)  # covariate-shifted ID sets (FSOOD) -> test list, ID labels
 
     def list_name(self, dataset: str | None, split: str) -> str:
-        return f"{split}_{dataset or self.lists}.txt"
+        return self.csid.get(dataset) or f"{split}_{dataset or self.lists}.txt"
 
     def image_folder(self, dataset: str | None) -> str:
         return "images_classic" if dataset in CLASSIC_IN_LARGESCALE else self.images
@@ -60,9 +61,11 @@ BENCHMARKS = {
     "openood_cifar100": Benchmark("cifar100", "CIFAR100_OpenOOD", "images_classic", ("cifar10", "tin"), _CIFAR_FAR,
                                   "tin"),
     "openood_imagenet200": Benchmark("imagenet200", "ImageNet200_OpenOOD", "images_largescale", _IMAGENET_NEAR,
-                                     _IMAGENET_FAR, "openimage_o"),
+                                     _IMAGENET_FAR, "openimage_o",
+                                     csid={f"imagenet_{s}": f"test_imagenet200_{s}.txt" for s in ("v2", "c", "r")}),
     "openood_imagenet": Benchmark("imagenet", "ImageNet_OpenOOD", "images_largescale", _IMAGENET_NEAR,
-                                  _IMAGENET_FAR, "openimage_o", knn_k=1000),
+                                  _IMAGENET_FAR, "openimage_o", knn_k=1000,
+                                  csid={f"imagenet_{s}": f"test_imagenet_{s}.txt" for s in ("v2", "c", "r", "es")}),
 }  # fmt: skip
 
 
@@ -210,7 +213,7 @@ def builder(benchmark: str, dataset: str | None = None):
             check_present(samples, f"{ood_name(benchmark, dataset) if dataset else benchmark} ({split})")
         classes: list[str] = []
         classnames = None
-        if dataset is None:
+        if dataset is None or dataset in bench.csid:  # ID labels: the ID set's classes
             classes, classnames = id_classes(bench, lambda: read_list(list_file(home, bench, None, "train", download)))
         return ImageFiles.listed(base, samples, classes, classnames)
 

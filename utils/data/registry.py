@@ -9,7 +9,7 @@ from pathlib import Path
 from torch.utils.data import ConcatDataset, Dataset
 
 from utils.data import classnames as names
-from utils.data import openood, skimage
+from utils.data import openood, shift, skimage
 from utils.data.digits import Digits
 from utils.data.folder import ImageFiles
 from utils.errors import UserError
@@ -179,6 +179,30 @@ DATASETS: dict[str, DatasetSpec] = {
     "places": DatasetSpec(
         build=_unlabelled("Places"), source=MOS + "Places.tar.gz", layout="Places/images/*.jpg", splits=("test",),
     ),
+    "imagenet_v2": DatasetSpec(
+        build=shift.imagenet_v2, source=shift.V2_URL + " (downloaded automatically)",
+        layout=f"{shift.V2_FOLDER}/<0..999>/*.jpeg (folder i = ImageNet class i)", splits=("test",),
+        class_ids=_wnids(names.imagenet1k), ood=IMAGENET_OOD,
+    ),
+    "imagenet_sketch": DatasetSpec(
+        build=shift.wnid_set("sketch"), source="https://github.com/HaohanWang/ImageNet-Sketch (Kaggle, Google Drive "
+        "or huggingface.co/datasets/imagenet_sketch; manual)", layout="sketch/<wnid>/*.JPEG (1,000 wnid folders)",
+        splits=("test",), class_ids=_wnids(names.imagenet1k), ood=IMAGENET_OOD,
+    ),
+    "imagenet_r": DatasetSpec(
+        build=shift.wnid_set("imagenet-r"), source="https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar "
+        "(downloaded by pytorch-ood)", layout="imagenet-r/<wnid>/*.jpg (200 wnid folders)", splits=("test",),
+        ood=IMAGENET_OOD,
+    ),
+    "imagenet_a": DatasetSpec(
+        build=shift.wnid_set("imagenet-a"), source="https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar "
+        "(downloaded by pytorch-ood)", layout="imagenet-a/<wnid>/*.jpg (200 wnid folders)", splits=("test",),
+        ood=IMAGENET_OOD,
+    ),
+    "imagenet_o": DatasetSpec(  # OOD for ImageNet-1k: 200 classes outside it, unlabelled here
+        build=shift.imagenet_o, source="https://people.eecs.berkeley.edu/~hendrycks/imagenet-o.tar (downloaded by "
+        "pytorch-ood)", layout="imagenet-o/<wnid>/*.jpg", splits=("test",),
+    ),
     "digits": DatasetSpec(
         build=_digits(0, 1, 2, 3, 4), source="ships with scikit-learn (offline)", layout="nothing: built in",
         classnames=[f"digit {w}" for w in names.DIGIT_WORDS[:5]], ood=("digits_ood", "faces", "skimage_textures"),
@@ -212,6 +236,11 @@ def _openood_specs(benchmark: str) -> dict[str, DatasetSpec]:
         splits=("train", "val", "test"), ood=tuple(named.values()), knn_k=bench.knn_k,
         ood_groups={"nearood": tuple(named[d] for d in bench.near), "farood": tuple(named[d] for d in bench.far)},
     )}  # fmt: skip
+    for dataset in bench.csid:  # shifted ID (--shifted-id), labelled as the ID set: OpenOOD's FSOOD lists
+        specs[openood.ood_name(benchmark, dataset)] = DatasetSpec(
+            build=openood.builder(benchmark, dataset), source=openood.SOURCE,
+            layout=openood.layout(benchmark, dataset), splits=("test",),
+        )  # fmt: skip
     for dataset, name in named.items():
         specs[name] = DatasetSpec(
             build=openood.builder(benchmark, dataset), source=openood.SOURCE,

@@ -46,6 +46,7 @@ class Experiment:
     cache: FeatureCache | None = None
     world: World | None = None
     notes: list[str] = field(default_factory=list)  # shown and saved with the results
+    run_notes: list[str] = field(default_factory=list)  # what the run says before scoring: every scoring keeps them
     artifacts: dict[str, list[str]] = field(default_factory=dict)  # name -> lines, saved as name.txt
 
 

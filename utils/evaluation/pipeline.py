@@ -179,7 +179,7 @@ def score(exp: Experiment, encoded: Encoded, scores: Sequence[str]) -> Evaluatio
     """Fit every score on what it needs and score the ID test set and each OOD set; classifiers' top-1 too."""
     result = Evaluation(exp.id_test.name)
     resolved, shared, classifiers = {}, {}, {}
-    exp.notes.clear()  # what the resolvers say about this scoring (a second call starts afresh)
+    exp.notes[:] = exp.run_notes  # then what the resolvers say about this scoring (a second call starts afresh)
     exp.artifacts.clear()
     for name in scores:
         try:

@@ -23,7 +23,8 @@ NOT_COMPARABLE_WHEN_SET = {"ckpt": "other weights (--ckpt)", "limit": "a subset 
                            "neg_words": "another word pool (--neg-words)",
                            "shots": "a few-shot train split (--shots)",
                            "classnames": "other class names (--classnames)",
-                           "select": "hyper-parameters chosen on validation data (--select)"}  # fmt: skip
+                           "select": "hyper-parameters chosen on validation data (--select)",
+                           "shifted_id": "shifted sets counted as ID (--shifted-id)"}  # fmt: skip
 UNORDERED = {"score", "out", "extra_metrics", "ood_split"}  # list arguments whose order does not matter
 
 
@@ -87,7 +88,7 @@ def comparable(preset: Preset, values: dict[str, Any]) -> str | None:
     """Why this run's numbers cannot be compared with the published ones (another model, weights, data), or None."""
     pairs = preset.defaults.items()
     different = [f"{k} {values.get(k)} (published: {v})" for k, v in pairs if values.get(k) != v]
-    different += [why for key, why in NOT_COMPARABLE_WHEN_SET.items() if values.get(key) is not None]
+    different += [why for key, why in NOT_COMPARABLE_WHEN_SET.items() if values.get(key) not in (None, [])]
     return "; ".join(different) or None
 
 
