@@ -18,7 +18,7 @@ FOLDERS = {  # what is not a Python module, in one line each
     "configs/groups/": "class groups of the `group` fine-tuning method, one JSON file per dataset",
     "notebooks/": "play_with_clip.ipynb: similarities, score histograms and ROC, modality gap, overconfidence",
     "tests/": "pytest, offline, CPU: one module per utils/ folder, one per script, and the notebook",
-    "utils/data/resources/": "ImageNet-1k wnid -> name table; the WordNet word list of negative-label scores",
+    "utils/data/resources/": "ImageNet-1k wnid -> name table; NegLabel's WordNet word list; CLIP's flower names",
     "utils/models/configs/": "model configs shipped with the toolkit (`tiny`: the offline test model)",
 }
 WIDTH = 30

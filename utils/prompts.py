@@ -16,7 +16,14 @@ TEMPLATE_SETS: dict[str, tuple[Template, ...]] = {
     "single": ("a photo of a {}.",),  # CLIP's paper's prompt
     "mcm": ("a photo of a {}",),  # MCM's released code (utils/detection_util.py): no full stop
     "ensemble": tuple(open_clip.OPENAI_IMAGENET_TEMPLATES),  # the 80 OpenAI ImageNet templates
-}
+    # CLIP's per-dataset templates (openai/CLIP d05afc4 data/prompts.md)
+    "cars": ("a photo of a {}.", "a photo of the {}.", "a photo of my {}.", "i love my {}!", "a photo of my dirty {}.",
+             "a photo of my clean {}.", "a photo of my new {}.", "a photo of my old {}."),
+    "food101": ("a photo of {}, a type of food.",),
+    "pets": ("a photo of a {}, a type of pet.",),
+    "flowers102": ("a photo of a {}, a type of flower.",),
+    "aircraft": ("a photo of a {}, a type of aircraft.", "a photo of the {}, a type of aircraft."),
+}  # fmt: skip
 
 
 # NegLabel's released prompts (XueJiang16/NegLabel: custom_config/clip.py prompt_idx_pos = prompt_idx_neg = 85,

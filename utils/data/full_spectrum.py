@@ -1,5 +1,6 @@
-"""Full-spectrum ID (OpenOOD's FSOOD): covariate-shifted sets joined to the ID test set in its label space, so a
-shifted image of an ID class counts as ID. Each shifted image is relabelled by its class folder (wnid)."""
+"""Full-spectrum ID (OpenOOD's FSOOD): covariate-shifted sets joined to the ID test set, in its label space.
+
+A shifted image of an ID class counts as ID; each is relabelled by its class folder (wnid)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from torch.utils.data import ConcatDataset, Dataset
 
 from utils.data import classnames as names
-from utils.data import openood, shift, skimage
+from utils.data import fine_grained, openood, shift, skimage
 from utils.data.digits import Digits
 from utils.data.folder import ImageFiles
 from utils.errors import UserError
@@ -202,6 +202,41 @@ DATASETS: dict[str, DatasetSpec] = {
     "imagenet_o": DatasetSpec(  # OOD for ImageNet-1k: 200 classes outside it, unlabelled here
         build=shift.imagenet_o, source="https://people.eecs.berkeley.edu/~hendrycks/imagenet-o.tar (downloaded by "
         "pytorch-ood)", layout="imagenet-o/<wnid>/*.jpg", splits=("test",),
+    ),
+    # MCM's fine-grained ID sets (Table 2) and two of CLIP's; templates: --templates mcm (MCM), or CLIP's per-set ones
+    "cub200": DatasetSpec(
+        build=fine_grained.cub200, source="https://data.caltech.edu/records/65de6-vp158 (CUB_200_2011.tgz, manual)",
+        layout="CUB_200_2011/{images.txt, image_class_labels.txt, train_test_split.txt, classes.txt, images/}",
+        ood=IMAGENET_OOD,
+    ),
+    "stanford_cars": DatasetSpec(
+        build=fine_grained.torchvision_set("StanfordCars", {"train": "train", "test": "test"}, download=False),
+        source="manual: Stanford's URL is dead and torchvision cannot download it; a mirror of the images, devkit "
+        "and cars_test_annos_withlabels.mat (e.g. Kaggle 'jessicali9530/stanford-cars-dataset'; deeplearning-wisc/MCM "
+        "issue #8)", layout="stanford_cars/{devkit/cars_meta.mat, devkit/cars_train_annos.mat, cars_train/, "
+        "cars_test/, cars_test_annos_withlabels.mat}", ood=IMAGENET_OOD,
+    ),
+    "food101": DatasetSpec(  # class folders made readable: CLIP's names (MCM's list swaps cheesecake/cheese plate)
+        build=fine_grained.torchvision_set("Food101", {"train": "train", "test": "test"}, verbatim=False),
+        source="https://data.vision.ee.ethz.ch/cvl/food-101.tar.gz (torchvision, automatic; 5 GB)",
+        layout="food-101/{meta/, images/}", ood=IMAGENET_OOD,
+    ),
+    "oxford_pets": DatasetSpec(
+        build=fine_grained.torchvision_set("OxfordIIITPet", {"train": "trainval", "test": "test"}),
+        source="https://www.robots.ox.ac.uk/~vgg/data/pets/ (torchvision, automatic)",
+        layout="oxford-iiit-pet/{images/, annotations/}", ood=IMAGENET_OOD,
+    ),
+    "flowers102": DatasetSpec(
+        build=fine_grained.torchvision_set("Flowers102", {s: s for s in ("train", "val", "test")}, verbatim=False),
+        source="https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ (torchvision, automatic)",
+        layout="flowers-102/{jpg/, imagelabels.mat, setid.mat}", classnames=fine_grained.flowers102_clip,
+        splits=("train", "val", "test"), ood=IMAGENET_OOD,
+    ),
+    "fgvc_aircraft": DatasetSpec(
+        build=fine_grained.torchvision_set("FGVCAircraft", {s: s for s in ("train", "val", "test")}),
+        source="https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/ (torchvision, automatic)",
+        layout="fgvc-aircraft-2013b/data/{images/, variants.txt, images_variant_*.txt}",
+        splits=("train", "val", "test"), ood=IMAGENET_OOD,
     ),
     "digits": DatasetSpec(
         build=_digits(0, 1, 2, 3, 4), source="ships with scikit-learn (offline)", layout="nothing: built in",

@@ -1,6 +1,7 @@
-"""Hyper-parameters chosen on validation data (--select): each score's grid is scored on ID validation images
-against OOD validation sets, the best mean AUROC is kept (OpenOOD's APS criterion), and only then are the test sets
-encoded and scored.
+"""Hyper-parameters chosen on validation data (--select), before any test set is encoded.
+
+Each score's grid is scored on ID validation images against OOD validation sets; the best mean AUROC is kept
+(OpenOOD's APS criterion), and only then are the test sets encoded and scored.
 
 Validation data: OpenOOD's ID val list and its val OOD list for an openood_* benchmark; otherwise a seeded slice
 held out of the ID train split (scores fit on the rest while choosing) against OOD sets the user names, which may
