@@ -238,9 +238,11 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     exp = inputs.Experiment(options, args.model, contract=contract, world=world, run_notes=notes)
     scores = plan(args.score, exp)
     grid = selection.parse_grid(args.select) if args.select else None
+    if not grid and (given := [f for f in ("select_ood", "select_holdout") if f in getattr(args, "given", [])]):
+        raise UserError(f"--{given[0].replace('_', '-')} only applies with --select")
     if grid and (unused := [k for k in grid if not any(k in SCORES[s].inputs for s in scores)]):
         raise UserError(f"--select {', '.join(unused)}: none of the scores {', '.join(scores)} takes it")
-    for name in [args.id_name, *(args.out or []), *args.shifted_id]:
+    for name in [args.id_name, *(args.out or []), *args.shifted_id, *(n.partition("=")[0] for n in args.select_ood)]:
         get_spec(name)  # every name is checked before anything is downloaded
     check_writable_dir(args.cache_dir, "--cache-dir")
     if args.out_dir:
@@ -249,13 +251,13 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     with main_first(world):  # rank 0 downloads, the others then find the files
         exp.id_test = data.load(args.id_name, "test")
         exp.id_train = data.load_id_train(args.id_name) if inputs.needs_train(scores, options) else None
-        if args.classnames:
-            names = parse_labels(args.classnames)
+        names = parse_labels(args.classnames) if args.classnames else None
+        if names:
             exp.id_test = renamed(exp.id_test, names)
             exp.id_train = exp.id_train and renamed(exp.id_train, names)
-        if args.shifted_id:
-            plain = exp.id_test
-            exp.id_test = full_spectrum(plain, [data.load(name, "test") for name in args.shifted_id])
+        plain, shifted = exp.id_test, [data.load(name, "test") for name in args.shifted_id]
+        if shifted:
+            exp.id_test = full_spectrum(plain, shifted)
             exp.run_notes.append(
                 f"full-spectrum ID: the {len(exp.id_test.dataset)} ID test images are {plain.name}'s "
                 f"{len(plain.dataset)} and those of {', '.join(args.shifted_id)}, labelled by class"
@@ -264,7 +266,10 @@ def _run(args: argparse.Namespace, world: World) -> dict:
         exp.ood_sets = resolve_ood_sets(args.id_name, args.out, data, args.ood_resize, _ood_splits(args.ood_split))
         protocol = _protocol(args)
         val = grid and selection.validation_data(args.id_name, data, args.select_ood, args.select_holdout,
-                                                  [exp.id_test, *exp.ood_sets], protocol["resolution"])  # fmt: skip
+                                                  [plain, *shifted, *exp.ood_sets], protocol["resolution"])  # fmt: skip
+        if grid:
+            val.id_val = renamed(val.id_val, names) if names else val.id_val
+            selection.check_grid(grid, val, exp.id_train)
         if protocol["resolution"]:
             exp.run_notes.append(f"OOD images resized to {protocol['resolution']}x{protocol['resolution']} first "
                              f"({protocol['source']}; --no-ood-resize keeps them as they are)")  # fmt: skip
@@ -285,8 +290,9 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     if not world.main:
         return {}
     evaluation = selection.score_chosen(exp, encoded, scores, choices) if grid else evaluate(exp, scores, encoded)
-    evaluation.groups = get_spec(args.id_name).ood_groups
-    evaluation.notes += incomplete_groups([d.name for d in exp.ood_sets], evaluation.groups)
+    tested = [d.name for d in exp.ood_sets if d.split == "test"]  # a set read from another split is not the benchmark's
+    evaluation.groups = {g: sets for g, sets in get_spec(args.id_name).ood_groups.items() if set(sets) <= set(tested)}
+    evaluation.notes += incomplete_groups(tested, get_spec(args.id_name).ood_groups)
     accuracy = ", ".join(f"{k} {100 * v:.2f}%" if k.endswith("top1") else f"{k} {v:g}"
                          for k, v in evaluation.accuracy.items())  # fmt: skip
     print(f"\nID {args.id_name}: {evaluation.samples['ID']} test images" + (f"; {accuracy}" if accuracy else ""))

@@ -210,7 +210,7 @@ def test_group_rows_are_means_of_the_sets():
     partial = measure(_evaluation(np.random.default_rng(0), [*sets[:1], *sets[2:]], groups))
     assert [r["ood"] for r in table_rows(partial)] == [sets[0], *groups["farood"], "farood", "average"]
     assert incomplete_groups(list(partial.scores["mcm"]), groups) == [
-        "no nearood mean row: openood_cifar10:tin not evaluated"
+        "no nearood mean row: openood_cifar10:tin not evaluated on its test split"
     ]
 
 
@@ -236,6 +236,30 @@ def test_openood_metrics_are_openoods(seed):
         id_scores, ood_scores = np.round(id_scores, 1), np.round(ood_scores, 1)
     ours, theirs = openood_metrics(id_scores, ood_scores), _openood_reference(id_scores, ood_scores)
     assert ours == pytest.approx(theirs, abs=1e-12)
+
+
+def test_openood_fpr_on_small_tied_sets_is_openoods():
+    """roc_curve's dropped intermediate points change OpenOOD's FPR@95 on ties; the export follows it."""
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        id_scores, ood_scores = rng.integers(0, 4, rng.integers(2, 12)), rng.integers(0, 4, rng.integers(2, 12))
+        assert openood_metrics(id_scores, ood_scores)["FPR@95"] == pytest.approx(
+            _openood_reference(id_scores, ood_scores)["FPR@95"], abs=1e-12
+        )
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [("cifar10/test/cat/0.png cat", "is not an OpenOOD image list"),
+     ("cifar10/test/cat/0.png 57", r"has labels \[57\] outside 0..9")],
+)  # fmt: skip
+def test_damaged_lists_are_one_clear_error(tmp_path, line, message):
+    fake_cifar10(tmp_path)
+    path = tmp_path / oo.HOME / oo.LISTS / "cifar10" / "test_cifar10.txt"
+    path.write_text(path.read_text() + line + "\n")
+    oo.read_list.cache_clear()
+    with pytest.raises(UserError, match=message):
+        load_dataset("openood_cifar10", "test", tmp_path, download=False)
 
 
 def test_openood_csv_layout():

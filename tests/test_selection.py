@@ -10,6 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 import eval_ood_detection
 import utils.evaluation.pipeline
+from tests.conftest import write_images
 from tests.test_openood import TINY, fake_cifar10
 from utils.data.loading import DataOptions, load_dataset
 from utils.errors import UserError
@@ -117,15 +118,23 @@ def test_holdout_is_left_out_of_the_fit(tmp_path, tiny):
     val = selection.validation_data("digits", data, ["digits_aux"], 0.2, [data.load("digits_ood", "test")])
     encoded = selection.encode_validation(exp, val, ["knn"])
     held = np.asarray(val.id_val.dataset.indices)
-    assert len(held) == 126 and len(encoded.id_train.index) == 630 - 126
+    labels = np.asarray([exp.id_train.dataset[int(i)][1] for i in range(630)])
+    per_class = np.bincount(labels)
+    assert np.array_equal(np.bincount(labels[held]), np.round(0.2 * per_class).astype(int))  # stratified
+    assert len(encoded.id_train.index) == 630 - len(held)
     assert not set(held) & set(encoded.id_train.index.tolist())
-    assert len(encoded.id_test["global"].index) == 126
+    assert len(encoded.id_test["global"].index) == len(held)
 
 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [(["--select", "T=1,2"], "name one or more sets with --select-ood"),
-     (["--select", "T=1,2", "--select-ood", "digits_ood"], "digits_ood is also a test set"),
+     (["--select", "T=1,2", "--select-ood", "digits_ood"], "digits_ood (test) is also a test set"),
+     (["--select", "T=1,2", "--select-ood", "digits"], "digits (test) is also a test set"),
+     (["--select-ood", "digits_aux"], "--select-ood only applies with --select"),
+     (["--select", "T=1", "--select-ood", "nowhere"], "unknown dataset 'nowhere'"),
+     (["--select", "k=5,600", "--select-ood", "digits_aux", "--score", "knn"],
+      "--select k=600 needs at least that many training images; while choosing, scores fit on"),
      (["--select", "k=5", "--score", "mcm"], "--select k: none of the scores mcm takes it"),
      (["--select", "T=1", "--select-ood", "digits_aux", "--select-holdout", "1.5"], "strictly between 0 and 1")],
 )  # fmt: skip
@@ -134,3 +143,32 @@ def test_select_errors(tmp_path, capsys, extra, message):
         run(tmp_path, "--in", "digits", *extra)
     assert info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def _two_class_tree(root, seed):
+    for split in ("train", "val"):
+        for k, name in enumerate(("cats", "dogs")):
+            write_images(root / split / name, 4, seed=seed + 10 * k + (split == "val"), size=12)
+    return root
+
+
+def test_shifted_test_images_are_not_validation_data(tmp_path, capsys):
+    tree, shifted = _two_class_tree(tmp_path / "a", 0), _two_class_tree(tmp_path / "b", 50)
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--in", f"folder:{tree}", "--out", "digits_ood", "--shifted-id", f"folder:{shifted}",
+            "--select", "T=1,2", "--select-ood", f"folder:{shifted}")  # fmt: skip
+    assert f"--select-ood folder:{shifted} (test) is also a test set" in capsys.readouterr().err
+
+
+def test_choice_prompts_with_the_given_classnames(tmp_path, monkeypatch):
+    seen = []
+    choose = selection.choose
+
+    def spy(exp, val, *args):
+        seen.append(val.id_val.classnames)
+        return choose(exp, val, *args)
+
+    monkeypatch.setattr(selection, "choose", spy)
+    names = "zero,one,two,three,four"
+    run(tmp_path, "--in", "digits", "--classnames", names, "--select", "T=0.1,1", "--select-ood", "digits_aux")
+    assert seen == [tuple(names.split(","))]

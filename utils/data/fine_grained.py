@@ -33,12 +33,19 @@ def cub200(root: Path, split: str, download: bool) -> ImageFiles:
     """CUB-200-2011 as MCM's dataloaders/bird200.py: the images whose train_test_split flag matches, in images.txt
     order, label = class id - 1; names from classes.txt ('001.Black_footed_Albatross' -> 'Black footed Albatross')."""
     base = root / CUB
-    classes = [name for _, name in _rows(base / "classes.txt")]
-    labels = {image: int(label) - 1 for image, label in _rows(base / "image_class_labels.txt")}
-    training = {image: flag == "1" for image, flag in _rows(base / "train_test_split.txt")}
-    samples = [(base / "images" / path, labels[image]) for image, path in _rows(base / "images.txt")
-               if training[image] == (split == "train")]  # fmt: skip
-    names = [name.split(".", 1)[1].replace("_", " ") for name in classes]
+    try:
+        classes = [name for _, name in _rows(base / "classes.txt")]
+        labels = {image: int(label) - 1 for image, label in _rows(base / "image_class_labels.txt")}
+        training = {image: flag == "1" for image, flag in _rows(base / "train_test_split.txt")}
+        samples = [(base / "images" / path, labels[image]) for image, path in _rows(base / "images.txt")
+                   if training[image] == (split == "train")]  # fmt: skip
+        names = [name.split(".", 1)[1].replace("_", " ") for name in classes]
+    except (KeyError, ValueError, IndexError) as err:  # a line of one file without its match in another
+        raise UserError(f"the CUB-200-2011 files in {base} do not agree ({type(err).__name__}: {err}); unpack "
+                        f"CUB_200_2011.tgz again") from err  # fmt: skip
+    if bad := sorted({label for _, label in samples if not 0 <= label < len(classes)}):
+        raise UserError(f"{base / 'image_class_labels.txt'} has class ids {[b + 1 for b in bad[:5]]} beyond "
+                        f"classes.txt's {len(classes)}")  # fmt: skip
     return ImageFiles.listed(base / "images", samples, classes, names)
 
 

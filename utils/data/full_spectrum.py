@@ -44,6 +44,9 @@ def in_id_space(shifted: LoadedDataset, id_ids: Sequence[str]) -> Dataset:
     if foreign := [c for c in base.classes if c not in index]:
         raise UserError(f"{shifted.name} cannot be shifted ID here: {len(foreign)} of its {len(base.classes)} "
                         f"classes are not ID classes ({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''})")
+    if any(not 0 <= label < len(base.classes) for _, label in base.samples):
+        raise UserError(f"{shifted.name} has images without a class (label -1 or beyond its {len(base.classes)} "
+                        f"classes): only labelled sets can be shifted ID")  # fmt: skip
     samples = [(path, index[base.classes[label]]) for path, label in base.samples]
     relabelled = ImageFiles.listed(base.root, samples, list(id_ids))
     return relabelled if positions is None else Subset(relabelled, positions.tolist())

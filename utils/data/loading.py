@@ -66,9 +66,10 @@ class Resized(Dataset):
         return sample_name(self.dataset, index)
 
 
-def _labels(dataset: Dataset) -> np.ndarray:
+def labels_of(dataset: Dataset) -> np.ndarray:
+    """Every item's label, without reading an image (through Subsets)."""
     if isinstance(dataset, Subset):
-        return _labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+        return labels_of(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
     for attribute in ("targets", "labels"):
         if getattr(dataset, attribute, None) is not None:
             return np.asarray(getattr(dataset, attribute))
@@ -79,7 +80,7 @@ def _labels(dataset: Dataset) -> np.ndarray:
 
 def first_per_class(dataset: Dataset, count: int) -> Dataset:
     """The first `count` images of each class, in file order (KNN-OOD's SVHN selection)."""
-    labels = _labels(dataset)
+    labels = labels_of(dataset)
     keep = [i for c in np.unique(labels) for i in np.flatnonzero(labels == c)[:count]]
     return Subset(dataset, sorted(keep))
 
@@ -90,7 +91,7 @@ def few_shot(dataset: Dataset, shots: int, seed: int) -> Dataset:
     NumPy's, so the same seed picks other images)."""
     if shots < 1:
         raise UserError(f"--shots must be a positive number of images per class, got {shots}")
-    labels, rng = _labels(dataset), np.random.default_rng(seed)
+    labels, rng = labels_of(dataset), np.random.default_rng(seed)
     keep = []
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
@@ -152,7 +153,8 @@ def load_dataset(
     root = Path(root).expanduser()
     try:
         dataset = spec.build(root, split, download)
-    except (UserError, OSError, RuntimeError) as err:  # torchvision: URLError offline, RuntimeError if absent
+    except (UserError, OSError, RuntimeError, ValueError) as err:  # torchvision: URLError offline, RuntimeError if
+        # absent, ValueError for a refused download or a damaged annotation file
         raise UserError(
             f"dataset '{name}' ({split}) is not available under {root}: {str(err).strip() or type(err).__name__}\n"
             f"  get it from: {spec.source}\n  expected under --data-root: {spec.layout}"

@@ -86,9 +86,9 @@ def list_file(home: Path, bench: Benchmark, dataset: str | None, split: str, dow
     if not local.is_dir():
         local = _pood_lists(download) / bench.lists
     path = local / bench.list_name(dataset, split)
-    if not path.is_file():
-        raise UserError(f"OpenOOD's image list {path.name} is missing from {path.parent}; the benchmark_imglist "
-                        f"folder is incomplete (get it again)")  # fmt: skip
+    if not path.is_file():  # pytorch-ood extracts into its cache in place: an interrupted download stays partial
+        raise UserError(f"OpenOOD's image list {path.name} is missing from {path.parent}: that benchmark_imglist "
+                        f"folder is incomplete; delete {local.parent} and get it again")  # fmt: skip
     return path
 
 
@@ -111,7 +111,10 @@ def read_list(path: Path) -> tuple[tuple[str, int], ...]:
     from pytorch_ood.dataset.img import ImageListDataset
 
     root = str(path.parent)  # the reader joins every path to a root that must exist; the real one is joined later
-    listed, cut = ImageListDataset(root=root, imglist_path=str(path)), len(os.path.join(root, ""))
+    try:
+        listed, cut = ImageListDataset(root=root, imglist_path=str(path)), len(os.path.join(root, ""))
+    except ValueError as err:  # a label that is not an integer
+        raise UserError(f"{path} is not an OpenOOD image list ('relative/path label' per line): {err}") from err
     return tuple((file[cut:], int(label)) for file, label in zip(listed.files, listed.labels, strict=True))
 
 
@@ -192,7 +195,10 @@ def id_classes(bench: Benchmark, train: Callable[[], Sequence[tuple[str, int]]])
 def _wnids_of(lists: str, train: Sequence[tuple[str, int]]) -> list[str]:
     wnid_of: dict[int, str] = {}
     for rel, label in train:  # imagenet_1k/train/<wnid>/<file>
-        wnid = rel.split("/")[2]
+        parts = rel.split("/")
+        if len(parts) != 4 or parts[0] != IMAGENET_1K:
+            raise UserError(f"OpenOOD's {lists} train list names {rel}, not {IMAGENET_1K}/train/<wnid>/<file>")
+        wnid = parts[2]
         if wnid_of.setdefault(label, wnid) != wnid:
             raise UserError(f"OpenOOD's {lists} train list gives label {label} to {wnid_of[label]} and {wnid}")
     if sorted(wnid_of) != list(range(len(wnid_of))):
@@ -215,6 +221,11 @@ def builder(benchmark: str, dataset: str | None = None):
         classnames = None
         if dataset is None or dataset in bench.csid:  # ID labels: the ID set's classes
             classes, classnames = id_classes(bench, lambda: read_list(list_file(home, bench, None, "train", download)))
+            if bad := sorted({label for _, label in samples if not 0 <= label < len(classes)}):
+                raise UserError(f"OpenOOD's list {bench.list_name(dataset, split)} has labels {bad[:5]} outside "
+                                f"0..{len(classes) - 1}")  # fmt: skip
+        else:  # OpenOOD sets every OOD label to -1 whatever the list says
+            samples = [(path, -1) for path, _ in samples]
         return ImageFiles.listed(base, samples, classes, classnames)
 
     return build

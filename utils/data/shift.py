@@ -48,8 +48,8 @@ def _fetch_pood(root: Path, folder: str) -> None:
 
 
 def _wnid_folders(path: Path) -> ImageFiles:
-    """One class per wnid folder (sorted), named from the ImageNet-1k table; a folder that is no ImageNet-1k wnid is
-    an error (not this dataset)."""
+    """One class per wnid folder (sorted), named from the ImageNet-1k table; folders that are no ImageNet-1k wnid
+    are left out, and a tree with none is an error."""
     table = names.imagenet1k()
     dataset = ImageFiles(path, classes=sorted(d.name for d in path.iterdir() if d.is_dir() and d.name in table)
                          if path.is_dir() else None)  # fmt: skip

@@ -17,7 +17,7 @@ import numpy as np
 
 from utils.atomic import atomic_path
 from utils.data.openood import short_name
-from utils.evaluation.metrics import aupr_trapezoid, auroc, fpr_at_tpr
+from utils.evaluation.metrics import aupr_trapezoid, auroc
 from utils.evaluation.pipeline import Evaluation
 from utils.scores import SCORES
 
@@ -25,11 +25,22 @@ COLUMNS = ("FPR@95", "AUROC", "AUPR_IN", "AUPR_OUT", "ACC")
 FOLDER = "openood"
 
 
+def openood_fpr95(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
+    """OpenOOD's FPR@95: OOD positive, the first point of scikit-learn's roc_curve with TPR >= 0.95. roc_curve's
+    default drop_intermediate leaves out collinear points, so on tied scores this can be above FPR95_OOD (the first
+    threshold reaching 95%); the export follows OpenOOD."""
+    from sklearn.metrics import roc_curve
+
+    is_ood = np.r_[np.zeros(len(id_scores)), np.ones(len(ood_scores))]
+    fpr, tpr, _ = roc_curve(is_ood, -np.r_[id_scores, ood_scores])
+    return float(fpr[np.argmax(tpr >= 0.95)])
+
+
 def openood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
     """OpenOOD's four OOD metrics as fractions (`id_scores` higher = more ID, as everywhere here)."""
     id_scores, ood_scores = np.asarray(id_scores, np.float64), np.asarray(ood_scores, np.float64)
     return {
-        "FPR@95": fpr_at_tpr(-ood_scores, -id_scores, 0.95),
+        "FPR@95": openood_fpr95(id_scores, ood_scores),
         "AUROC": auroc(id_scores, ood_scores),
         "AUPR_IN": aupr_trapezoid(id_scores, ood_scores),
         "AUPR_OUT": aupr_trapezoid(-ood_scores, -id_scores),

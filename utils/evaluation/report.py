@@ -39,7 +39,7 @@ def with_group_means(per_set: dict[str, dict[str, float]], groups: dict[str, tup
 
 def incomplete_groups(sets: list[str], groups: dict[str, tuple[str, ...]]) -> list[str]:
     """A note per group that gets no mean row because some of its sets were not evaluated."""
-    return [f"no {group} mean row: {', '.join(n for n in members if n not in sets)} not evaluated"
+    return [f"no {group} mean row: {', '.join(n for n in members if n not in sets)} not evaluated on its test split"
             for group, members in groups.items() if any(n not in sets for n in members)]  # fmt: skip
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from torch.utils.data import Subset
 
 from utils.data import openood
-from utils.data.loading import DataOptions, LoadedDataset, dataset_identity
+from utils.data.loading import DataOptions, LoadedDataset, dataset_identity, labels_of
 from utils.data.registry import get_spec
 from utils.errors import UserError
 from utils.evaluation.inputs import Encoded, Experiment
@@ -65,9 +65,10 @@ class Validation:
     fit_rows: np.ndarray | None = None  # train positions the scores fit on while choosing (None: all of train)
 
 
-def _named(item: str, data: DataOptions, resize: int | None) -> LoadedDataset:
+def named_split(item: str) -> tuple[str, str]:
+    """`NAME[=SPLIT]` of --select-ood: a set's val split where it has one, else its test split."""
     name, _, split = item.partition("=")
-    return data.load(name, split or get_spec(name).splits[-1], resize=resize)
+    return name, split or ("val" if "val" in get_spec(name).splits else "test")
 
 
 def validation_data(id_name: str, data: DataOptions, ood: Sequence[str], holdout: float,
@@ -77,15 +78,16 @@ def validation_data(id_name: str, data: DataOptions, ood: Sequence[str], holdout
     are (the ID benchmark's protocol); a test set is refused as validation data."""
     bench = openood.BENCHMARKS.get(id_name)
     if ood:
-        ood_val = [_named(item, data, resize) for item in ood]
+        ood_val = [data.load(*named_split(item), resize=resize) for item in ood]
     elif bench is not None:
         ood_val = [data.load(openood.ood_name(id_name, bench.val_ood), "val")]
     else:
         raise UserError(f"--select needs OOD validation data for '{id_name}': name one or more sets with "
                         f"--select-ood NAME[=SPLIT] (never a test set; e.g. digits_aux for digits)")  # fmt: skip
-    tested = {d.identity for d in test_sets}
-    if clash := [d.name for d in ood_val if d.identity in tested]:
-        raise UserError(f"--select-ood {', '.join(clash)} is also a test set: choosing on it would tune on the test")
+    tested = {(d.name, d.split) for d in test_sets}  # by name: a capped or resized copy is still the test set
+    if clash := [d.name for d in ood_val if (d.name, d.split) in tested]:
+        raise UserError(f"--select-ood {', '.join(clash)} ({ood_val[0].split}) is also a test set of this run: "
+                        f"choosing on it would tune on the test")  # fmt: skip
     if "val" in get_spec(id_name).splits:
         return Validation(data.load(id_name, "val"), ood_val, f"{id_name} val split vs "
                           f"{', '.join(f'{d.name} ({d.split})' for d in ood_val)}")  # fmt: skip
@@ -95,12 +97,42 @@ def validation_data(id_name: str, data: DataOptions, ood: Sequence[str], holdout
         raise UserError(f"--select-holdout must lie strictly between 0 and 1, got {holdout}")
     train = data.load_id_train(id_name)
     count = len(train.dataset)
-    held = np.sort(np.random.default_rng(data.seed).permutation(count)[: max(1, round(holdout * count))])
+    held = _held_out(train, holdout, data.seed)
     subset = Subset(train.dataset, held.tolist())
     id_val = replace(train, dataset=subset, identity=f"{id_name}|train|{dataset_identity(subset)}")
     return Validation(id_val, ood_val, f"{id_name} train, {len(held)} of {count} held out (seed {data.seed}) vs "
                       f"{', '.join(f'{d.name} ({d.split})' for d in ood_val)}",
                       fit_rows=np.setdiff1d(np.arange(count), held))  # fmt: skip
+
+
+def _held_out(train: LoadedDataset, share: float, seed: int) -> np.ndarray:
+    """Sorted train positions held out: `share` of each class (seeded), each class keeping at least one image to
+    fit on (a few-shot split stays whole per class); unlabelled train sets are drawn from as one."""
+    try:
+        labels = labels_of(train.dataset)
+    except UserError:
+        labels = np.zeros(len(train.dataset), dtype=np.int64)
+    rng, held = np.random.default_rng(seed), []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        held += members[rng.permutation(len(members))[: min(round(share * len(members)), len(members) - 1)]].tolist()
+    if not held:
+        raise UserError(
+            f"--select-holdout {share} of {train.name}'s train split holds out no image (classes of "
+            f"{np.bincount(np.unique(labels, return_inverse=True)[1]).max()} images at most)"
+        )
+    return np.sort(np.asarray(held, dtype=np.int64))
+
+
+def check_grid(grid: dict[str, list], val: Validation, train: LoadedDataset | None) -> None:
+    """Settings the data cannot serve fail before any image is encoded: a k beyond what scores fit on."""
+    if "k" not in grid or train is None:
+        return
+    fit = len(val.fit_rows) if val.fit_rows is not None else len(train.dataset)
+    if max(grid["k"]) > fit:
+        raise UserError(f"--select k={max(grid['k'])} needs at least that many training images; while choosing, "
+                        f"scores fit on {fit} of {train.name}'s train images"
+                        f"{' (the rest is held out)' if val.fit_rows is not None else ''}")  # fmt: skip
 
 
 def _rows(features: CachedFeatures, positions: np.ndarray) -> CachedFeatures:
