@@ -108,25 +108,22 @@ def test_aircraft_names_verbatim(tmp_path):
     assert [loaded.dataset[k][1] for k in range(2)] == [1, 0]
 
 
-def test_cars_never_asks_torchvision_to_download(tmp_path, monkeypatch):
-    """torchvision's StanfordCars raises ValueError whenever download=True (its URL is dead), even with the data."""
-    import torchvision.datasets as tvd
+def test_cars_from_the_devkit_layout_without_a_download(tmp_path):
+    """torchvision's StanfordCars raises ValueError whenever download=True (its URL is dead), even with the data:
+    the registry never asks, so the set loads with downloads on; names are the devkit's, verbatim."""
+    from scipy.io import savemat
 
-    calls = []
-
+    base = tmp_path / "stanford_cars"
+    (base / "devkit").mkdir(parents=True)
     names = ["Ram C/V Cargo Van Minivan 2012", "AM General Hummer SUV 2000"]
-
-    class FakeCars:
-        def __init__(self, root, split, download):
-            calls.append((split, download))
-            self.classes = list(names)
-
-        def __len__(self):
-            return 3
-
-    monkeypatch.setattr(tvd, "StanfordCars", FakeCars)
+    savemat(base / "devkit" / "cars_meta.mat", {"class_names": np.array(names, dtype=object)})
+    annotations = np.zeros(2, dtype=[("fname", object), ("class", np.int64)])
+    annotations[0], annotations[1] = ("00001.jpg", 2), ("00002.jpg", 1)
+    savemat(base / "cars_test_annos_withlabels.mat", {"annotations": annotations})
+    for k, name in enumerate(("00001.jpg", "00002.jpg")):
+        _image(base / "cars_test" / name, k)
     loaded = load_dataset("stanford_cars", "test", tmp_path, download=True)
-    assert calls == [("test", False)] and loaded.classnames == tuple(names)
+    assert loaded.classnames == tuple(names) and [loaded.dataset[k][1] for k in range(2)] == [1, 0]
 
 
 @pytest.mark.parametrize("name", FINE_GRAINED)
