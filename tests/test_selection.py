@@ -123,7 +123,8 @@ def test_holdout_is_left_out_of_the_fit(tmp_path, tiny):
     assert np.array_equal(np.bincount(labels[held]), np.round(0.2 * per_class).astype(int))  # stratified
     assert len(encoded.id_train.index) == 630 - len(held)
     assert not set(held) & set(encoded.id_train.index.tolist())
-    assert len(encoded.id_test["global"].index) == len(held)
+    assert np.array_equal(encoded.id_test["global"].index, held)  # cut from the train features, not re-encoded
+    assert len(list((tmp_path / "cache").rglob("features.npy"))) == 2  # train and digits_aux only
 
 
 @pytest.mark.parametrize(

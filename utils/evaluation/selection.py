@@ -22,9 +22,10 @@ from utils.data import openood
 from utils.data.loading import DataOptions, LoadedDataset, dataset_identity, labels_of
 from utils.data.registry import get_spec
 from utils.errors import UserError
-from utils.evaluation.inputs import Encoded, Experiment
+from utils.evaluation.inputs import Encoded, Experiment, needs_train
 from utils.evaluation.options import EvalOptions
 from utils.evaluation.pipeline import Evaluation, encode, measure, score
+from utils.features.images import DEFAULT_VIEW
 from utils.features.store import CachedFeatures
 from utils.scores import SCORES
 
@@ -151,8 +152,15 @@ def _fitting_on(exp: Experiment, val: Validation) -> Experiment:
 
 def encode_validation(exp: Experiment, val: Validation, scores: Sequence[str]) -> Encoded:
     """Features of the validation sets (and of the whole ID train split, through the cache, cut to the rows scores
-    fit on while choosing). Under torchrun every rank must call this."""
-    encoded = encode(replace(_fitting_on(exp, val), id_train=exp.id_train), scores)
+    fit on while choosing). A held-out slice is cut from the train features too when the scores need train
+    features and only the global view, so no image is encoded twice. Under torchrun every rank must call this."""
+    base = replace(_fitting_on(exp, val), id_train=exp.id_train)
+    sliced = (val.fit_rows is not None and needs_train(scores, exp.options)
+              and {SCORES[s].view for s in scores} == {DEFAULT_VIEW})  # fmt: skip
+    encoded = encode(replace(base, id_test=exp.id_train) if sliced else base, scores)
+    if sliced:
+        held = np.asarray(val.id_val.dataset.indices, dtype=np.int64)
+        encoded.id_test = {view: _rows(features, held) for view, features in encoded.id_test.items()}
     if encoded.id_train is not None and val.fit_rows is not None:
         encoded.id_train = _rows(encoded.id_train, val.fit_rows)
     return encoded
