@@ -258,6 +258,14 @@ def test_existing_results_are_not_overwritten(tmp_path):
     assert json.loads((tmp_path / "out" / "results.json").read_text())["samples"]["ID"] == 25
 
 
+def test_list_datasets(capsys):
+    with pytest.raises(SystemExit) as info:
+        eval_ood_detection.main(["--list-datasets"])
+    assert info.value.code == 0
+    printed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert printed == list(DATASETS)
+
+
 def test_list_models(capsys):
     with pytest.raises(SystemExit) as info:
         eval_ood_detection.main(["--list-models"])

@@ -35,6 +35,18 @@ class _ListModels(argparse.Action):
         parser.exit()
 
 
+class _ListDatasets(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from utils.data.registry import DATASETS
+
+        for name, spec in DATASETS.items():
+            print(f"{name:34} {'/'.join(spec.splits):16} {spec.source}")
+        parser.exit()
+
+
 MAX_INT = 2**31 - 1
 
 
@@ -118,6 +130,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data and features")
     group.add_argument("--data-root", default="./data", help="folder holding the datasets (default: ./data)")
+    group.add_argument("--list-datasets", action=_ListDatasets,
+                       help="print every registered dataset, its splits and where to get it, then exit")  # fmt: skip
     group.add_argument(
         "--download",
         action=argparse.BooleanOptionalAction,

@@ -301,5 +301,8 @@ def get_spec(name: str) -> DatasetSpec:
             "or train/ and val/ sub-folders of either", splits=SPLITS if split_dirs else ("test",),
         )
     if name not in DATASETS:
-        raise UserError(f"unknown dataset '{name}'; known: {', '.join(DATASETS)}, or {FOLDER_PREFIX}PATH")
+        plain = [n for n in DATASETS if ":" not in n]
+        raise UserError(f"unknown dataset '{name}'; known: {', '.join(plain)}, OpenOOD's sets as "
+                        f"<benchmark>:<set> (e.g. openood_imagenet:ssb_hard), or {FOLDER_PREFIX}PATH; "
+                        f"--list-datasets prints them all")  # fmt: skip
     return DATASETS[name]
