@@ -165,3 +165,31 @@ def test_zero_shot_on_imagenet_r_is_among_its_classes(tmp_path):
     saved = json.loads((tmp_path / "z" / "results.json").read_text())
     table = classnames.imagenet1k()
     assert set(saved["per_class"]) == {table[w] for w in R_WNIDS}
+
+
+def test_openood_shifted_archive_downloads_with_gdown(tmp_path, monkeypatch):
+    """pytorch-ood's downloader has no imagenet_r/v2/c: those come with gdown from OpenOOD's ids, staged, whole."""
+    import sys
+    import types
+    import zipfile
+
+    home, bench = tmp_path / oo.HOME, oo.BENCHMARKS["openood_imagenet200"]
+    _write_list(home, bench, "train_imagenet200.txt", [(f"imagenet_1k/train/{WNIDS[0]}/a.JPEG", 0)])
+    _write_list(home, bench, "test_imagenet200_r.txt", [("imagenet_r/x/0.jpg", 0)])
+    picture = write_images(tmp_path / "src", 1, seed=4, size=12, suffix=".jpg")[0]
+    fetched = []
+
+    def download(id, output, quiet):
+        fetched.append(id)
+        with zipfile.ZipFile(output, "w") as archive:  # OpenOOD's archives unpack bare into <root>/<name>/
+            archive.write(picture, "x/0.jpg")
+
+    monkeypatch.setitem(sys.modules, "gdown", types.SimpleNamespace(download=download))
+    loaded = load_dataset("openood_imagenet200:imagenet_r", "test", tmp_path, download=True)
+    assert fetched == [oo.CSID_ARCHIVES["imagenet_r"]] and len(loaded.dataset) == 1
+    assert sorted(p.name for p in home.iterdir()) == [oo.LISTS, "imagenet_r"]  # no staging folder left
+
+    monkeypatch.setitem(sys.modules, "gdown", None)
+    _write_list(home, bench, "test_imagenet200_v2.txt", [("imagenet_v2/0/a.jpg", 0)])
+    with pytest.raises(UserError, match=r"downloading OpenOOD's 'imagenet_v2' needs gdown"):
+        load_dataset("openood_imagenet200:imagenet_v2", "test", tmp_path, download=True)
