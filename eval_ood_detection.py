@@ -262,7 +262,8 @@ def _run(args: argparse.Namespace, world: World) -> dict:
                 f"full-spectrum ID: the {len(exp.id_test.dataset)} ID test images are {plain.name}'s "
                 f"{len(plain.dataset)} and those of {', '.join(args.shifted_id)}, labelled by class"
             )
-        inputs.check(scores, exp)  # every score's requirements, before any image is encoded
+        checked = replace(exp, options=replace(exp.options, k=grid["k"])) if grid and "k" in grid else exp
+        inputs.check(scores, checked)  # every score's requirements, before any image is encoded (--select's k grid)
         exp.ood_sets = resolve_ood_sets(args.id_name, args.out, data, args.ood_resize, _ood_splits(args.ood_split))
         protocol = _protocol(args)
         val = grid and selection.validation_data(args.id_name, data, args.select_ood, args.select_holdout,

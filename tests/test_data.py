@@ -330,3 +330,14 @@ def test_leakage_guard_refuses_id_test_images_as_outliers(imagenet_subsets, tmp_
         (copies / "ab"[k] / path.name).symlink_to(path)
     with pytest.raises(UserError, match=r"overlaps the ID set imagenet10 \(2 images of its test split"):
         check_no_leakage(load_dataset(f"folder:{copies}", "test"), [], root, train)
+
+
+def test_labels_of_reads_torchvisions_private_label_lists():
+    """Food101/Pets/Flowers keep `_labels`, StanfordCars `_samples`: few-shot draws and --select's per-class
+    hold-out need them without reading images."""
+    from types import SimpleNamespace
+
+    from utils.data.loading import labels_of
+
+    assert labels_of(SimpleNamespace(_labels=[2, 0, 1])).tolist() == [2, 0, 1]
+    assert labels_of(SimpleNamespace(_samples=[("a.jpg", 1), ("b.jpg", 0)])).tolist() == [1, 0]

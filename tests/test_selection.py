@@ -130,8 +130,8 @@ def test_holdout_is_left_out_of_the_fit(tmp_path, tiny):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [(["--select", "T=1,2"], "name one or more sets with --select-ood"),
-     (["--select", "T=1,2", "--select-ood", "digits_ood"], "digits_ood (test) is also a test set"),
-     (["--select", "T=1,2", "--select-ood", "digits"], "digits (test) is also a test set"),
+     (["--select", "T=1,2", "--select-ood", "digits_ood"], "digits_ood (test) is the test set digits_ood (test)"),
+     (["--select", "T=1,2", "--select-ood", "digits"], "digits (test) is the test set digits (test)"),
      (["--select-ood", "digits_aux"], "--select-ood only applies with --select"),
      (["--select", "T=1", "--select-ood", "nowhere"], "unknown dataset 'nowhere'"),
      (["--select", "k=5,600", "--select-ood", "digits_aux", "--score", "knn"],
@@ -158,7 +158,7 @@ def test_shifted_test_images_are_not_validation_data(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(tmp_path, "--in", f"folder:{tree}", "--out", "digits_ood", "--shifted-id", f"folder:{shifted}",
             "--select", "T=1,2", "--select-ood", f"folder:{shifted}")  # fmt: skip
-    assert f"--select-ood folder:{shifted} (test) is also a test set" in capsys.readouterr().err
+    assert f"--select-ood folder:{shifted} (test) is the test set folder:{shifted} (test)" in capsys.readouterr().err
 
 
 def test_choice_prompts_with_the_given_classnames(tmp_path, monkeypatch):
@@ -173,3 +173,42 @@ def test_choice_prompts_with_the_given_classnames(tmp_path, monkeypatch):
     names = "zero,one,two,three,four"
     run(tmp_path, "--in", "digits", "--classnames", names, "--select", "T=0.1,1", "--select-ood", "digits_aux")
     assert seen == [tuple(names.split(","))]
+
+
+@pytest.mark.parametrize(
+    ("val", "test", "refused"),
+    [(("openood_cifar10:cifar100", "test"), ("cifar100", "test"), True),
+     (("openood_cifar100:cifar10", "test"), ("openood_cifar10", "test"), True),
+     (("places", "test"), ("places365", "test"), True),
+     (("openood_imagenet:textures", "test"), ("openood_cifar10:texture", "test"), True),
+     (("openood_cifar10:tin", "val"), ("openood_cifar10:tin", "test"), False),
+     (("digits_ood", "train"), ("digits_ood", "test"), False),
+     (("digits_aux", "test"), ("digits_ood", "test"), False)],
+)  # fmt: skip
+def test_a_source_shared_with_a_test_set_is_refused(val, test, refused):
+    """OpenOOD's copies of cifar100, textures, ... hold the images of the registry's own sets."""
+    from utils.data.loading import LoadedDataset
+
+    sets = [LoadedDataset(name, split, None, None, "") for name, split in (val, test)]
+    if refused:
+        with pytest.raises(UserError, match=f"--select-ood {val[0]} \\({val[1]}\\) "):
+            selection._refuse_test_sets(sets[:1], sets[1:])
+    else:
+        selection._refuse_test_sets(sets[:1], sets[1:])
+
+
+def test_ties_go_to_the_first_setting_in_grid_order(tmp_path):
+    """At large T, MCM ranks the images alike for 2000 and 1000: the grid's first wins, whatever its value."""
+    run(tmp_path, "--in", "digits", "--select", "T=2000,1000", "--select-ood", "digits_aux")
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())["selection"]["mcm"]
+    assert saved["tried"][0]["AUROC"] == saved["tried"][1]["AUROC"]
+    assert saved["chosen"] == {"temperature": 2000.0}
+
+
+def test_grid_k_replaces_the_default_k_in_the_early_checks(tmp_path):
+    """With 5 shots per class the default k = 50 would not fit; the grid's k do."""
+    run(tmp_path, "--in", "digits", "--shots", "5", "--score", "knn", "--select", "k=1,3", "--select-ood",
+        "digits_aux", "--select-holdout", "0.2")  # fmt: skip
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())["selection"]["knn"]
+    assert [t["k"] for t in saved["tried"]] == [1, 3] and "20 of 25" not in saved["split"]
+    assert saved["split"].startswith("digits train, 5 of 25 held out")

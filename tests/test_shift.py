@@ -189,6 +189,18 @@ def test_openood_shifted_archive_downloads_with_gdown(tmp_path, monkeypatch):
     assert fetched == [oo.CSID_ARCHIVES["imagenet_r"]] and len(loaded.dataset) == 1
     assert sorted(p.name for p in home.iterdir()) == [oo.LISTS, "imagenet_r"]  # no staging folder left
 
+    class FileURLRetrievalError(Exception):  # gdown's, on a Drive quota page: not an OSError
+        pass
+
+    def quota(id, output, quiet):
+        raise FileURLRetrievalError("Too many users have viewed or downloaded this file recently")
+
+    monkeypatch.setitem(sys.modules, "gdown", types.SimpleNamespace(download=quota))
+    _write_list(home, bench, "test_imagenet200_c.txt", [("imagenet_c/0/a.jpg", 0)])
+    with pytest.raises(UserError, match=r"downloading OpenOOD's 'imagenet_c' failed \(FileURLRetrievalError: Too"):
+        load_dataset("openood_imagenet200:imagenet_c", "test", tmp_path, download=True)
+    assert sorted(p.name for p in home.iterdir()) == [oo.LISTS, "imagenet_r"]
+
     monkeypatch.setitem(sys.modules, "gdown", None)
     _write_list(home, bench, "test_imagenet200_v2.txt", [("imagenet_v2/0/a.jpg", 0)])
     with pytest.raises(UserError, match=r"downloading OpenOOD's 'imagenet_v2' needs gdown"):

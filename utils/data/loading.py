@@ -70,11 +70,12 @@ def labels_of(dataset: Dataset) -> np.ndarray:
     """Every item's label, without reading an image (through Subsets)."""
     if isinstance(dataset, Subset):
         return labels_of(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
-    for attribute in ("targets", "labels"):
+    for attribute in ("targets", "labels", "_labels"):  # _labels: torchvision's Food101, OxfordIIITPet, Flowers102, ...
         if getattr(dataset, attribute, None) is not None:
             return np.asarray(getattr(dataset, attribute))
-    if hasattr(dataset, "samples"):
-        return np.asarray([label for _, label in dataset.samples])
+    for attribute in ("samples", "_samples"):  # (path, label) pairs; _samples: torchvision's StanfordCars
+        if getattr(dataset, attribute, None) is not None:
+            return np.asarray([label for _, label in getattr(dataset, attribute)])
     raise UserError(f"{type(dataset).__name__} has no labels to cap per class")
 
 

@@ -69,6 +69,10 @@ BENCHMARKS = {
 }  # fmt: skip
 
 
+# OpenOOD's sets whose images come from a set the registry also holds under another name
+FAMILIES = {"texture": "textures", "textures": "textures", "places365": "places365", "inaturalist": "inaturalist"}
+
+
 def ood_name(benchmark: str, dataset: str) -> str:
     """The registry name of one of a benchmark's OOD sets: openood_imagenet:ssb_hard."""
     return f"{benchmark}:{dataset}"
@@ -163,6 +167,11 @@ def ensure_images(base: Path, entries: Sequence[tuple[str, int]], download: bool
             else:
                 _download_openood_dataset(top, str(staging))
             (staging / top).replace(base / top)  # a half-fetched archive never lands under its name
+        except UserError:
+            raise
+        except Exception as err:  # gdown's own errors (a Drive quota page), a bad zip: none is an OSError
+            raise UserError(f"downloading OpenOOD's '{top}' failed ({type(err).__name__}: {err}); fetch it with "
+                            f"OpenOOD's download.py or by hand into {base / top}") from err  # fmt: skip
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -48,6 +48,7 @@ class DatasetSpec:
     knn_k: int = 50  # KNN's default k (Sun et al. 2022: 50 for CIFAR, 1000 for the full ImageNet-1k train set)
     ood_protocol: OODProtocol = field(default_factory=OODProtocol)  # how its OOD sets are prepared when it is ID
     ood_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # e.g. OpenOOD's nearood/farood: mean rows
+    family: str = ""  # the source its images come from, where another entry shares it (openood_cifar10 -> cifar10)
 
 
 def _torchvision(cls_name: str, folder: str, **kwargs) -> Builder:
@@ -153,7 +154,7 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "lsun_resize": DatasetSpec(
         build=_unlabelled("LSUN_resize"), source=ODIN + "s/moqh2wh8696c3yl/LSUN_resize.tar.gz",
-        layout="LSUN_resize/**/*.jpg", splits=("test",),
+        layout="LSUN_resize/**/*.jpg", splits=("test",), family="lsun",
     ),
     "isun": DatasetSpec(
         build=_unlabelled("iSUN"), source=ODIN + "s/ssz7qxfqae0cca5/iSUN.tar.gz", layout="iSUN/**/*.jpeg",
@@ -178,6 +179,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "sun": DatasetSpec(build=_unlabelled("SUN"), source=MOS + "SUN.tar.gz", layout="SUN/images/*.jpg", splits=("test",)),
     "places": DatasetSpec(
         build=_unlabelled("Places"), source=MOS + "Places.tar.gz", layout="Places/images/*.jpg", splits=("test",),
+        family="places365",  # MOS's curated subset of Places365
     ),
     "imagenet_v2": DatasetSpec(
         build=shift.imagenet_v2, source=shift.V2_URL + " (downloaded automatically)",
@@ -266,7 +268,8 @@ def _openood_specs(benchmark: str) -> dict[str, DatasetSpec]:
     OpenOOD tunes on), under names like openood_imagenet:ssb_hard; the results get nearood/farood mean rows."""
     bench = openood.BENCHMARKS[benchmark]
     named = {d: openood.ood_name(benchmark, d) for d in (*bench.near, *bench.far)}
-    specs = {benchmark: DatasetSpec(
+    family = {"cifar10": "cifar10", "cifar100": "cifar100"}.get(bench.lists, "imagenet")
+    specs = {benchmark: DatasetSpec(family=family,
         build=openood.builder(benchmark), source=openood.SOURCE, layout=openood.layout(benchmark, None),
         splits=("train", "val", "test"), ood=tuple(named.values()), knn_k=bench.knn_k,
         ood_groups={"nearood": tuple(named[d] for d in bench.near), "farood": tuple(named[d] for d in bench.far)},
@@ -274,18 +277,25 @@ def _openood_specs(benchmark: str) -> dict[str, DatasetSpec]:
     for dataset in bench.csid:  # shifted ID (--shifted-id), labelled as the ID set: OpenOOD's FSOOD lists
         specs[openood.ood_name(benchmark, dataset)] = DatasetSpec(
             build=openood.builder(benchmark, dataset), source=openood.SOURCE,
-            layout=openood.layout(benchmark, dataset), splits=("test",),
+            layout=openood.layout(benchmark, dataset), splits=("test",), family=dataset,
         )  # fmt: skip
     for dataset, name in named.items():
         specs[name] = DatasetSpec(
             build=openood.builder(benchmark, dataset), source=openood.SOURCE,
             layout=openood.layout(benchmark, dataset), splits=("val", "test") if dataset == bench.val_ood else ("test",),
+            family=openood.FAMILIES.get(dataset, dataset),
         )  # fmt: skip
     return specs
 
 
 for _benchmark in openood.BENCHMARKS:
     DATASETS.update(_openood_specs(_benchmark))
+
+
+def family(name: str) -> str:
+    """The source a set's images come from: sets of one family may share images (cifar100 and
+    openood_cifar10:cifar100; places365 and places); folder: sets are their own."""
+    return DATASETS[name].family or name if name in DATASETS else name
 
 
 def get_spec(name: str) -> DatasetSpec:

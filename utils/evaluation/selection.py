@@ -20,7 +20,7 @@ from torch.utils.data import Subset
 
 from utils.data import openood
 from utils.data.loading import DataOptions, LoadedDataset, dataset_identity, labels_of
-from utils.data.registry import get_spec
+from utils.data.registry import family, get_spec
 from utils.errors import UserError
 from utils.evaluation.inputs import Encoded, Experiment, needs_train
 from utils.evaluation.options import EvalOptions
@@ -85,10 +85,7 @@ def validation_data(id_name: str, data: DataOptions, ood: Sequence[str], holdout
     else:
         raise UserError(f"--select needs OOD validation data for '{id_name}': name one or more sets with "
                         f"--select-ood NAME[=SPLIT] (never a test set; e.g. digits_aux for digits)")  # fmt: skip
-    tested = {(d.name, d.split) for d in test_sets}  # by name: a capped or resized copy is still the test set
-    if clash := [d.name for d in ood_val if (d.name, d.split) in tested]:
-        raise UserError(f"--select-ood {', '.join(clash)} ({ood_val[0].split}) is also a test set of this run: "
-                        f"choosing on it would tune on the test")  # fmt: skip
+    _refuse_test_sets(ood_val, test_sets)
     if "val" in get_spec(id_name).splits:
         return Validation(data.load(id_name, "val"), ood_val, f"{id_name} val split vs "
                           f"{', '.join(f'{d.name} ({d.split})' for d in ood_val)}")  # fmt: skip
@@ -104,6 +101,18 @@ def validation_data(id_name: str, data: DataOptions, ood: Sequence[str], holdout
     return Validation(id_val, ood_val, f"{id_name} train, {len(held)} of {count} held out (seed {data.seed}) vs "
                       f"{', '.join(f'{d.name} ({d.split})' for d in ood_val)}",
                       fit_rows=np.setdiff1d(np.arange(count), held))  # fmt: skip
+
+
+def _refuse_test_sets(ood_val: Sequence[LoadedDataset], test_sets: Sequence[LoadedDataset]) -> None:
+    """A validation set may not be a test set (same name and split: a capped or resized copy still is), nor share a
+    source with one under another name (cifar100 and openood_cifar10:cifar100), whose splits we cannot compare."""
+    for data in ood_val:
+        for test in test_sets:
+            same = (data.name, data.split) == (test.name, test.split)
+            if same or (data.name != test.name and family(data.name) == family(test.name)):
+                why = "is" if same else f"holds images from the same source ({family(data.name)}) as"
+                raise UserError(f"--select-ood {data.name} ({data.split}) {why} the test set {test.name} "
+                                f"({test.split}): choosing on it would tune on the test")  # fmt: skip
 
 
 def _held_out(train: LoadedDataset, share: float, seed: int) -> np.ndarray:
@@ -205,6 +214,8 @@ def choose(exp: Experiment, val: Validation, encoded: Encoded, scores: Sequence[
                 value = float(np.mean([metrics[METRIC] for metrics in per_set.values()]))
                 extra = {cls.sweep_over: int(label.rpartition("@")[2])} if swept else {}
                 choice.tried.append(({**setting, **extra}, value))
+        order = {k: {v: i for i, v in enumerate(values)} for k, values in choice.grid.items()}
+        choice.tried.sort(key=lambda item: tuple(order[k][item[0][k]] for k in choice.grid))  # the grid's order
         choice.chosen = max(choice.tried, key=lambda item: item[1])[0]  # max keeps the first of equals
         choices[name] = choice
     return choices
