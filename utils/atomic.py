@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,20 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fetch_whole(path: str | Path, fetch: Callable[[Path], None]) -> None:
+    """`fetch(staging)` leaves a `path.name` folder inside a temporary folder beside `path` (a downloader that
+    extracts an archive into a root); it becomes `path` only if `fetch` succeeds, so a half-fetched archive never
+    lands under its name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        fetch(staging)
+        (staging / path.name).replace(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def fsync(path: Path) -> None:

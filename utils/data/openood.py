@@ -10,13 +10,12 @@ layout pytorch-ood downloads into); ImageNet-1k's own images may come from `<dat
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from utils.atomic import fetch_whole
 from utils.data import classnames as names
 from utils.data.folder import ImageFiles
 from utils.errors import UserError
@@ -159,21 +158,19 @@ def ensure_images(base: Path, entries: Sequence[tuple[str, int]], download: bool
             raise UserError(f"{base / top} is missing (--no-download): get OpenOOD's '{top}' archive")
         from pytorch_ood.benchmark.img.openood import _download_openood_dataset
 
-        base.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{top}.", dir=base))
-        try:
+        def fetch(staging: Path, top: str = top) -> None:
             if top in CSID_ARCHIVES:
                 _fetch_csid(top, staging)
             else:
                 _download_openood_dataset(top, str(staging))
-            (staging / top).replace(base / top)  # a half-fetched archive never lands under its name
+
+        try:
+            fetch_whole(base / top, fetch)
         except UserError:
             raise
         except Exception as err:  # gdown's own errors (a Drive quota page), a bad zip: none is an OSError
             raise UserError(f"downloading OpenOOD's '{top}' failed ({type(err).__name__}: {err}); fetch it with "
                             f"OpenOOD's download.py or by hand into {base / top}") from err  # fmt: skip
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def resolve(base: Path, data_root: Path, entries: Sequence[tuple[str, int]]) -> list[tuple[Path, int]]:

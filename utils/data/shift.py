@@ -7,11 +7,10 @@ which a sorted ImageFolder would misnumber: "10" sorts before "2"); Sketch's, R'
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from utils.atomic import fetch_whole
 from utils.data import classnames as names
 from utils.data.folder import ImageFiles
 from utils.errors import UserError
@@ -25,26 +24,15 @@ def _fetch_v2(root: Path) -> None:
     """ImageNetV2 (matched frequency) from its Hugging Face release, extracted beside `root` then moved in whole."""
     from torchvision.datasets.utils import download_and_extract_archive
 
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".imagenetv2.", dir=root))
-    try:
-        download_and_extract_archive(V2_URL, str(staging), remove_finished=True)
-        (staging / V2_FOLDER).replace(root / V2_FOLDER)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    fetch_whole(root / V2_FOLDER, lambda staging: download_and_extract_archive(V2_URL, str(staging),
+                                                                               remove_finished=True))  # fmt: skip
 
 
 def _fetch_pood(root: Path, folder: str) -> None:
     """ImageNet-R/-A/-O through pytorch-ood (its URL and md5), extracted beside `root` then moved in whole."""
     import pytorch_ood.dataset.img as pood
 
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder}.", dir=root))
-    try:
-        getattr(pood, POOD_CLASSES[folder])(str(staging), download=True)
-        (staging / folder).replace(root / folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    fetch_whole(root / folder, lambda staging: getattr(pood, POOD_CLASSES[folder])(str(staging), download=True))
 
 
 def _wnid_folders(path: Path) -> ImageFiles:

@@ -19,6 +19,7 @@ from utils.atomic import atomic_path
 from utils.data.openood import short_name
 from utils.evaluation.metrics import aupr_trapezoid, auroc
 from utils.evaluation.pipeline import Evaluation
+from utils.evaluation.report import file_stem, with_group_means
 from utils.scores import SCORES
 
 COLUMNS = ("FPR@95", "AUROC", "AUPR_IN", "AUPR_OUT", "ACC")
@@ -59,16 +60,8 @@ def openood_rows(evaluation: Evaluation, score: str) -> list[tuple[str, list[flo
     their mean row, and sets in no group follow."""
     per_set = {name: openood_metrics(*pair) for name, pair in evaluation.scores[score].items()}
     acc = accuracy_of(score, evaluation.accuracy)
-    rows = []
-    grouped = [name for members in evaluation.groups.values() for name in members]
-    for group, members in evaluation.groups.items():
-        present = [name for name in members if name in per_set]
-        rows += [(short_name(name), per_set[name]) for name in present]
-        if present and len(present) == len(members):
-            rows.append((group, {m: float(np.mean([per_set[n][m] for n in present])) for m in COLUMNS[:4]}))
-    rows += [(short_name(name), values) for name, values in per_set.items() if name not in grouped]
-    return [(name, [100 * values[m] for m in COLUMNS[:4]] + [None if acc is None else 100 * acc])
-            for name, values in rows]  # fmt: skip
+    return [(short_name(name), [100 * values[m] for m in COLUMNS[:4]] + [None if acc is None else 100 * acc])
+            for name, values in with_group_means(per_set, evaluation.groups)]  # fmt: skip
 
 
 def openood_csv(evaluation: Evaluation, score: str) -> str:
@@ -85,7 +78,7 @@ def write_openood(folder: Path, evaluation: Evaluation) -> list[Path]:
     """openood/<score>.csv for every score of the run, each written atomically; returns their paths."""
     written = []
     for score in evaluation.scores:
-        path = folder / FOLDER / f"{score.replace('@', '_k').replace(':', '_')}.csv"
+        path = folder / FOLDER / f"{file_stem(score)}.csv"
         with atomic_path(path) as tmp:
             tmp.write_text(openood_csv(evaluation, score))
         written.append(path)

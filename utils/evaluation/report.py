@@ -60,6 +60,11 @@ def table_rows(evaluation: Evaluation) -> list[dict[str, Any]]:
     return rows
 
 
+def file_stem(score: str) -> str:
+    """A score's label as a file name: knn@50 -> knn_k50, pood:vim -> pood_vim (Windows-safe)."""
+    return score.replace("@", "_k").replace(":", "_")
+
+
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
     """Every column of any row, in first-seen order (average rows have no confidence intervals)."""
     return list(dict.fromkeys(k for row in rows for k in row)) if rows else ["score", "ood", *METRICS]
@@ -119,7 +124,7 @@ def write_results(folder: Path, evaluation: Evaluation, metadata: dict[str, Any]
         _write_text(written[-1], "\n".join(lines) + "\n")
     if plots:
         for score, per_set in evaluation.scores.items():
-            safe = score.replace("@", "_k").replace(":", "_")  # pood:vim -> hist_pood_vim.png (Windows-safe)
+            safe = file_stem(score)
             save_figure(score_histograms(per_set, f"{score}: {evaluation.id_name} vs OOD"), folder / f"hist_{safe}.png")
             save_figure(roc_curves(per_set, f"{score}: {evaluation.id_name} (ID positive)"), folder / f"roc_{safe}.png")
             written += [folder / f"hist_{safe}.png", folder / f"roc_{safe}.png"]

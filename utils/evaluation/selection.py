@@ -223,14 +223,19 @@ def choose(exp: Experiment, val: Validation, encoded: Encoded, scores: Sequence[
 
 def score_chosen(exp: Experiment, encoded: Encoded, scores: Sequence[str], choices: dict[str, Choice]) -> Evaluation:
     """The test scores, each score under its chosen setting (the run's options for what it did not choose)."""
-    merged = Evaluation(exp.id_test.name)
-    for name in scores:
+    together: dict[tuple, list[str]] = {}  # scores under one setting are scored in one call: shared fits (the
+    for name in scores:  # probe of lp_*, the Gaussians of maha and rmd) are made once
         setting = choices[name].chosen if name in choices else {}
-        part = score(replace(exp, options=_with(exp.options, setting)), encoded, [name])
+        together.setdefault(tuple(setting.items()), []).append(name)
+    merged = Evaluation(exp.id_test.name)
+    for setting, names in together.items():
+        part = score(replace(exp, options=_with(exp.options, dict(setting))), encoded, names)
         merged.scores.update(part.scores)
         merged.accuracy.update(part.accuracy)
         merged.samples = part.samples
         merged.notes += [note for note in part.notes if note not in merged.notes]
         merged.artifacts.update(part.artifacts)
+    position = {name: k for k, name in enumerate(scores)}  # rows in the run's score order, as without --select
+    merged.scores = dict(sorted(merged.scores.items(), key=lambda item: position[item[0].split("@")[0]]))
     options = exp.options
     return measure(merged, options.bootstrap, options.seed, options.extra_metrics)
