@@ -25,18 +25,16 @@ from utils.atomic import write_json
 from utils.cli import (
     add_data_args,
     add_model_args,
+    add_settings,
     check_writable_dir,
     from_args,
     guarded,
-    non_negative_float,
-    positive_float,
-    positive_int,
     run_folder,
     run_metadata,
 )
 from utils.data.leakage import check_no_leakage
-from utils.data.loading import DataOptions
 from utils.data.registry import get_spec
+from utils.data.splits import DataOptions
 from utils.device import resolve_device
 from utils.distributed import barrier, close, init_world, local_device
 from utils.errors import UserError
@@ -47,11 +45,9 @@ from utils.features.text import text_embeddings
 from utils.models.loading import check_model_name, has_text_encoder, load_model
 from utils.models.weights import fingerprint
 from utils.prompts import TEMPLATE_SETS, load_templates
-from utils.training.clip_finetune import AUGMENTATIONS, TrainConfig, save_model, train
-from utils.training.loop import OPTIMIZERS, SCHEDULES
+from utils.settings import collect
+from utils.training.clip_finetune import TRAINING, TrainConfig, save_model, train
 from utils.training.methods import METHODS
-from utils.training.objectives import DEFAULT_OOD_PROMPT, DEFAULT_OTHERS_PROMPT, load_groups
-from utils.training.towers import FREEZE
 
 DEFAULT_AUX = {"digits": "digits_aux"}  # the offline experiment's outliers: digits 5-6
 
@@ -70,98 +66,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-out", nargs="+", default=None, metavar="NAME",
                         help="the OOD sets the model will be tested on; the auxiliary pool must not overlap them "
                              "(default: the ID set's standard OOD partners)")  # fmt: skip
-    parser.add_argument("--freeze", choices=FREEZE, default="none",
-                        help="tower kept fixed (default: none; coop and locoop always freeze all of CLIP)")  # fmt: skip
-    parser.add_argument("--epochs", type=positive_int, default=None, help=f"epochs (default: {_defaults('epochs')})")
-    parser.add_argument("--lr", type=positive_float, default=None, help=f"learning rate (default: {_defaults('lr')})")
-    parser.add_argument("--weight-decay", type=non_negative_float, default=None,
-                        help=f"weight decay (default: {_defaults('weight_decay')})")  # fmt: skip
-    parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default=None,
-                        help=f"optimiser; sgd has momentum 0.9 (default: {_defaults('optimizer')})")  # fmt: skip
-    parser.add_argument("--schedule", choices=SCHEDULES, default=None,
-                        help="learning-rate schedule: cosine (linear warm-up over --warmup of all steps, then a "
-                             "per-step cosine) or coop (one epoch at 1e-5, then a per-epoch cosine) "
-                             f"(default: {_defaults('schedule')})")  # fmt: skip
-    parser.add_argument("--augment", choices=AUGMENTATIONS, default="method",
-                        help="training images: method = the method's paper's augmentation (coop, locoop: random "
-                             "resized crops of 8-100%% and horizontal flips), model = the model's own training "
-                             "transform (default: method; the other methods use the model's either way)")  # fmt: skip
-    parser.add_argument("--warmup", type=float, default=0.1,
-                        help="cosine schedule: warm-up share of all steps (default: 0.1)")  # fmt: skip
-    parser.add_argument("--accumulate", type=positive_int, default=1, help="gradient accumulation steps (default: 1)")
     parser.add_argument("--templates", default="ensemble",
                         help=f"caption templates for contrastive: {' | '.join(TEMPLATE_SETS)} | a file (default: "
                              "ensemble); class prompts are always 'a photo of a {}.', as the scores use")  # fmt: skip
     parser.add_argument(
-        "--oe-weight", type=non_negative_float, default=0.5, help="oe: weight of the outlier term (default: 0.5)"
-    )
-    parser.add_argument("--ood-prompt", default=DEFAULT_OOD_PROMPT, help=f"kplus1: the OOD class's prompt "
-                        f"(default: {DEFAULT_OOD_PROMPT!r})")  # fmt: skip
-    parser.add_argument(
-        "--groups",
-        default=None,
-        help='group: a JSON file {"groups": [{"name", "classes"}]} (default: configs/groups/<in>.json)',
-    )
-    parser.add_argument(
-        "--others-prompt",
-        default=DEFAULT_OTHERS_PROMPT,
-        help=f"group: the others slot's prompt, {{}} = group name (default: {DEFAULT_OTHERS_PROMPT!r})",
-    )
-    parser.add_argument("--n-ctx", type=positive_int, default=16,
-                        help="coop, locoop: learned context tokens (default: 16, the papers')")  # fmt: skip
-    parser.add_argument("--ctx-init", default="",
-                        help="coop, locoop: initialise the context from these words, e.g. 'a photo of a' (their "
-                             "count sets --n-ctx) (default: random, N(0, 0.02²))")  # fmt: skip
-    parser.add_argument("--locoop-lambda", type=non_negative_float, default=0.25,
-                        help="locoop: weight of the entropy of OOD patches (default: 0.25)")  # fmt: skip
-    parser.add_argument("--locoop-top-k", type=positive_int, default=None,
-                        help="locoop: a patch is OOD when its top-K classes miss the label (default: the "
-                             "paper's 200 of 1000 classes, i.e. 20%% of them, within [1, classes - 1])")  # fmt: skip
-    parser.add_argument(
         "--out-dir", default=None, help="run folder (default: results/finetune/<in>/<method>/<model>/<timestamp>)"
     )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
+    add_settings(parser, {s.name: (s, []) for s in TRAINING}, "training", overrides=METHOD_DEFAULTS)
+    add_settings(parser, METHOD_SETTINGS, "method settings (each flag names the methods that read it)")
     add_model_args(parser)
-    add_data_args(parser)
-    parser.set_defaults(batch_size=None)
-    for action in parser._actions:
-        if action.dest == "batch_size":
-            action.help = f"images per step (default: {_defaults('batch_size')})"
+    add_data_args(parser, batch_size=False)
     return parser
 
 
-TOOLKIT_DEFAULTS = {"epochs": 10, "lr": 1e-5, "weight_decay": 0.1, "batch_size": 64, "optimizer": "adamw",
-                    "schedule": "cosine"}  # fmt: skip
-
-
-def _defaults(key: str) -> str:
-    """The help text of a setting whose default depends on the method."""
-    own = [f"{name}: {cls.defaults[key]}" for name, cls in METHODS.items() if key in cls.defaults]
-    return f"{TOOLKIT_DEFAULTS[key]}" + (f"; {', '.join(own)}" if own else "")
+METHOD_SETTINGS = collect((name, cls.settings) for name, cls in METHODS.items())
+# training setting -> {method: its paper's value}, where a method fixes one
+METHOD_DEFAULTS = {s.name: {m: cls.defaults[s.name] for m, cls in METHODS.items() if s.name in cls.defaults}
+                   for s in TRAINING}  # fmt: skip
 
 
 def with_method_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Settings not given take the method's paper's value where it has one, else the toolkit's."""
-    for key, value in TOOLKIT_DEFAULTS.items():
-        if getattr(args, key) is None:
-            setattr(args, key, METHODS[args.method].defaults.get(key, value))
+    """Training settings not given take the method's paper's value where it has one, else the declared default."""
+    for setting in TRAINING:
+        if getattr(args, setting.name) is None:
+            setattr(args, setting.name, METHODS[args.method].defaults.get(setting.name, setting.default))
     return args
 
 
 def _method_options(args: argparse.Namespace, classnames: Sequence[str]) -> dict[str, Any]:
-    """The chosen method's own settings, as its objective's keyword arguments."""
-    prompt = {"n_ctx": args.n_ctx, "ctx_init": args.ctx_init, "seed": args.seed}
-    options = {
-        "kplus1": lambda: {"ood_prompt": args.ood_prompt},
-        "oe": lambda: {"oe_weight": args.oe_weight},
-        "group": lambda: {
-            "groups": load_groups(args.groups, args.id_name, classnames),
-            "others_prompt": args.others_prompt,
-        },
-        "coop": lambda: prompt,
-        "locoop": lambda: {**prompt, "locoop_lambda": args.locoop_lambda, "top_k": args.locoop_top_k},
-    }
-    return options.get(args.method, dict)()
+    """The chosen method's own settings (and the run values it takes), as its objective's keyword arguments."""
+    method = METHODS[args.method]
+    values = {name: getattr(args, name) for name in (*(s.name for s in method.settings), *method.inputs)}
+    return method.options(values, args.id_name, classnames)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -169,8 +106,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     check_model_name(args.model)
     if not has_text_encoder(args.model):
         raise UserError("finetune_clip.py trains CLIP models (image and text towers); timm backbones have no text")
-    if not 0 <= args.warmup < 1:
-        raise UserError(f"--warmup is a share of all steps in [0, 1), got {args.warmup}")
     world = init_world(resolve_device(args.device))
     try:
         return _run(args, world)
@@ -195,8 +130,9 @@ def _run(args: argparse.Namespace, world) -> dict[str, Any]:
     if METHODS[args.method].needs_aux:
         if not aux_name:
             raise UserError(f"--method {args.method} trains on auxiliary outliers: pass --aux DATASET")
-        aux = data.load(aux_name, "train" if "train" in get_spec(aux_name).splits else "test")  # a folder is one pool
-        eval_out = args.eval_out or [n for n in get_spec(args.id_name).ood if n != args.id_name]
+        spec = get_spec(aux_name)
+        aux = data.load(aux_name, "train" if "train" in spec.splits else "test", spec=spec)  # a folder is one pool
+        eval_out = args.eval_out or [n for n in train_data.spec.ood if n != args.id_name]
         check_no_leakage(aux, eval_out, args.data_root, train_data)
     options = _method_options(args, train_data.classnames)
     bundle = load_model(args.model, args.pretrained, args.ckpt, device, args.model_cache_dir, args.seed)

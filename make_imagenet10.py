@@ -15,7 +15,7 @@ import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
-from utils.cli import check_writable_dir, guarded, non_negative_int, positive_int
+from utils.cli import check_writable_dir, guarded
 from utils.data.imagenet_subsets import (
     SPLITS,
     caption_records,
@@ -27,6 +27,7 @@ from utils.data.imagenet_subsets import (
 )
 from utils.errors import UserError
 from utils.prompts import TEMPLATE_SETS, load_templates
+from utils.settings import non_negative_int, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:

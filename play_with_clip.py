@@ -22,34 +22,36 @@ from utils.atomic import write_json
 from utils.cli import (
     add_data_args,
     add_model_args,
+    add_settings,
     check_writable_dir,
     from_args,
     guarded,
-    non_negative_float,
-    positive_float,
-    positive_int,
     run_folder,
     run_metadata,
 )
 from utils.data.classnames import CIFAR100, parse_labels
-from utils.data.loading import DataOptions, LoadedDataset
 from utils.data.skimage import SKIMAGE_IMAGES, skimage_images
+from utils.data.splits import DataOptions, LoadedDataset
 from utils.device import autocast, resolve_device
 from utils.errors import UserError
 from utils.evaluation.classification import classification_report, logits_of
-from utils.evaluation.plots import confusion_matrix_figure, save_figure, similarity_heatmap, top_labels_figure
 from utils.features.images import DEFAULT_VIEW, VIEWS, image_features
 from utils.features.store import FeatureCache
 from utils.features.text import text_embeddings
+from utils.models.checkpoint import Checkpoint, class_templates, read_checkpoint
 from utils.models.loading import ModelBundle, check_model_name, load_model
 from utils.models.logits import zero_shot_logit_scale
+from utils.plots import save_figure
+from utils.plots.classification import confusion_matrix_figure, similarity_heatmap, top_labels_figure
 from utils.prompts import AS_IS, TEMPLATE_SETS, Template
-from utils.training.checkpoints import class_templates, read_contract, save_checkpoint
-from utils.training.image_classifier import FinetuneConfig, finetune_image_encoder, predict
-from utils.training.logistic_regression import fit_linear_probe
+from utils.scores.logistic_regression import fit_linear_probe
+from utils.training.checkpoints import save_checkpoint
+from utils.training.image_classifier import HEAD_LR, FinetuneConfig, finetune_image_encoder, predict
+from utils.training.loop import EPOCHS, LR, WARMUP, WEIGHT_DECAY
 from utils.training.towers import kept_frozen
 
 MODES = ("zeroshot", "linear_probe", "skimage")
+FINETUNE = (EPOCHS, LR, HEAD_LR, WEIGHT_DECAY, WARMUP)  # --finetune's settings (the image encoder's learning rate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,17 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help=f"skimage: which images (default: all of {', '.join(SKIMAGE_IMAGES)})",
     )
-    group = parser.add_argument_group("linear_probe --finetune")
-    group.add_argument(
+    parser.add_argument(
         "--finetune",
         action="store_true",
-        help="fine-tune the image encoder end to end with a linear head instead of a frozen probe",
+        help="linear_probe: fine-tune the image encoder end to end with a linear head instead of a frozen probe",
     )
-    group.add_argument("--epochs", type=positive_int, default=10, help="fine-tuning epochs (default: 10)")
-    group.add_argument("--lr", type=positive_float, default=1e-5, help="image encoder learning rate (default: 1e-5)")
-    group.add_argument("--head-lr", type=positive_float, default=1e-3, help="linear head learning rate (default: 1e-3)")
-    group.add_argument("--weight-decay", type=non_negative_float, default=0.1, help="AdamW weight decay (default: 0.1)")
-    group.add_argument("--warmup", type=float, default=0.1, help="warm-up share of all steps (default: 0.1)")
+    add_settings(parser, {s.name: (s, []) for s in FINETUNE}, "linear_probe --finetune (AdamW)")
     parser.add_argument("--out-dir", default=None, help="results folder (default: results/play_with_clip/...)")
     parser.add_argument("--overwrite", action="store_true", help="write into --out-dir even if it holds results")
     add_model_args(parser)
@@ -93,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace) -> ModelBundle:
+def _load(args: argparse.Namespace, checkpoint: Checkpoint | None) -> ModelBundle:
     return load_model(
-        args.model, args.pretrained, args.ckpt, resolve_device(args.device), args.model_cache_dir, args.seed
+        args.model, args.pretrained, checkpoint, resolve_device(args.device), args.model_cache_dir, args.seed
     )
 
 
@@ -112,8 +109,8 @@ def _needs_text(bundle: ModelBundle, mode: str) -> None:
         raise UserError(f"--mode {mode} compares images with text; {bundle.name} has no text encoder")
 
 
-def _templates(args: argparse.Namespace) -> tuple[Template, ...]:
-    return class_templates(args.templates, read_contract(args.ckpt))
+def _templates(args: argparse.Namespace, checkpoint: Checkpoint | None) -> tuple[Template, ...]:
+    return class_templates(args.templates, checkpoint.contract if checkpoint else None)
 
 
 def _folder(args: argparse.Namespace) -> Path:
@@ -121,8 +118,8 @@ def _folder(args: argparse.Namespace) -> Path:
     return run_folder(args.out_dir, ["play_with_clip", label, args.model.replace(":", "_")], args.overwrite)
 
 
-def run_zeroshot(args: argparse.Namespace) -> dict[str, Any]:
-    templates = _templates(args)
+def run_zeroshot(args: argparse.Namespace, checkpoint: Checkpoint | None) -> dict[str, Any]:
+    templates = _templates(args, checkpoint)
     data = _data(args, "test")
     names = list(data.classnames)
     if args.test_labels is not None:
@@ -130,7 +127,7 @@ def run_zeroshot(args: argparse.Namespace) -> dict[str, Any]:
         if len(names) != len(data.classnames):
             raise UserError(f"--test-labels has {len(names)} labels but {args.id_name} has {len(data.classnames)} "
                             f"classes; give one label per class, in the dataset's class order")  # fmt: skip
-    bundle = _load(args)
+    bundle = _load(args, checkpoint)
     _needs_text(bundle, args.mode)
     cache = FeatureCache(args.cache_dir, args.feature_dtype)
     text = text_embeddings(bundle, names, templates)
@@ -148,11 +145,11 @@ def run_zeroshot(args: argparse.Namespace) -> dict[str, Any]:
     return _save(folder, args, results, bundle)
 
 
-def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
+def run_linear_probe(args: argparse.Namespace, checkpoint: Checkpoint | None) -> dict[str, Any]:
     train, test = _data(args, "train"), _data(args, "test")
-    bundle = _load(args)
+    bundle = _load(args, checkpoint)
     if args.finetune:
-        return _finetune(args, bundle, train, test)
+        return _finetune(args, bundle, train, test, _templates(args, checkpoint))
     cache = FeatureCache(args.cache_dir, args.feature_dtype)
     with kept_frozen(bundle.model, "all"):  # the frozen protocol's sanity check (MoCo's)
         train_feats = image_features(bundle, train, cache, args.batch_size, args.workers)
@@ -169,11 +166,12 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     return _save(folder, args, results, bundle)
 
 
-def _finetune(args: argparse.Namespace, bundle: ModelBundle, train: LoadedDataset, test: LoadedDataset) -> dict:
+def _finetune(args: argparse.Namespace, bundle: ModelBundle, train: LoadedDataset, test: LoadedDataset,
+              templates: tuple[Template, ...]) -> dict:  # fmt: skip
     config = from_args(FinetuneConfig, args)
     head = None
     if bundle.has_text:  # start the head at the zero-shot classifier: the usual, stable start for CLIP
-        head = torch.from_numpy(text_embeddings(bundle, train.classnames, _templates(args)))
+        head = torch.from_numpy(text_embeddings(bundle, train.classnames, templates))
     try:
         result = finetune_image_encoder(bundle, train, config, head)
     except ValueError as err:
@@ -198,16 +196,16 @@ def _finetune(args: argparse.Namespace, bundle: ModelBundle, train: LoadedDatase
 
 
 @torch.no_grad()
-def run_skimage(args: argparse.Namespace) -> dict[str, Any]:
+def run_skimage(args: argparse.Namespace, checkpoint: Checkpoint | None) -> dict[str, Any]:
     names, images, descriptions = skimage_images(args.images)
-    bundle = _load(args)
+    bundle = _load(args, checkpoint)
     _needs_text(bundle, args.mode)
     batch = torch.stack([bundle.preprocess(image) for image in images]).to(bundle.device)
     with autocast(bundle.device):
         image_feats = VIEWS[DEFAULT_VIEW].encode(bundle, batch)
     image_feats = torch.nn.functional.normalize(image_feats.float(), dim=-1).flatten(1).cpu().numpy()  # one token
     similarity = image_feats @ text_embeddings(bundle, descriptions, AS_IS).T
-    head = text_embeddings(bundle, CIFAR100, _templates(args))
+    head = text_embeddings(bundle, CIFAR100, _templates(args, checkpoint))
     scale = zero_shot_logit_scale(bundle.model)  # 100 for CLIP, a SigLIP model's own; a bias: no change
     probabilities = torch.softmax(torch.from_numpy(scale * image_feats @ head.T), dim=1).numpy()
     top5 = {
@@ -233,7 +231,7 @@ def _save(folder: Path, args: argparse.Namespace, results: dict[str, Any], bundl
     return {**results, "out_dir": str(folder)}
 
 
-RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+RUNNERS: dict[str, Callable[[argparse.Namespace, Checkpoint | None], dict[str, Any]]] = {
     "zeroshot": run_zeroshot,
     "linear_probe": run_linear_probe,
     "skimage": run_skimage,
@@ -245,9 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     check_writable_dir(args.cache_dir, "--cache-dir")
     if args.out_dir:
         check_writable_dir(args.out_dir, "--out-dir")
-    if not 0 <= args.warmup < 1:
-        raise UserError(f"--warmup is a share of all steps in [0, 1), got {args.warmup}")
-    return RUNNERS[args.mode](args)
+    return RUNNERS[args.mode](args, read_checkpoint(args.ckpt))
 
 
 def _from_python(mode: str, options: dict[str, Any]) -> dict[str, Any]:

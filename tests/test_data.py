@@ -96,7 +96,7 @@ def test_image_folder_tree(image_tree):
     ],
 )
 def test_readable_classnames(raw, readable):
-    from utils.data.loading import readable_classname
+    from utils.data.splits import readable_classname
 
     assert readable_classname(raw) == readable
 
@@ -236,14 +236,14 @@ class _Labelled(torch.utils.data.Dataset):
 
 
 def test_first_per_class_keeps_file_order():
-    from utils.data.loading import first_per_class
+    from utils.data.splits import first_per_class
 
     capped = first_per_class(_Labelled([3, 1, 3, 3, 1, 0, 1, 1]), 2)
     assert capped.indices == [0, 1, 2, 4, 5]  # the first two of each class, in the order of the file
 
 
 def test_few_shot_draws_k_per_class_seeded_and_keeps_small_classes_whole():
-    from utils.data.loading import few_shot
+    from utils.data.splits import few_shot
 
     labels = [0] * 10 + [1] * 3 + [2] * 7
     a, b, c = few_shot(_Labelled(labels), 4, 0), few_shot(_Labelled(labels), 4, 0), few_shot(_Labelled(labels), 4, 1)
@@ -273,22 +273,28 @@ def test_shots_apply_to_the_id_train_split_only_and_name_the_subset():
 def test_ood_protocol_resizes_and_caps(tmp_path, monkeypatch):
     """CIFAR as ID: every OOD image 32 x 32 (squashed, bilinear), SVHN at its first 1,000 per class, recorded."""
     from utils.data import DataOptions, get_spec
-    from utils.evaluation.pipeline import resolve_ood_sets
+    from utils.data.benchmark import BenchmarkRequest, load_ood_sets
 
     write_images(tmp_path / "big", 2, seed=0, size=64)
-    options = DataOptions()
-    data = resolve_ood_sets("cifar10", [f"folder:{tmp_path / 'big'}"], options)[0]
+    options, big = DataOptions(), [f"folder:{tmp_path / 'big'}"]
+    data = load_ood_sets(BenchmarkRequest("cifar10", big), options)[0]
     image, _ = data.dataset[0]
     assert image.size == (32, 32)
     with Image.open(data.dataset.dataset.samples[0][0]) as original:
         expected = original.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR)
     assert np.array_equal(np.asarray(image), np.asarray(expected))
-    kept = resolve_ood_sets("cifar10", [f"folder:{tmp_path / 'big'}"], options, resize=False)[0]
+    kept = load_ood_sets(BenchmarkRequest("cifar10", big, ood_resize=False), options)[0]
     assert kept.dataset[0][0].size == (64, 64) and kept.identity != data.identity  # the cache tells them apart
-    assert resolve_ood_sets("digits", [f"folder:{tmp_path / 'big'}"], options)[0].dataset[0][0].size == (64, 64)
+    assert load_ood_sets(BenchmarkRequest("digits", big), options)[0].dataset[0][0].size == (64, 64)
     calls = []
-    monkeypatch.setattr(DataOptions, "load", lambda self, name, split, **kw: calls.append((name, kw)) or data)
-    resolve_ood_sets("cifar100", ["svhn", "textures"], options)
+
+    def load(self, name, split, spec=None, **kw):
+        assert spec is get_spec(name)  # the registry entry travels with the load
+        calls.append((name, kw))
+        return data
+
+    monkeypatch.setattr(DataOptions, "load", load)
+    load_ood_sets(BenchmarkRequest("cifar100", ["svhn", "textures"]), options)
     assert calls == [("svhn", {"resize": 32, "per_class": 1000}), ("textures", {"resize": 32, "per_class": None})]
     assert get_spec("cifar10").ood_protocol.per_class == {"svhn": 1000}
 
@@ -337,7 +343,7 @@ def test_labels_of_reads_torchvisions_private_label_lists():
     hold-out need them without reading images."""
     from types import SimpleNamespace
 
-    from utils.data.loading import labels_of
+    from utils.data.splits import labels_of
 
     assert labels_of(SimpleNamespace(_labels=[2, 0, 1])).tolist() == [2, 0, 1]
     assert labels_of(SimpleNamespace(_samples=[("a.jpg", 1), ("b.jpg", 0)])).tolist() == [1, 0]

@@ -13,7 +13,7 @@ import eval_ood_detection
 import utils.features.images
 from tests.conftest import assert_one_clear_error, write_images
 from utils.data import DATASETS
-from utils.evaluation.inputs import RESOLVERS, requirements
+from utils.evaluation.inputs import RESOLVERS, requirements, score_settings
 from utils.evaluation.metrics import METRICS
 from utils.evaluation.presets import list_presets
 from utils.scores import SCORES
@@ -93,7 +93,8 @@ def test_every_score_one_extraction(tmp_path, words, monkeypatch):
                   "--neg-words", str(words), "--no-plots")  # fmt: skip
     # ID train once (global view); ID test and the two OOD sets once per view (global, and local for l_mcm/gl_mcm)
     assert sorted(calls) == sorted(["digits", "digits", "digits_ood", noise])  # ID: train and test
-    without_checkpoint = [s for s in SCORES if set(requirements(s)) <= set(RESOLVERS)]  # all but kplus1 and group
+    run_supplied = {*RESOLVERS, *score_settings()}
+    without_checkpoint = [s for s in SCORES if set(requirements(s)) <= run_supplied]  # all but kplus1 and group
     labels = [s for s in without_checkpoint if s != "knn"] + ["knn@5", "knn@20"]
     assert len(labels) == len(SCORES) - 1
     assert set(summary["metrics"]) == set(labels)
@@ -141,19 +142,52 @@ def test_image_only_timm_backbone(tmp_path, capsys):
     assert "skipping mcm, mis" in capsys.readouterr().err
 
 
-def test_trained_checkpoint_and_folder_ood(tmp_path):
+def test_trained_checkpoint_and_folder_ood(tmp_path, monkeypatch):
+    """A --ckpt file is read once, its weights and contract both taken from that read."""
     import torch
 
+    import utils.models.checkpoint
     from utils.models.loading import load_model
 
     ckpt = tmp_path / "final.pt"
     torch.save({"state_dict": load_model("tiny", "none", seed=7).model.state_dict()}, ckpt)
     write_images(tmp_path / "noise", 12, seed=3)
     noise = f"folder:{tmp_path / 'noise'}"
+    reads, real = [], utils.models.checkpoint.read_file
+    monkeypatch.setattr(utils.models.checkpoint, "read_file", lambda path: reads.append(path) or real(path))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or _load(*a, **k))
     summary = run(tmp_path, "--in", "digits", "--out", noise, "digits_ood", "--ckpt", str(ckpt), "--score", "mcm",
                   "mis", "--no-plots")  # fmt: skip
     assert set(summary["metrics"]["mcm"]) == {noise, "digits_ood"}
     assert summary["samples"][noise] == 12
+    assert reads == [str(ckpt)] * 2  # our one read_file, and the one torch.load inside it
+
+
+_load = __import__("torch").load
+
+
+def test_the_registry_is_asked_once_per_name(tmp_path, monkeypatch):
+    """The benchmark is resolved once: each name given or implied is looked up in the registry once, and every
+    loaded set carries its entry onward (KNN's default k, the splits, the OOD protocol)."""
+    import utils.data.registry
+
+    asked, real = [], utils.data.registry.get_spec
+    monkeypatch.setattr(utils.data.registry, "get_spec", lambda name: asked.append(name) or real(name))
+    for module in ("utils.data.benchmark", "utils.data.splits", "utils.data.validation"):
+        monkeypatch.setattr(f"{module}.get_spec", utils.data.registry.get_spec)
+    run(tmp_path, "--in", "digits", "--score", "mcm", "knn", "--no-plots")
+    assert sorted(asked) == ["digits", "digits_ood", "faces", "skimage_textures"]
+
+
+def test_a_setting_no_score_reads_is_noted(tmp_path, capsys):
+    run(tmp_path, "--in", "digits", "--out", "digits_ood", "--score", "mis", "knn", "--temperature", "2",
+        "--gl-lambda", "0.5", "--no-plots")  # fmt: skip
+    notes = json.loads((tmp_path / "out" / "results.json").read_text())["notes"]
+    expected = "--temperature, --gl-lambda are read by none of the scores run (mis, knn): no effect"
+    assert expected in notes and f"note: {expected}" in capsys.readouterr().out
+    run(tmp_path, "--in", "digits", "--out", "digits_ood", "--score", "mcm", "--temperature", "2", "--no-plots",
+        out="read")  # fmt: skip
+    assert not any("read by none" in n for n in json.loads((tmp_path / "read" / "results.json").read_text())["notes"])
 
 
 def test_limit(tmp_path):
@@ -454,7 +488,9 @@ def test_gl_mcm_end_to_end_on_patch_tokens(tmp_path, capsys):
     assert "local features of digits/train" not in err
     scores = np.load(tmp_path / "out" / "scores.npz")
     for part in ("id", "ood"):
-        combined = scores[f"mcm/digits_ood/{part}"] + 0.5 * scores[f"l_mcm/digits_ood/{part}"]
+        from utils.scores.zero_shot import MCM  # mcm and l_mcm rank by log-odds: their probabilities added here
+
+        combined = MCM.plain(scores[f"mcm/digits_ood/{part}"]) + 0.5 * MCM.plain(scores[f"l_mcm/digits_ood/{part}"])
         assert np.allclose(scores[f"gl_mcm/digits_ood/{part}"], combined, atol=2e-3)  # float16 cache of both views
 
 

@@ -172,13 +172,13 @@ def test_rank_fraction_and_disagreements():
 # The pipeline's stages and the score-input resolvers, on the tiny model and small digits sets.
 @pytest.fixture
 def experiment(tiny, tmp_path):
-    from utils.data.loading import DataOptions
+    from utils.data.splits import DataOptions
     from utils.evaluation.inputs import Experiment
     from utils.evaluation.options import EvalOptions
     from utils.features.store import FeatureCache
 
     data = DataOptions(limit=40)
-    exp = Experiment(EvalOptions(k=[1, 3], workers=0, templates=("a photo of a {}.",)), "tiny",
+    exp = Experiment(EvalOptions(workers=0, templates=("a photo of a {}.",), settings={"k": [1, 3]}), "tiny",
                      cache=FeatureCache(tmp_path / "cache"))  # fmt: skip
     exp.id_test, exp.id_train = data.load("digits", "test"), data.load("digits", "train")
     write_images(tmp_path / "noise", 12, seed=3)  # a flat folder: an OOD set without class names
@@ -214,13 +214,15 @@ def test_plan_skips_under_all_and_refuses_when_named(experiment, capsys):
 
 
 def test_every_input_has_a_resolver_or_a_method_that_provides_it():
-    from utils.evaluation.inputs import RESOLVERS, requirements
+    """A run supplies each input (a resolver or a declared setting); the rest come from the checkpoint of the method
+    the score names (`supplied_by`), whose objective provides exactly them."""
+    from utils.evaluation.inputs import RESOLVERS, requirements, score_settings
     from utils.scores import SCORES
     from utils.training.methods import METHODS
 
-    provided = {name for objective in METHODS.values() for name in objective.provides}
-    for score in SCORES:
-        assert set(requirements(score)) <= set(RESOLVERS) | provided, score
+    for score, cls in SCORES.items():
+        own = set(requirements(score)) - {*RESOLVERS, *score_settings()}
+        assert own == (set(METHODS[cls.supplied_by].provides) if cls.supplied_by else set()), score
 
 
 def test_stages_sweeps_and_per_set_inputs(experiment):
@@ -275,8 +277,8 @@ def test_a_new_score_with_a_new_input_touches_its_class_the_registry_and_one_res
 def test_a_new_method_with_its_own_score_needs_no_resolver(experiment, monkeypatch):
     """A method's checkpoint supplies its score's inputs through the contract: no evaluation code changes."""
     from utils.evaluation import inputs, pipeline
+    from utils.models.checkpoint import ScoreContract
     from utils.scores import SCORES, Score
-    from utils.training.checkpoints import ScoreContract
     from utils.training.methods import METHODS
     from utils.training.objectives import Objective
 
@@ -286,6 +288,7 @@ def test_a_new_method_with_its_own_score_needs_no_resolver(experiment, monkeypat
     class PrototypeSimilarity(Score):
         needs = ()
         inputs = ("prototype_features",)
+        supplied_by = "prototypes"
 
         def __init__(self, prototype_features=None):
             super().__init__()
@@ -311,7 +314,7 @@ def test_a_new_method_with_its_own_score_needs_no_resolver(experiment, monkeypat
 def test_group_checkpoint_names_its_classes(experiment):
     """Groups travel by class name: any order of the ID classes works, a class the ID set lacks is an error."""
     from utils.evaluation import pipeline
-    from utils.training.checkpoints import ScoreContract
+    from utils.models.checkpoint import ScoreContract
 
     names = list(experiment.id_test.classnames)
     contract = ScoreContract("group", tuple(reversed(names)), 100.0, texts={"others_features": ("x", "y")},
@@ -327,7 +330,7 @@ def test_group_checkpoint_names_its_classes(experiment):
 
 def test_checkpoint_scored_with_other_templates_gets_a_note(experiment):
     from utils.evaluation import pipeline
-    from utils.training.checkpoints import ScoreContract
+    from utils.models.checkpoint import ScoreContract
 
     contract = ScoreContract("kplus1", tuple(experiment.id_test.classnames), 100.0,
                              texts={"ood_prompt_features": ("a photo of an unknown object.",)},
@@ -350,7 +353,7 @@ def test_label_mass_logit_scale_is_the_models_own_for_siglip(experiment):
     import torch
 
     from utils.evaluation.inputs import RESOLVERS
-    from utils.training.checkpoints import ScoreContract
+    from utils.models.checkpoint import ScoreContract
 
     resolve = RESOLVERS["logit_scale"].resolve
     assert resolve(experiment, None) == 100.0
@@ -377,11 +380,11 @@ def test_preset_conflicts_are_compared_as_meant():
 
 
 def test_ood_split_must_name_an_ood_set(tmp_path):
-    from utils.data.loading import DataOptions
-    from utils.evaluation.pipeline import resolve_ood_sets
+    from utils.data.benchmark import BenchmarkRequest, load_ood_sets
+    from utils.data.splits import DataOptions
 
     with pytest.raises(UserError, match=r"--ood-split names faces, which is not among the OOD sets \(digits_ood\)"):
-        resolve_ood_sets("digits", ["digits_ood"], DataOptions(), splits={"faces": "train"})
+        load_ood_sets(BenchmarkRequest("digits", ["digits_ood"], ood_splits={"faces": "train"}), DataOptions())
 
 
 def test_neglabel_mines_each_part_of_speech_with_the_released_prompts(experiment, tmp_path, monkeypatch):
@@ -392,7 +395,7 @@ def test_neglabel_mines_each_part_of_speech_with_the_released_prompts(experiment
     adjectives = [f"adjective{i}" for i in range(14)]
     words = tmp_path / "pool.txt"
     words.write_text("\n".join([*nouns, *(f"{a}\tadj" for a in adjectives)]) + "\n")
-    experiment.options.neg_words = str(words)
+    experiment.options.settings["neg_words"] = str(words)
     calls, real = [], inputs.text_embeddings
     monkeypatch.setattr(
         inputs, "text_embeddings", lambda b, names, t, *a: calls.append((list(names), t)) or real(b, names, t, *a)

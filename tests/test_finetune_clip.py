@@ -15,8 +15,8 @@ import eval_ood_detection
 import finetune_clip
 import utils.training.clip_finetune
 from tests.conftest import write_images
+from utils.models.checkpoint import CONTRACT_KEY, read_checkpoint
 from utils.models.loading import load_model
-from utils.training.checkpoints import CONTRACT_KEY, read_contract
 from utils.training.methods import METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ def test_each_method_trains_saves_and_scores(tmp_path, method):
     summary = _train(tmp_path, method, "--epochs", "1")
     run = tmp_path / "run"
     assert (run / "last.pt").is_file() and (run / "metrics.jsonl").is_file()
-    contract = read_contract(str(run / "final.pt"))
+    contract = read_checkpoint(str(run / "final.pt")).contract
     assert contract.method == method and list(contract.classnames) == CLASSES
     assert 0 <= summary["zero_shot_top1"] <= 1
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
@@ -158,7 +158,7 @@ def test_torchrun_two_processes(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     final = torch.load(tmp_path / "ddp" / "final.pt", weights_only=True)
-    assert read_contract(str(tmp_path / "ddp" / "final.pt")).method == "contrastive"
+    assert read_checkpoint(str(tmp_path / "ddp" / "final.pt")).contract.method == "contrastive"
     assert final["config"]["batch_size"] == 32
     assert load_model("tiny", "none", ckpt=str(tmp_path / "ddp" / "final.pt"))
 

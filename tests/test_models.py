@@ -60,6 +60,28 @@ def test_ckpt_loads_state_dict(tmp_path, tiny, suffix):
     assert loaded.weights == str(path)
 
 
+@pytest.mark.parametrize("layout", ["plain", "scalar_scale", "module_prefix", "fewer_positions"])
+def test_weights_read_once_load_as_open_clips_load_checkpoint(tmp_path, layout):
+    """load_open_clip_state restates open_clip.load_checkpoint on weights already read: the same model either way,
+    for a plain state dict, a 1-d logit scale, DataParallel's prefix and a shorter text positional embedding."""
+    from utils.models.loading import load_open_clip_state
+    from utils.models.weights import read_state_dict
+
+    state = {k: v.clone() for k, v in load_model("tiny", "none", seed=5).model.state_dict().items()}
+    if layout == "scalar_scale":
+        state["logit_scale"] = state["logit_scale"].reshape(1)
+    if layout == "module_prefix":
+        state = {f"module.{k}": v for k, v in state.items()}
+    if layout == "fewer_positions":
+        state["positional_embedding"] = state["positional_embedding"][:-4]
+    path = str(tmp_path / "w.pt")
+    torch.save(state, path)
+    theirs, ours = (load_model("tiny", "none", seed=1).model for _ in range(2))
+    open_clip.load_checkpoint(theirs, path, strict=True, weights_only=True)
+    load_open_clip_state(ours, read_state_dict(path))
+    assert fingerprint(ours) == fingerprint(theirs)
+
+
 def test_ckpt_refuses_pickled_objects(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": {}, "payload": object()}, path)

@@ -69,7 +69,7 @@ def test_test_labels_file_not_utf8(tmp_path, capsys):
 def test_frozen_linear_probe_is_a_real_classifier(tmp_path, monkeypatch):
     loaded = []
     original = play_with_clip._load
-    monkeypatch.setattr(play_with_clip, "_load", lambda args: loaded.append(original(args)) or loaded[-1])
+    monkeypatch.setattr(play_with_clip, "_load", lambda *a: loaded.append(original(*a)) or loaded[-1])
     results = run(tmp_path, "--mode", "linear_probe", "--in", "digits")
     assert results["accuracy"] > 0.6  # chance is 0.2: random tiny features of real digits are still informative
     assert _saved(tmp_path)["C"] > 0 and 0 <= _saved(tmp_path)["accuracy"] <= 1
@@ -79,7 +79,7 @@ def test_frozen_linear_probe_is_a_real_classifier(tmp_path, monkeypatch):
 def test_frozen_check_catches_a_moving_encoder(tmp_path, monkeypatch, capsys):
     loaded = []
     original_load, original_fit = play_with_clip._load, play_with_clip.fit_linear_probe
-    monkeypatch.setattr(play_with_clip, "_load", lambda args: loaded.append(original_load(args)) or loaded[-1])
+    monkeypatch.setattr(play_with_clip, "_load", lambda *a: loaded.append(original_load(*a)) or loaded[-1])
 
     def fit_and_touch(*args, **kwargs):
         with torch.no_grad():

@@ -127,12 +127,16 @@ def test_probe_head_is_the_lp_probe_fitted_once(data, monkeypatch):
 
 def test_zero_shot_head_is_clips_classifier(data):
     """On the zero-shot head (100 x the class prompts), pytorch-ood's max-logit and energy are 100 x the zero-shot
-    mis and energy (at T = 1/100), and its MCM is ours."""
+    mis and energy (at T = 1/100), and its MCM is ours (whose values are its log-odds)."""
+    from utils.scores.zero_shot import MCM
+
     ind, x, head = data.ind, data.test, Head.zero_shot(data.text, 100.0)
     maxlogit, energy = (build_score(n, head=head).fit(ind)(x) for n in ("pood:maxlogit", "pood:energybased"))
     np.testing.assert_allclose(maxlogit, 100 * build_score("mis").fit(ind)(x), rtol=1e-6)
     np.testing.assert_allclose(energy, 100 * build_score("energy", temperature=0.01).fit(ind)(x), rtol=1e-6)
-    np.testing.assert_allclose(build_score("pood:mcm").fit(ind)(x), build_score("mcm").fit(ind)(x), rtol=1e-5)
+    np.testing.assert_allclose(
+        build_score("pood:mcm").fit(ind)(x), MCM.plain(build_score("mcm").fit(ind)(x)), rtol=1e-5
+    )
 
 
 def test_she_without_a_correct_prediction_in_a_class_warns(data):
@@ -166,7 +170,7 @@ def test_all_includes_them_or_says_why(capsys):
     assert [s for s in plan(["all"], image_only) if s.startswith("pood:")] == head_free
     err = capsys.readouterr().err
     assert "skipping pood:vim, pood:gen" in err and "--pood-head probe reads the linear probe instead" in err
-    probe = Experiment(EvalOptions(pood_head="probe"), "timm:test_vit")
+    probe = Experiment(EvalOptions(settings={"pood_head": "probe"}), "timm:test_vit")
     assert set(POOD_SCORES) - {"pood:mcm"} <= set(plan(["all"], probe))  # MCM compares with the class prompts
     with pytest.raises(SystemExit):
         eval_ood_detection.main(["--list-scores"])
@@ -186,7 +190,7 @@ def test_end_to_end(tmp_path):
 def test_only_detectors_that_fit_or_read_the_probe_load_the_train_split(data):
     from utils.evaluation.inputs import needs_train
 
-    zero_shot, probe = EvalOptions(), EvalOptions(pood_head="probe")
+    zero_shot, probe = EvalOptions(), EvalOptions(settings={"pood_head": "probe"})
     assert not needs_train(["pood:gen", "pood:maxsoftmax", "pood:gradnorm", "pood:mcm"], zero_shot)
     assert needs_train(["pood:gen"], probe) and needs_train(["pood:vim"], zero_shot)
     head = Head.probe(data.ind.train_features, data.ind.train_labels)  # the probe's data in the head, none in `ind`

@@ -14,10 +14,10 @@ import eval_ood_detection
 import finetune_clip
 from utils.errors import UserError
 from utils.features.text import text_embeddings
+from utils.models.checkpoint import class_templates, read_checkpoint
 from utils.models.local_tokens import global_and_patches
 from utils.models.prompt_context import LearnedTemplate, PromptContext, initial_context
 from utils.prompts import TEMPLATE_SETS
-from utils.training.checkpoints import class_templates, read_contract
 from utils.training.loop import constant_warmup_epoch_cosine
 from utils.training.prompt_learning import LoCoOpObjective, entropy_outside_top_k
 
@@ -87,7 +87,7 @@ def test_locoop_regions_and_entropy_equal_the_official_code(top_k):
 
 
 def test_locoop_loss_is_coops_minus_lambda_entropy(tiny):
-    objective = LoCoOpObjective(tiny, CLASSES, TEMPLATE_SETS["single"], locoop_lambda=0.25, top_k=2)
+    objective = LoCoOpObjective(tiny, CLASSES, TEMPLATE_SETS["single"], locoop_lambda=0.25, locoop_top_k=2)
     images, labels = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 4])
     with torch.no_grad():
         pooled, patches = global_and_patches(tiny.model.visual, images)
@@ -105,7 +105,7 @@ def test_locoop_top_k_is_a_fifth_of_the_classes_within_bounds(tiny):
     assert LoCoOpObjective(tiny, CLASSES, ()).top_k == 1
     assert LoCoOpObjective(tiny, [f"c{i}" for i in range(1000)], ()).top_k == 200  # the paper's ImageNet-1k value
     with pytest.raises(UserError, match="top-K"):
-        LoCoOpObjective(tiny, CLASSES, (), top_k=5)
+        LoCoOpObjective(tiny, CLASSES, (), locoop_top_k=5)
 
 
 def test_coop_schedule_equals_dassls_warmup_around_cosine():
@@ -139,7 +139,7 @@ def test_few_shot_prompt_learning_keeps_clip_frozen_and_scores_with_the_learned_
     assert saved["config"]["batch_size"] == 32 and saved["config"]["schedule"] == "coop"  # the papers' defaults
     base = tiny.model.state_dict()
     assert all(torch.equal(saved["state_dict"][k], base[k]) for k in base)  # CLIP unchanged, bit for bit
-    contract = read_contract(str(run / "final.pt"))
+    contract = read_checkpoint(str(run / "final.pt")).contract
     start = initial_context(tiny.model, tiny.tokenizer, 16, seed=0)
     assert np.asarray(contract.context).shape == (16, 64) and not np.allclose(contract.context, start.numpy())
     (learned,) = class_templates(None, contract)
@@ -154,7 +154,7 @@ def test_few_shot_prompt_learning_keeps_clip_frozen_and_scores_with_the_learned_
 
 
 def test_neglabel_prompts_its_id_labels_with_the_learned_context(tmp_path, tiny):
-    from utils.data.loading import load_dataset
+    from utils.data.splits import load_dataset
     from utils.evaluation.inputs import RESOLVERS, Encoded, Experiment
     from utils.evaluation.options import EvalOptions
     from utils.features.store import FeatureCache
@@ -164,7 +164,7 @@ def test_neglabel_prompts_its_id_labels_with_the_learned_context(tmp_path, tiny)
     words.write_text("".join(f"{w}\tnoun\n" for w in ["tree", "car", "lamp", "river", "cloud", "shoe", "bread"]))
     learned = (LearnedTemplate(PromptContext(initial_context(tiny.model, tiny.tokenizer, 4, seed=1))),)
     for templates, id_prompts in ((learned, learned), (TEMPLATE_SETS["single"], NEGLABEL_PROMPTS["noun"])):
-        exp = Experiment(EvalOptions(templates=templates, neg_words=str(words)), "tiny", bundle=tiny,
+        exp = Experiment(EvalOptions(templates=templates, settings={"neg_words": str(words)}), "tiny", bundle=tiny,
                          id_test=load_dataset("digits"), cache=FeatureCache(str(tmp_path / "cache")))  # fmt: skip
         labels = RESOLVERS["negative_labels"].resolve(exp, Encoded({}, {}))
         expected = text_embeddings(tiny, CLASSES, id_prompts)
@@ -201,7 +201,7 @@ def test_coop_on_a_resnet_keeps_its_batchnorm_in_eval_mode():
 def test_a_learned_context_wins_over_a_presets_templates_not_over_the_command_line():
     from argparse import Namespace
 
-    from utils.training.checkpoints import ScoreContract
+    from utils.models.checkpoint import ScoreContract
 
     contract = ScoreContract("locoop", tuple(CLASSES), 100.0, context=((0.1,) * 64,) * 4)
     from_preset, notes = eval_ood_detection.class_prompts(Namespace(templates="mcm", given=[]), contract)

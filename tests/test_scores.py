@@ -24,9 +24,10 @@ from utils.scores import (
     resolve_scores,
 )  # fmt: skip
 from utils.scores.label_mass import id_probability
+from utils.scores.logistic_regression import fit_linear_probe
 from utils.scores.mahalanobis import fit_class_gaussians
 from utils.scores.pood import Head
-from utils.training.logistic_regression import fit_linear_probe
+from utils.scores.zero_shot import MCM, NegEntropy, SoftmaxVariance
 
 DIM, CLASSES = 16, 4
 # Derived, not measured: float32 cosines of unit vectors in DIM dimensions, ours and the reference's (scikit-learn
@@ -93,7 +94,7 @@ def _in_view(name: str, features: np.ndarray, patches: int = 4) -> np.ndarray:
 
 def _build(name: str, extras: dict, **kwargs) -> object:
     """A score built from the values of the inputs it declares, as a run would supply them."""
-    declared = {i: extras[i] for i in SCORES[name].inputs if i not in kwargs}
+    declared = {i: extras[i] for i in SCORES[name].arguments() if i not in kwargs}
     return build_score(name, **declared, **kwargs)
 
 
@@ -103,7 +104,8 @@ def test_declarations_are_consistent(name):
 
     cls = SCORES[name]
     assert cls.view in VIEWS
-    assert cls.sweep_over is None or cls.sweep_over in cls.inputs
+    assert cls.sweep_over is None or cls.sweep_over in {s.name for s in cls.settings}
+    assert not {s.name for s in cls.settings} & set(cls.inputs)  # a setting is declared as one, not as an input
     assert set(cls.needs) <= {"text_features", "train_features", "train_labels"}
     assert (cls.classifier is None) == (cls.logits is Score.logits)  # a classifier gives its logits
 
@@ -136,21 +138,59 @@ def _softmax(s: np.ndarray) -> np.ndarray:
     return torch.softmax(torch.from_numpy(s).double(), dim=1).numpy()
 
 
-@pytest.mark.parametrize("temperature", [0.01, 1.0, 100.0])
+@pytest.mark.parametrize("temperature", [0.1, 1.0, 100.0])
 def test_zero_shot_formulas(toy, temperature):
+    """Each score's value (the softmax scores' back from their exact ranking transform) against its formula."""
     ind, id_feats, _, _, _ = toy
     s = (id_feats @ ind.text_features.T).astype(np.float64)
     p = _softmax(s / temperature)
+    plain = {"mcm": MCM.plain, "entropy": NegEntropy.plain, "var": lambda v: SoftmaxVariance.plain(v, CLASSES)}
     expected = {
         "mcm": p.max(1),
-        "mis": s.max(1),
         "energy": temperature * torch.logsumexp(torch.from_numpy(s / temperature), dim=1).numpy(),
         "entropy": (p * np.log(p)).sum(1),
         "var": p.var(1),
     }
     for name, value in expected.items():
         got = build_score(name, temperature=temperature).fit(ind)(id_feats)
-        assert np.allclose(got, value, rtol=1e-6, atol=1e-9), name
+        assert np.allclose(plain.get(name, np.asarray)(got), value, rtol=1e-6, atol=1e-12), name
+    assert np.array_equal(build_score("mis").fit(ind)(id_feats), s.max(1))
+
+
+def _exact_reference(s: np.ndarray, temperature: float) -> dict[str, list[float]]:
+    """max softmax, −H and Σ p² of each row in 400-digit arithmetic (mpmath), as the ranks to match."""
+    import mpmath  # sympy's, which torch requires
+
+    out: dict[str, list[float]] = {"mcm": [], "entropy": [], "var": []}
+    with mpmath.workdps(400):
+        for row in s:
+            e = [mpmath.exp(mpmath.mpf(float(v)) / temperature) for v in row]
+            p = [x / sum(e) for x in e]
+            out["mcm"].append(max(p))
+            out["entropy"].append(sum(q * mpmath.log(q) for q in p))
+            out["var"].append(sum(q * q for q in p))
+    return out
+
+
+def test_softmax_scores_rank_exactly_at_clips_temperature():
+    """T = 0.01 on well-separated images: p_max is within 1e-17 of 1 (float64's 1.0), yet no two images tie and the
+    order is the exact one (MCM, entropy and var rank by log-space transforms of their values)."""
+    rng = np.random.default_rng(5)
+    text = np.eye(CLASSES, DIM, dtype=np.float32)
+    labels = rng.integers(0, CLASSES, 60)
+    gaps = rng.uniform(0.4, 0.6, 60)  # cosine gap of the true class over the others: 40-60 logits at T = 0.01
+    feats = (0.2 * np.ones((60, DIM)) + gaps[:, None] * np.eye(DIM)[labels]).astype(np.float32)
+    feats[:, :CLASSES] += rng.uniform(0, 0.01, (60, CLASSES)).astype(np.float32)  # other classes: distinct cosines
+    s = (feats @ text.T).astype(np.float64)
+    naive = _softmax(s / 0.01).max(1)
+    assert len(np.unique(naive)) < 10  # the float64 probabilities tie: what the ranking must not do
+    reference = _exact_reference(s, 0.01)
+    ind = InDistribution(text_features=text)
+    for name in ("mcm", "entropy", "var"):
+        got = build_score(name, temperature=0.01).fit(ind)(feats)
+        assert len(np.unique(got)) == 60, name
+        exact = sorted(range(60), key=lambda i: reference[name][i])
+        assert np.argsort(got, kind="stable").tolist() == exact, name
 
 
 LABEL_MASS_EXTRA = {
@@ -365,7 +405,7 @@ def test_knn_streams_a_float16_bank_in_blocks(toy, float16_bank, monkeypatch, ba
 
 def test_linear_probe_streams_a_float16_bank_in_blocks(toy, float16_bank, monkeypatch):
     """Blocks of 16 rows from a float16 memmap: the same probe as one float32 block of the same values."""
-    import utils.training.logistic_regression as lp
+    import utils.scores.logistic_regression as lp
 
     bank, labels = float16_bank
     whole = fit_linear_probe(bank.astype(np.float32), labels, Cs=[0.1, 10.0])
@@ -471,7 +511,7 @@ def test_linear_probe_picks_c_on_held_out_data():
     """C maximises held-out accuracy (ties: the smaller C); the final probe is refit on all of train."""
     import torch as t
 
-    from utils.training.logistic_regression import _split, train_logistic_regression
+    from utils.scores.logistic_regression import _split, train_logistic_regression
 
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 3, size=300)
@@ -625,7 +665,7 @@ def test_local_scores_are_glmcms_formulas():
         for i in range(7):
             exps = [np.exp(rows[i, t] @ text.T / temperature) for t in range(10)]
             per_token = [max(e / e.sum()) for e in exps]
-            assert local[i] == pytest.approx(max(per_token[1:]), rel=1e-6)
+            assert MCM.plain(local[i]) == pytest.approx(max(per_token[1:]), rel=1e-6)
             assert both[i] == pytest.approx(per_token[0] + lam * max(per_token[1:]), rel=1e-6)
     with pytest.raises(ValueError, match="not tokens of dimension"):
         build_score("l_mcm").fit(ind)(flat[:, :-1])

@@ -12,7 +12,9 @@ import eval_ood_detection
 import utils.evaluation.pipeline
 from tests.conftest import write_images
 from tests.test_openood import TINY, fake_cifar10
-from utils.data.loading import DataOptions, load_dataset
+from utils.data.registry import get_spec
+from utils.data.splits import DataOptions, load_dataset
+from utils.data.validation import validation_data
 from utils.errors import UserError
 from utils.evaluation import selection
 
@@ -34,9 +36,10 @@ def test_parse_grid(items, grid):
 
 @pytest.mark.parametrize(
     ("items", "message"),
-    [(["T"], "NAME=V1,V2"), (["alpha=1"], "NAME=V1,V2"), (["k=1.5"], "k takes int values"),
-     (["T=0,1"], "positive values"), (["T=nan"], "positive values"), (["T=1", "t=2"], "names temperature twice"),
-     (["k="], "positive values")],
+    [(["T"], "NAME=V1,V2"), (["alpha=1"], "NAME=V1,V2"), (["k=1.5"], "--k must be an integer, got '1.5'"),
+     (["T=0,1"], "--temperature must be a positive finite number, got 0"), (["T=nan"], "positive finite number"),
+     (["T=1", "t=2"], "names temperature twice"), (["k="], "one or more values"), (["k=0"], "between 1 and"),
+     (["lambda=-1"], "--gl-lambda must be a finite number >= 0")],
 )  # fmt: skip
 def test_parse_grid_refuses(items, message):
     with pytest.raises(UserError, match=message):
@@ -115,7 +118,7 @@ def test_holdout_is_left_out_of_the_fit(tmp_path, tiny):
     data = DataOptions(seed=3)
     exp = Experiment(EvalOptions(workers=0), "tiny", id_train=data.load("digits", "train"))
     exp.bundle, exp.cache = tiny, FeatureCache(tmp_path / "cache", "float16")
-    val = selection.validation_data("digits", data, ["digits_aux"], 0.2, [data.load("digits_ood", "test")])
+    val = validation_data(get_spec("digits"), "digits", data, ["digits_aux"], 0.2, [data.load("digits_ood", "test")])
     encoded = selection.encode_validation(exp, val, ["knn"])
     held = np.asarray(val.id_val.dataset.indices)
     labels = np.asarray([exp.id_train.dataset[int(i)][1] for i in range(630)])
@@ -136,7 +139,8 @@ def test_holdout_is_left_out_of_the_fit(tmp_path, tiny):
      (["--select", "T=1", "--select-ood", "nowhere"], "unknown dataset 'nowhere'"),
      (["--select", "k=5,600", "--select-ood", "digits_aux", "--score", "knn"],
       "--select k=600 needs at least that many training images; while choosing, scores fit on"),
-     (["--select", "k=5", "--score", "mcm"], "--select k: none of the scores mcm takes it"),
+     (["--select", "k=5", "--score", "mcm"], "--select k: none of the scores mcm reads it"),
+     (["--select", "T=1,2", "--score", "mis"], "--select temperature: none of the scores mis reads it"),
      (["--select", "T=1", "--select-ood", "digits_aux", "--select-holdout", "1.5"], "strictly between 0 and 1")],
 )  # fmt: skip
 def test_select_errors(tmp_path, capsys, extra, message):
@@ -187,14 +191,15 @@ def test_choice_prompts_with_the_given_classnames(tmp_path, monkeypatch):
 )  # fmt: skip
 def test_a_source_shared_with_a_test_set_is_refused(val, test, refused):
     """OpenOOD's copies of cifar100, textures, ... hold the images of the registry's own sets."""
-    from utils.data.loading import LoadedDataset
+    from utils.data.splits import LoadedDataset
+    from utils.data.validation import _refuse_test_sets
 
     sets = [LoadedDataset(name, split, None, None, "") for name, split in (val, test)]
     if refused:
         with pytest.raises(UserError, match=f"--select-ood {val[0]} \\({val[1]}\\) "):
-            selection._refuse_test_sets(sets[:1], sets[1:])
+            _refuse_test_sets(sets[:1], sets[1:])
     else:
-        selection._refuse_test_sets(sets[:1], sets[1:])
+        _refuse_test_sets(sets[:1], sets[1:])
 
 
 def test_ties_go_to_the_first_setting_in_grid_order(tmp_path):

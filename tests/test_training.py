@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from utils.data.loaders import Batch, make_loader
-from utils.data.loading import load_dataset
+from utils.data.splits import load_dataset
 from utils.errors import UserError
+from utils.models.checkpoint import CONTRACT_KEY, read_checkpoint
 from utils.models.loading import load_model
 from utils.prompts import TEMPLATE_SETS
-from utils.training.checkpoints import CONTRACT_KEY, read_contract, save_final
+from utils.training.checkpoints import save_final
 from utils.training.loop import grad_scaler, optimizer_steps, run_epoch, warmup_cosine
 from utils.training.methods import METHODS
 from utils.training.objectives import class_prompts, load_groups
@@ -59,16 +60,16 @@ def test_contract_supplies_what_the_method_provides_and_round_trips(method, tiny
     assert contract.method == method and contract.classnames == tuple(CLASSES)
     assert contract.logit_scale == pytest.approx(tiny.model.logit_scale.exp().item())
     save_final(tmp_path / "final.pt", tiny.model.state_dict(), contract, note="plain values only")
-    assert read_contract(str(tmp_path / "final.pt")) == contract
+    assert read_checkpoint(str(tmp_path / "final.pt")).contract == contract
     assert load_model("tiny", "none", ckpt=str(tmp_path / "final.pt")).fingerprint == tiny.fingerprint
 
 
 def test_contract_of_plain_weights_and_damaged_ones(tiny, tmp_path):
     torch.save(tiny.model.state_dict(), tmp_path / "plain.pt")
-    assert read_contract(str(tmp_path / "plain.pt")) is None and read_contract(None) is None
+    assert read_checkpoint(str(tmp_path / "plain.pt")).contract is None and read_checkpoint(None) is None
     torch.save({"state_dict": tiny.model.state_dict(), CONTRACT_KEY: {"method": "kplus1"}}, tmp_path / "bad.pt")
     with pytest.raises(UserError, match="damaged"):
-        read_contract(str(tmp_path / "bad.pt"))
+        read_checkpoint(str(tmp_path / "bad.pt"))
 
 
 class _Loader(list):
@@ -184,7 +185,7 @@ def test_contract_of_a_checkpoint_from_before_the_contract(tiny, tmp_path):
     common = {"state_dict": tiny.model.state_dict(), "classnames": CLASSES, "logit_scale": 42.0}
     torch.save({**common, "method": "kplus1", "ood_prompt": "an odd one."}, tmp_path / "kplus1.pt")
     torch.save({**common, "method": "group", "groups": groups, "others_prompt": "not a {}."}, tmp_path / "group.pt")
-    kplus1, group = read_contract(str(tmp_path / "kplus1.pt")), read_contract(str(tmp_path / "group.pt"))
+    kplus1, group = (read_checkpoint(str(tmp_path / f"{m}.pt")).contract for m in ("kplus1", "group"))
     assert kplus1.texts == {"ood_prompt_features": ("an odd one.",)} and kplus1.logit_scale == 42.0
     assert group.texts == {"others_features": ("not a round.", "not a other.")}
     assert group.values == {"groups": [["digit zero"], CLASSES[1:]]} and group.method == "group"

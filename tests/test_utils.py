@@ -75,15 +75,15 @@ def test_template_file(tmp_path):
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted(p.stem for p in ROOT.glob("*.py"))
 LAYERS = [  # each group may import only itself and the groups before it
-    {"utils.errors", "utils.arrays", "utils.atomic", "utils.device", "utils.distributed", "utils.prompts"},
+    {"utils.errors", "utils.arrays", "utils.atomic", "utils.device", "utils.distributed", "utils.prompts",
+     "utils.settings", "utils.plots"},
     {"utils.models"},
     {"utils.data"},
     {"utils.features"},
-    {"utils.training"},
     {"utils.scores"},
-    {"utils.evaluation"},
-    {"utils.cli"},
-]
+    {"utils.evaluation", "utils.training", "utils.cli"},  # side by side: none imports another (TOP)
+]  # fmt: skip
+TOP = ("utils.evaluation", "utils.training", "utils.cli")
 # Strings that equal a score's name but mean something else, and what.
 NOT_SCORE_NAMES = {
     "utils/training/methods.py": {"kplus1", "group"},  # the fine-tuning methods' own registry names
@@ -129,6 +129,17 @@ def test_nothing_under_utils_imports_upward_or_across_layers():
             continue
         higher = {m for m in imported if m in modules and (_layer(m) or 0) > own}
         assert not higher, f"{name} (layer {own}) imports {higher} from a later layer"
+
+
+def test_the_top_floor_rooms_never_import_each_other():
+    """Evaluation never imports training (the checkpoint contract lives in utils/models/checkpoint.py), training
+    never imports evaluation, and the command-line pieces import neither: only the entry scripts join them."""
+    for name, path in _modules().items():
+        own = next((room for room in TOP if name == room or name.startswith(room + ".")), None)
+        if own is None:
+            continue
+        others = {m for m in _imports(path) for room in TOP if room != own and (m == room or m.startswith(room + "."))}
+        assert not others, f"{name} imports {others}"
 
 
 def test_no_import_cycles():
@@ -178,3 +189,75 @@ def test_more_ranks_than_gpus_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(UserError, match=r"a process for GPU 1 but this machine has 1 GPU\(s\): use --nproc_per_node=1"):
         init_world(torch.device("cuda"))
+
+
+# Every declared setting's default, as the source its declaration cites gives it (a changed default fails here).
+CITED_DEFAULTS = {
+    # scores (eval_ood_detection.py)
+    "temperature": 1.0,  # MCM (Ming et al., NeurIPS 2022): T = 1
+    "gl_lambda": 1.0,  # GL-MCM's code default (its ImageNet script: 0.5)
+    "neg_groups": 100,  # NegLabel custom_config/clip.py: ngroup=100
+    "neg_words": None,  # NegLabel's WordNet pool, shipped (utils/data/resources)
+    "neg_fraction": 0.15,  # NegLabel custom_config/clip.py: neg_topk=0.15
+    "neg_percentile": 95.0,  # NegLabel custom_config/clip.py: pencentile=0.95
+    "k": None,  # KNN (Sun et al., ICML 2022): the ID set's knn_k, 50 for CIFAR-10, 1000 for ImageNet-1k
+    "pood_head": "zero_shot",  # toolkit
+    # fine-tuning methods (finetune_clip.py)
+    "ood_prompt": "a photo of an unknown object.",  # toolkit
+    "oe_weight": 0.5,  # Outlier Exposure (Hendrycks et al., ICLR 2019): λ = 0.5 for vision
+    "groups": None,  # toolkit: configs/groups/<in>.json
+    "others_prompt": "a photo of something that is not a {}.",  # toolkit
+    "n_ctx": 16,  # CoOp's scripts: NCTX=16
+    "ctx_init": "",  # CoOp: a generic, randomly initialised context
+    "locoop_lambda": 0.25,  # LoCoOp (Miyai et al., NeurIPS 2023): λ = 0.25
+    "locoop_top_k": None,  # LoCoOp: K = 200 of 1000 classes, i.e. 20 % of the classes
+    # training (finetune_clip.py; play_with_clip.py --finetune)
+    "freeze": "none", "epochs": 10, "lr": 1e-5, "weight_decay": 0.1, "batch_size": 64, "optimizer": "adamw",
+    "schedule": "cosine", "augment": "method", "warmup": 0.1, "accumulate": 1, "head_lr": 1e-3,  # toolkit
+}  # fmt: skip
+# CoOp's configs/trainers/CoOp/vit_b16_ep50.yaml and Dassl's weight decay; LoCoOp trains as CoOp does
+COOP = {"epochs": 50, "lr": 2e-3, "weight_decay": 5e-4, "batch_size": 32, "optimizer": "sgd", "schedule": "coop"}
+CITED_METHOD_DEFAULTS = {"coop": COOP, "locoop": COOP}
+
+
+def _declared() -> dict:
+    import play_with_clip
+    from utils.evaluation.inputs import score_settings
+    from utils.settings import collect
+    from utils.training.clip_finetune import TRAINING
+    from utils.training.methods import METHODS
+
+    owners = [("training", TRAINING), ("finetune", play_with_clip.FINETUNE)]
+    owners += [(name, cls.settings) for name, cls in METHODS.items()]
+    declared = {name: setting for name, (setting, _) in score_settings().items()}
+    declared.update({name: setting for name, (setting, _) in collect(owners).items()})
+    return declared
+
+
+def test_every_default_is_its_cited_value():
+    from utils.data.registry import get_spec
+    from utils.scores.knn import PAPER_K
+    from utils.training.methods import METHODS
+    from utils.training.prompt_learning import LOCOOP_TOP_K_SHARE
+
+    declared = _declared()
+    assert set(declared) == set(CITED_DEFAULTS)
+    for name, setting in declared.items():
+        assert setting.default == CITED_DEFAULTS[name], name
+        assert setting.help and setting.source, name  # says what it does and where its default comes from
+        if setting.default is not None and setting.type is not str:
+            assert setting.parse(str(setting.default)) == setting.default, name  # the default passes its own flag
+    for method, cls in METHODS.items():
+        assert cls.defaults == CITED_METHOD_DEFAULTS.get(method, {}), method
+        assert bool(cls.defaults) == bool(cls.defaults_source), method
+    assert (get_spec("cifar10").knn_k, get_spec("imagenet").knn_k, PAPER_K) == (50, 1000, 50)  # KNN's k
+    assert LOCOOP_TOP_K_SHARE == 0.2  # LoCoOp's K = 200 of 1000
+
+
+def test_a_setting_is_one_declaration():
+    from utils.settings import Setting, collect
+
+    one = Setting("t", 1.0, "a", "toolkit")
+    assert collect([("x", [one]), ("y", [one])]) == {"t": (one, ["x", "y"])}
+    with pytest.raises(TypeError, match="declared twice"):
+        collect([("x", [one]), ("y", [Setting("t", 2.0, "b", "toolkit")])])

@@ -63,7 +63,7 @@ def methods_table(out: Path, seeds: list[int], epochs: int = 30, methods: list[s
     import eval_ood_detection
     import finetune_clip
     from utils.evaluation.inputs import enabled_by
-    from utils.training.checkpoints import read_contract
+    from utils.models.checkpoint import read_checkpoint
     from utils.training.methods import METHODS
 
     rows: dict[tuple[str, str, str], dict[str, list[float]]] = {}
@@ -82,7 +82,7 @@ def methods_table(out: Path, seeds: list[int], epochs: int = 30, methods: list[s
                 result = json.loads((run / "eval" / "results.json").read_text())
             else:
                 summary = finetune_clip.main([*train, "--out-dir", str(run)])
-                own = enabled_by(read_contract(str(run / "final.pt")))
+                own = enabled_by(read_checkpoint(str(run / "final.pt")).contract)
                 result = eval_ood_detection.main(["--in", "digits", *tiny, "--seed", str(seed), "--ckpt",
                                                   str(run / "final.pt"), "--score", *TABLE_SCORES, *own, "--no-plots",
                                                   "--out-dir", str(run / "eval"), "--overwrite"])  # fmt: skip

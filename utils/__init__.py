@@ -1,5 +1,5 @@
 """The toolkit, grouped by concern; each group imports only the groups below it.
 
-leaves (errors, arrays, atomic, device, distributed, prompts) < models < data < features < training < scores
-< evaluation < cli (the entry scripts' shared flags).
+leaves (errors, arrays, atomic, device, distributed, prompts, settings, plots) < models < data < features < scores
+< evaluation | training | cli, side by side: none of the three imports another (the entry scripts join them).
 """

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import math
 import os
 import platform
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,71 +20,52 @@ from utils.device import DEVICES
 from utils.errors import UserError
 from utils.features.store import DTYPES
 from utils.models.loading import DEFAULT_MODEL, DEFAULT_PRETRAINED, list_models_with_tags
+from utils.settings import Setting, non_negative_int, positive_int
 
 T = TypeVar("T")
 PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "scikit-learn", "scikit-image", "timm")
 
 
-class _ListModels(argparse.Action):
-    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any):
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+def list_action(lines: Callable[[], Iterable[str]]) -> type[argparse.Action]:
+    """A flag that prints `lines()` (one per line) and exits, e.g. --list-models."""
 
-    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
-        print("\n".join(list_models_with_tags()))
-        parser.exit()
+    class ListAndExit(argparse.Action):
+        def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any):
+            super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
+        def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+            print("\n".join(lines()))
+            parser.exit()
 
-class _ListDatasets(argparse.Action):
-    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any):
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
-        from utils.data.registry import DATASETS
-
-        for name, spec in DATASETS.items():
-            print(f"{name:34} {'/'.join(spec.splits):16} {spec.source}")
-        parser.exit()
+    return ListAndExit
 
 
-MAX_INT = 2**31 - 1
+def _datasets() -> list[str]:
+    from utils.data.registry import DATASETS
+
+    return [f"{name:34} {'/'.join(spec.splits):16} {spec.source}" for name, spec in DATASETS.items()]
 
 
-def _bounded_int(text: str, low: int, high: int = MAX_INT) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {text}")
-    return value
+def add_settings(parser: argparse.ArgumentParser, settings: dict[str, tuple[Setting, list[str]]], title: str,
+                 overrides: dict[str, dict[str, Any]] | None = None) -> None:  # fmt: skip
+    """One flag per declared setting (utils/settings.py): its type, default and help, with the names of its readers
+    (scores or methods) in front of the help. `overrides` (setting -> {owner: value}): owners with their own default
+    (a method's paper's); such a flag defaults to None, for the caller to fill in."""
+    group = parser.add_argument_group(title)
+    for name, (setting, readers) in settings.items():
+        own = (overrides or {}).get(name, {})
+        extra = {"nargs": setting.nargs, "metavar": setting.metavar, "choices": setting.choices}
+        help_text = setting.help_text(_short(readers))
+        if own:
+            help_text = help_text[:-1] + f"; {', '.join(f'{owner}: {value}' for owner, value in own.items())})"
+        group.add_argument(setting.flag, dest=name, type=setting.type, default=None if own else setting.default,
+                           help=help_text, **{k: v for k, v in extra.items() if v})  # fmt: skip
 
 
-def positive_int(text: str) -> int:
-    return _bounded_int(text, 1)
-
-
-def non_negative_int(text: str) -> int:
-    return _bounded_int(text, 0)
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+def _short(readers: list[str]) -> list[str]:
+    """Reader names for a help text: pytorch-ood's many detectors as one `pood:*` entry."""
+    pood = [r for r in readers if r.startswith("pood:")]
+    return [r for r in readers if r not in pood] + (["pood:*" if len(pood) > 2 else ", ".join(pood)] if pood else [])
 
 
 def check_writable_dir(path: str | Path, flag: str) -> None:
@@ -124,13 +104,16 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model-cache-dir", default=None, help="where downloaded weights live (default: the Hugging Face hub cache)"
     )
-    group.add_argument("--list-models", action=_ListModels, help="print every architecture and its tags, then exit")
+    group.add_argument("--list-models", action=list_action(list_models_with_tags),
+                       help="print every architecture and its tags, then exit")  # fmt: skip
 
 
-def add_data_args(parser: argparse.ArgumentParser) -> None:
+def add_data_args(parser: argparse.ArgumentParser, batch_size: bool = True) -> None:
+    """--data-root and the other data and feature-cache flags (`batch_size`: with --batch-size, images per forward
+    pass; a script that trains declares its own)."""
     group = parser.add_argument_group("data and features")
     group.add_argument("--data-root", default="./data", help="folder holding the datasets (default: ./data)")
-    group.add_argument("--list-datasets", action=_ListDatasets,
+    group.add_argument("--list-datasets", action=list_action(_datasets),
                        help="print every registered dataset, its splits and where to get it, then exit")  # fmt: skip
     group.add_argument(
         "--download",
@@ -151,7 +134,10 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--shots", type=positive_int, default=None, metavar="K",
                        help="few-shot protocols: K seeded images per class of the ID train split (1, 2, 4, 8, 16 in "
                             "the papers; a class with fewer keeps all) (default: all)")  # fmt: skip
-    group.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default: 256)")
+    if batch_size:
+        group.add_argument(
+            "--batch-size", type=positive_int, default=256, help="images per forward pass (default: 256)"
+        )
     group.add_argument(
         "--workers",
         type=non_negative_int,

@@ -10,7 +10,7 @@ import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from utils.data.folder import ImageFiles
-from utils.data.loading import LoadedDataset, dataset_identity
+from utils.data.splits import LoadedDataset, dataset_identity
 from utils.errors import UserError
 
 
@@ -60,4 +60,4 @@ def full_spectrum(id_test: LoadedDataset, shifted: Sequence[LoadedDataset]) -> L
     parts = [id_test.dataset, *(in_id_space(data, ids) for data in shifted)]
     joined = ConcatDataset(parts)
     identity = f"{id_test.identity}|shifted:{'+'.join(d.name for d in shifted)}|{dataset_identity(joined)}"
-    return LoadedDataset(id_test.name, id_test.split, joined, id_test.classnames, identity)
+    return LoadedDataset(id_test.name, id_test.split, joined, id_test.classnames, identity, id_test.spec)

@@ -45,10 +45,11 @@ def _registered_classes(name: str) -> set[str]:
 
 def _id_splits(id_data: LoadedDataset, root: str | Path) -> list[LoadedDataset]:
     splits = [id_data]
-    for split in get_spec(id_data.name).splits:
+    spec = id_data.spec or get_spec(id_data.name)
+    for split in spec.splits:
         if split != id_data.split:
             try:
-                splits.append(load_dataset(id_data.name, split, root, download=False))
+                splits.append(load_dataset(id_data.name, split, root, download=False, spec=spec))
             except UserError:  # that split is not on disk: nothing of it can be in the pool
                 pass
     return splits

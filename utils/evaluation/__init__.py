@@ -1,1 +1,1 @@
-"""Evaluation: the pipeline (plan, encode, score, measure), score inputs, metrics, reports and figures."""
+"""Evaluation: the pipeline (plan, encode, score, measure), score inputs and settings, selection, metrics, reports."""

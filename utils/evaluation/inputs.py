@@ -1,10 +1,11 @@
-"""What a run supplies to scores, one resolver per input name.
+"""What a run supplies to scores, one resolver per input name, and the registry of the scores' settings.
 
-A score declares the InDistribution fields it fits on (`needs`) and its constructor inputs (`inputs`); each name
-is resolved here. A resolver says why its input cannot be had in this run (`missing`: the score is skipped under
-`--score all`, an error when named), checks what it can before any image is encoded (`check`), and builds the
-value once the features exist (`resolve`). Names without a resolver come from the fine-tuned checkpoint's
-ScoreContract, so a fine-tuning method with its own score needs no new resolver.
+A score declares the InDistribution fields it fits on (`needs`), its constructor inputs (`inputs`) and its settings
+(`settings`); each name is resolved here. A resolver says why its input cannot be had in this run (`missing`: the
+score is skipped under `--score all`, an error when named), checks what it can before any image is encoded
+(`check`), builds the value once the features exist (`resolve`) and names the settings it reads (`settings`). A
+setting is the run's value of it unless a resolver says more (KNN's k: the ID set's default); any other name comes
+from the fine-tuned checkpoint's ScoreContract, so a fine-tuning method with its own score needs no new resolver.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.data.loading import LoadedDataset
-from utils.data.registry import get_spec
+from utils.data.splits import LoadedDataset
 from utils.data.words import PARTS_OF_SPEECH, load_words
 from utils.distributed import World
 from utils.errors import UserError
@@ -24,12 +24,23 @@ from utils.evaluation.options import EvalOptions
 from utils.features.store import CachedFeatures, FeatureCache
 from utils.features.text import learned_context, text_embeddings
 from utils.models import CLIP_LOGIT_SCALE
+from utils.models.checkpoint import ScoreContract
 from utils.models.loading import ModelBundle, has_patch_tokens, has_text_encoder
 from utils.models.logits import zero_shot_logit_scale
 from utils.prompts import NEGLABEL_PROMPTS, template_text
-from utils.scores import SCORES, Head, NegativeLabels, mine_negative_labels, needs_text
-from utils.training.checkpoints import ScoreContract
-from utils.training.methods import METHODS
+from utils.scores import (
+    NEG_FRACTION,
+    NEG_PERCENTILE,
+    NEG_WORDS,
+    POOD_HEAD,
+    SCORES,
+    Head,
+    K,
+    NegativeLabels,
+    mine_negative_labels,
+    needs_text,
+)
+from utils.settings import Setting, collect
 
 
 @dataclass
@@ -75,6 +86,7 @@ class Resolver:
     missing: Missing = lambda exp: None  # why this input cannot be had in this run; None if it can
     uses_train: bool | Callable[[EvalOptions], bool] = False  # reads the ID train split (its features or labels),
     # always or under these options: the run loads and encodes it
+    settings: tuple[Setting, ...] = ()  # the settings it reads
 
 
 def _image_only(exp: Experiment) -> str | None:
@@ -96,7 +108,7 @@ def _check_train(exp: Experiment) -> None:
 
 
 def _ks(exp: Experiment) -> list[int]:
-    return sorted(set(exp.options.k or [get_spec(exp.id_test.name).knn_k]))
+    return sorted(set(exp.options.value(K) or [exp.id_test.spec.knn_k]))
 
 
 def _check_ks(exp: Experiment) -> None:
@@ -121,24 +133,25 @@ def _ood_class_names(exp: Experiment, encoded: Encoded) -> PerSet:
 
 def _check_words_and_names(exp: Experiment) -> None:
     _check_classnames(exp)
-    load_words(exp.options.neg_words)  # a missing or empty list fails now, not after extraction
+    load_words(exp.options.value(NEG_WORDS))  # a missing or empty list fails now, not after extraction
 
 
 def _negative_labels(exp: Experiment, encoded: Encoded) -> NegativeLabels:
     """NegLabel's mining as released: ID labels and nouns as "the nice {}", adjectives as "This is a {} photo"; the
-    lowest 15 % of each part of speech by 95th-percentile similarity to the ID labels; nouns first. With a learned
-    prompt context (--ckpt of coop/locoop), the ID labels are its prompts."""
+    lowest share (--neg-fraction) of each part of speech by a percentile (--neg-percentile) of its similarities to the
+    ID labels; nouns first. With a learned prompt context (--ckpt of coop/locoop), the ID labels are its prompts."""
     learned = learned_context(exp.options.templates) is not None
     id_features = text_embeddings(exp.bundle, exp.id_test.classnames,
                                   exp.options.templates if learned else NEGLABEL_PROMPTS["noun"])  # fmt: skip
-    pool = load_words(exp.options.neg_words)
+    pool = load_words(exp.options.value(NEG_WORDS))
+    share, percentile = exp.options.value(NEG_FRACTION), exp.options.value(NEG_PERCENTILE)
     picked_words, picked = [], []
     for pos in PARTS_OF_SPEECH:
         words = [word for word, tag in pool if tag == pos]
         if not words:
             continue
         candidates = text_embeddings(exp.bundle, words, NEGLABEL_PROMPTS[pos], exp.cache)  # cached per word list
-        rows = mine_negative_labels(candidates, id_features)  # the paper's rule: its defaults
+        rows = mine_negative_labels(candidates, id_features, share, percentile)
         picked_words += [f"{words[i]}\t{pos}" for i in rows]
         picked.append(candidates[rows])
     exp.artifacts["neglabel_words"] = picked_words
@@ -157,7 +170,7 @@ def _logit_scale(exp: Experiment) -> float:
 def _pood_head(exp: Experiment, encoded: Encoded) -> Head:
     """The head pytorch-ood's detectors read: the zero-shot classifier (the run's class prompts at the label-mass
     scores' scale, 100 for CLIP, plus a SigLIP model's bias), or the linear probe of the lp_* scores (--pood-head)."""
-    if exp.options.pood_head == "probe":
+    if exp.options.value(POOD_HEAD) == "probe":
         return Head.probe(encoded.id_train.features, encoded.id_train.labels)
     text = encoded.text if encoded.text is not None else text_embeddings(exp.bundle, exp.id_test.classnames,
                                                                          exp.options.templates)  # fmt: skip
@@ -166,14 +179,14 @@ def _pood_head(exp: Experiment, encoded: Encoded) -> Head:
 
 
 def _check_pood_head(exp: Experiment) -> None:
-    if exp.options.pood_head == "probe":
+    if exp.options.value(POOD_HEAD) == "probe":
         _check_train(exp)
     else:
         _check_classnames(exp)
 
 
 def _pood_head_missing(exp: Experiment) -> str | None:
-    if exp.options.pood_head == "probe" or has_text_encoder(exp.model_name):
+    if exp.options.value(POOD_HEAD) == "probe" or has_text_encoder(exp.model_name):
         return None
     return (f"reads the zero-shot head (--pood-head zero_shot), which needs a text encoder; {exp.model_name} is "
             f"image-only: --pood-head probe reads the linear probe instead")  # fmt: skip
@@ -186,19 +199,49 @@ RESOLVERS: dict[str, Resolver] = {
     "train_labels": Resolver(lambda exp, enc: enc.id_train.labels, check=_check_train, uses_train=True),
     # constructor inputs (`inputs`)
     "classnames": Resolver(lambda exp, enc: list(exp.id_test.classnames), check=_check_classnames),
-    "temperature": Resolver(lambda exp, enc: exp.options.temperature),
-    "gl_lambda": Resolver(lambda exp, enc: exp.options.gl_lambda),
     "seed": Resolver(lambda exp, enc: exp.options.seed),
     "device": Resolver(lambda exp, enc: exp.bundle.device),
-    "k": Resolver(lambda exp, enc: _ks(exp), check=_check_ks, uses_train=True),
     "ood_text_features": Resolver(_ood_class_names),
-    "negative_labels": Resolver(_negative_labels, check=_check_words_and_names, missing=_image_only),
-    "neg_groups": Resolver(lambda exp, enc: exp.options.neg_groups),
+    "negative_labels": Resolver(
+        _negative_labels,
+        check=_check_words_and_names,
+        missing=_image_only,
+        settings=(NEG_WORDS, NEG_FRACTION, NEG_PERCENTILE),
+    ),
     "logit_scale": Resolver(lambda exp, enc: _logit_scale(exp)),
     "head": Resolver(
-        _pood_head, check=_check_pood_head, missing=_pood_head_missing, uses_train=lambda o: o.pood_head == "probe"
+        _pood_head,
+        check=_check_pood_head,
+        missing=_pood_head_missing,
+        settings=(POOD_HEAD,),
+        uses_train=lambda options: options.value(POOD_HEAD) == "probe",
     ),
+    # a setting with more to it than the run's value: KNN's k defaults to the ID set's and must fit its train split
+    "k": Resolver(lambda exp, enc: _ks(exp), check=_check_ks, uses_train=True),
 }
+
+
+def requirements(score: str) -> tuple[str, ...]:
+    """Every name a score needs from the run: its InDistribution fields, then its constructor arguments."""
+    return (*SCORES[score].needs, *SCORES[score].arguments())
+
+
+def settings_read(score: str) -> tuple[Setting, ...]:
+    """Every setting `score` reads: its own, then those the resolvers of its inputs read."""
+    found = list(SCORES[score].settings)
+    for name in requirements(score):
+        found += [s for s in getattr(RESOLVERS.get(name), "settings", ()) if s not in found]
+    return tuple(found)
+
+
+def score_settings() -> dict[str, tuple[Setting, list[str]]]:
+    """name -> (the setting, the scores that read it), over the registry as it stands: what eval_ood_detection.py's
+    flags, EvalOptions.settings and --select's grids are made from."""
+    return collect((name, settings_read(name)) for name in SCORES)
+
+
+def _setting(setting: Setting) -> Resolver:
+    return Resolver(lambda exp, enc: exp.options.value(setting))
 
 
 def _check_templates(exp: Experiment) -> None:
@@ -217,7 +260,7 @@ def _from_checkpoint(name: str) -> Resolver:
     def missing(exp: Experiment) -> str | None:
         if exp.contract is not None and name in exp.contract.inputs:
             return None
-        methods = [m for m, objective in METHODS.items() if name in objective.provides]
+        methods = [cls.supplied_by for cls in SCORES.values() if name in cls.inputs and cls.supplied_by]
         source = " or ".join(f"finetune_clip.py --method {m}" for m in methods) or "a fine-tuning method"
         given = "" if exp.contract is None else f" (the --ckpt given was trained with --method {exp.contract.method})"
         return f"needs {name}, which a checkpoint of {source} supplies: pass one with --ckpt{given}"
@@ -232,12 +275,10 @@ def _from_checkpoint(name: str) -> Resolver:
 
 
 def resolver(name: str) -> Resolver:
-    return RESOLVERS.get(name) or _from_checkpoint(name)
-
-
-def requirements(score: str) -> tuple[str, ...]:
-    """Every name a score needs from the run: its InDistribution fields, then its constructor inputs."""
-    return (*SCORES[score].needs, *SCORES[score].inputs)
+    if name in RESOLVERS:
+        return RESOLVERS[name]
+    declared = score_settings()
+    return _setting(declared[name][0]) if name in declared else _from_checkpoint(name)
 
 
 def needs_train(scores: Sequence[str], options: EvalOptions) -> bool:
@@ -262,4 +303,8 @@ def check(scores: Sequence[str], exp: Experiment) -> None:
 def enabled_by(contract: ScoreContract | None) -> list[str]:
     """The scores that run only with a fine-tuned checkpoint's inputs, and that this checkpoint can feed."""
     supplied = contract.inputs if contract else set()
-    return [name for name in SCORES if (own := set(requirements(name)) - set(RESOLVERS)) and own <= supplied]
+    return [
+        name
+        for name in SCORES
+        if (own := set(requirements(name)) - {*RESOLVERS, *score_settings()}) and own <= supplied
+    ]

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from utils.prompts import TEMPLATE_SETS, Template
+from utils.settings import Setting
 
 
 @dataclass
 class EvalOptions:
+    """The run's own options, and the scores' settings by name (declared on the scores: utils/settings.py)."""
+
     templates: Sequence[Template] = TEMPLATE_SETS["single"]
-    temperature: float = 1.0
-    gl_lambda: float = 1.0  # GL-MCM's weight of the local term (its code's default; its ImageNet script: 0.5)
-    k: Sequence[int] | None = None  # KNN's k values; None: the ID dataset's default
     batch_size: int = 256
     workers: int = 4
     bootstrap: int = 0
     seed: int = 0
-    neg_words: str | None = None  # candidate labels of negative-label scores; None: the shipped WordNet pool
     extra_metrics: Sequence[str] = ()  # EXTRA_METRICS names (one codebase's definitions)
-    neg_groups: int = 100  # NegLabel's random groups of negatives (the release: 100; 1 = ungrouped)
-    pood_head: str = "zero_shot"  # the head pytorch-ood's detectors read: zero_shot (CLIP's) or probe (lp_*'s)
+    settings: dict[str, Any] = field(default_factory=dict)  # e.g. {"temperature": 0.5, "k": [10]}; absent: default
+
+    def value(self, setting: Setting) -> Any:
+        """The run's value of `setting`: given, else its declared default."""
+        return self.settings.get(setting.name, setting.default)
+
+    def with_settings(self, values: dict[str, Any]) -> EvalOptions:
+        """These options with some settings changed (a --select choice)."""
+        return replace(self, settings={**self.settings, **values})

@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from utils.arrays import as_array
-from utils.data.loading import DataOptions, LoadedDataset
-from utils.data.registry import get_spec
+from utils.data.splits import LoadedDataset
 from utils.errors import UserError
 from utils.evaluation.classification import top1
 from utils.evaluation.inputs import Encoded, Experiment, PerSet, needs_train, requirements, resolver, unavailable
 from utils.evaluation.metrics import bootstrap_intervals, ood_metrics
-from utils.features.images import DEFAULT_VIEW, first_token, image_features
+from utils.features.images import DEFAULT_VIEW, VIEWS, image_features, view_sources
 from utils.features.store import CachedFeatures
 from utils.features.text import text_embeddings
 from utils.scores import SCORES, InDistribution, Score, canonical, resolve_scores
@@ -67,41 +66,6 @@ def plan(requested: Sequence[str], exp: Experiment) -> list[str]:
     return runnable
 
 
-def resolve_ood_sets(
-    id_name: str, requested: Sequence[str] | None, data: DataOptions, resize: bool = True,
-    splits: dict[str, str] | None = None,
-) -> list[LoadedDataset]:  # fmt: skip
-    """OOD test sets: those named (each must be available) or the ID set's defaults (missing ones skipped), prepared
-    as the ID benchmark's protocol says (CIFAR: SVHN's first 1,000 per class; every image 32 x 32 unless `resize`
-    is off). `splits` reads another split of a set (MCM's ImageNet-20 protocol: ImageNet-10's train split)."""
-    protocol = get_spec(id_name).ood_protocol
-    size = protocol.resolution if resize else None
-    names = list(requested) if requested else [n for n in get_spec(id_name).ood if n != id_name]
-    if not names:
-        raise UserError(f"'{id_name}' has no default OOD sets; name some with --out")
-    for name in names:
-        get_spec(name)  # unknown names fail before any download starts
-    stray = sorted(set(splits or {}) - set(names))
-    if stray:
-        raise UserError(f"--ood-split names {', '.join(stray)}, which is not among the OOD sets ({', '.join(names)})")
-    loaded = []
-    for name in names:
-        try:
-            split = (splits or {}).get(name, "test")
-            loaded.append(data.load(name, split, resize=size, per_class=protocol.per_class.get(name)))
-        except UserError as err:
-            if requested:
-                raise
-            reason = " ".join(line.strip() for line in str(err).splitlines())
-            print(f"skipping default OOD set {name}: {reason}", file=sys.stderr)
-    if not loaded:
-        raise UserError(
-            f"none of the default OOD sets of '{id_name}' ({', '.join(names)}) is available under "
-            f"{data.root}; get one (see the lines above) or name a folder with --out folder:PATH"
-        )
-    return loaded
-
-
 def encode(exp: Experiment, scores: Sequence[str]) -> Encoded:
     """Image features of every dataset in every view the scores use (ID train only if a score fits on it), and the
     ID class-prompt embeddings if a score compares with them. Under torchrun every rank must call this."""
@@ -110,11 +74,15 @@ def encode(exp: Experiment, scores: Sequence[str]) -> Encoded:
     def features(data: LoadedDataset, view: str = DEFAULT_VIEW):
         return image_features(exp.bundle, data, exp.cache, options.batch_size, options.workers, exp.world, view)
 
+    sources = view_sources(views)
+
     def every_view(data: LoadedDataset) -> dict[str, CachedFeatures]:
-        """The global rows are the local view's first token: a set needing both is encoded once."""
-        encoded = {view: features(data, view) for view in views if view != DEFAULT_VIEW or "local" not in views}
-        if DEFAULT_VIEW in views and "local" in views:
-            encoded[DEFAULT_VIEW] = first_token(encoded["local"], exp.bundle.embed_dim)
+        """Each view encoded once, or read out of a view that holds it (the global rows are the local view's first
+        token): a set that needs both goes through the model once."""
+        encoded = {view: features(data, view) for view in views if sources[view] == view}
+        for view, source in sources.items():
+            if source != view:
+                encoded[view] = VIEWS[view].within[source](encoded[source], exp.bundle)
         return encoded
 
     id_train = features(exp.id_train) if needs_train(scores, options) else None
@@ -146,7 +114,7 @@ def _build(name: str, exp: Experiment, encoded: Encoded, resolved: dict, shared:
             resolved[need] = resolver(need).resolve(exp, encoded)
             exp.notes[before:] = [f"{name}: {note}" for note in exp.notes[before:]]
     ind = InDistribution(**{need: resolved[need] for need in cls.needs}, shared=shared.setdefault(cls.view, {}))
-    kwargs = {i: resolved[i] for i in cls.inputs}
+    kwargs = {i: resolved[i] for i in cls.arguments()}
     sweep = kwargs.pop(cls.sweep_over) if cls.sweep_over else None
     if sweep is not None:
         kwargs[cls.sweep_over] = max(sweep)

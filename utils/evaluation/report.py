@@ -12,7 +12,8 @@ import numpy as np
 from utils.atomic import atomic_path, write_json
 from utils.evaluation.metrics import METRICS
 from utils.evaluation.pipeline import Evaluation
-from utils.evaluation.plots import roc_curves, save_figure, score_histograms
+from utils.plots import save_figure
+from utils.plots.ood import roc_curves, score_histograms
 
 AVERAGE = "average"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from utils.data.loaders import make_loader, sample_name
-from utils.data.loading import LoadedDataset
 from utils.data.raw import decode_batch, make_raw_loader
+from utils.data.splits import LoadedDataset
 from utils.device import autocast, precision_tag
 from utils.distributed import World
 from utils.errors import UserError
@@ -32,13 +32,18 @@ SHOW_FAILURES = 5
 DEFAULT_VIEW = "global"
 
 
+Reader = Callable[[CachedFeatures, ModelBundle], CachedFeatures]
+
+
 @dataclass(frozen=True)
 class View:
-    """One kind of image feature: how a batch is encoded into rows of `tokens` embeddings, each L2-normalised."""
+    """One kind of image feature: how a batch is encoded into rows of `tokens` embeddings, each L2-normalised;
+    `within`: the views that hold this one, and how it is read out of them (no second pass through the model)."""
 
     encode: Callable[[ModelBundle, torch.Tensor], torch.Tensor]  # (bundle, images) -> [B, tokens, D], unnormalised
     tokens: Callable[[ModelBundle], int]
     description: str
+    within: dict[str, Reader] = field(default_factory=dict)
 
     def dim(self, bundle: ModelBundle) -> int:
         return self.tokens(bundle) * bundle.embed_dim
@@ -49,11 +54,20 @@ def _global_and_local(bundle: ModelBundle, images: torch.Tensor) -> torch.Tensor
     return torch.cat([pooled[:, None], patches], dim=1)
 
 
+def first_token(entry: CachedFeatures, dim: int) -> CachedFeatures:
+    """The first token of every row of a multi-token view (the local view's global embedding), in memory."""
+    rows = np.empty((len(entry.features), dim), dtype=entry.features.dtype)
+    for start in range(0, len(rows), 65536):
+        rows[start : start + 65536] = entry.features[start : start + 65536, :dim]
+    return CachedFeatures(rows, entry.labels, entry.index, entry.meta)
+
+
 VIEWS: dict[str, View] = {
     DEFAULT_VIEW: View(
         encode=lambda bundle, images: bundle.model.encode_image(images)[:, None],
         tokens=lambda bundle: 1,
         description="the pooled, projected image embedding (CLIP's image feature)",
+        within={"local": lambda entry, bundle: first_token(entry, bundle.embed_dim)},
     ),
     "local": View(
         encode=_global_and_local,
@@ -61,6 +75,11 @@ VIEWS: dict[str, View] = {
         description="the global embedding, then every projected patch token (GL-MCM's value path of the last block)",
     ),
 }
+
+
+def view_sources(views: list[str]) -> dict[str, str]:
+    """For each of `views`, the view that is encoded to get it: itself, or one of `views` that holds it."""
+    return {view: next((held for held in VIEWS[view].within if held in views), view) for view in views}
 
 
 def get_view(name: str) -> View:
@@ -202,14 +221,6 @@ def _encode(bundle: ModelBundle, encoder: View, data: LoadedDataset, shard: Shar
                 out = F.normalize(out.float(), dim=-1).flatten(1).cpu().numpy()  # each token normalised
                 shard.write(batch.indices, out, batch.labels, count, skipped)
             bar.update(count)
-
-
-def first_token(entry: CachedFeatures, dim: int) -> CachedFeatures:
-    """The first token of every row of a multi-token view (the local view's global embedding), in memory."""
-    rows = np.empty((len(entry.features), dim), dtype=entry.features.dtype)
-    for start in range(0, len(rows), 65536):
-        rows[start : start + 65536] = entry.features[start : start + 65536, :dim]
-    return CachedFeatures(rows, entry.labels, entry.index, entry.meta)
 
 
 def image_features(

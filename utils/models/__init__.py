@@ -1,4 +1,4 @@
-"""Models: loading CLIP and timm backbones, weights on disk, shipped configs; the one CLIP_LOGIT_SCALE.
+"""Models: loading CLIP and timm backbones, checkpoints read once, weights on disk, shipped configs; CLIP_LOGIT_SCALE.
 
 Import the modules directly (utils.models.loading, ...): this package stays light, so that scores can use its
 constant without importing open_clip.

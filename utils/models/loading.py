@@ -15,6 +15,7 @@ import open_clip
 import torch
 
 from utils.errors import UserError
+from utils.models.checkpoint import Checkpoint, read_checkpoint
 from utils.models.folders import check_name, folder_model_config, folder_tokenizer, is_folder_name, resolve
 from utils.models.weights import (
     check_fits,
@@ -210,8 +211,35 @@ def _open_clip_source(name: str, tag: str | None, ckpt: str | None, cache_dir: s
     return _Source(name, _tag_overrides(name, tag), weights_file, tokenizer, open_clip.get_model_config(name))
 
 
-def _load_open_clip(name: str, tag: str | None, ckpt: str | None, cache_dir: str | None) -> dict[str, Any]:
-    source = _open_clip_source(name, tag, ckpt, cache_dir)
+def load_open_clip_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """open_clip.load_checkpoint's conversions and strict load, on weights already read (it would read the file
+    again): third-party layouts, the old text-tower layout, scalar logit scale and bias, positional embeddings."""
+    from open_clip.factory import (
+        convert_state_dict,
+        convert_to_custom_text_state_dict,
+        resize_pos_embed,
+        resize_text_pos_embed,
+    )
+
+    state = convert_state_dict(model, dict(state))
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    for key in ("logit_scale", "logit_bias"):
+        own = getattr(model, key, None)
+        if key in state and own is not None and own.ndim != state[key].ndim:
+            state[key] = state[key].reshape(own.shape)
+    if "logit_bias" not in state and getattr(model, "logit_bias", None) is not None:
+        state["logit_bias"] = torch.zeros_like(state["logit_scale"])
+    position_ids = "text.transformer.embeddings.position_ids"
+    if position_ids in state and not hasattr(model, position_ids):
+        del state[position_ids]
+    resize_pos_embed(state, model)
+    resize_text_pos_embed(state, model)
+    model.load_state_dict(state, strict=True)
+
+
+def _load_open_clip(name: str, tag: str | None, ckpt: Checkpoint | None, cache_dir: str | None) -> dict[str, Any]:
+    source = _open_clip_source(name, tag, ckpt and ckpt.path, cache_dir)
     try:
         with quiet_root_logger():  # open_clip warns "initialized randomly"; the weights are loaded just below
             # pretrained_text=False: never fetch a Hugging Face text tower's base weights behind the user's back;
@@ -229,10 +257,11 @@ def _load_open_clip(name: str, tag: str | None, ckpt: str | None, cache_dir: str
             raise
         raise UserError(f"open_clip cannot build {name} from its open_clip_config.json: {err}") from err
     if path := source.weights:
-        # readable, nothing but tensors, and of this architecture's shapes, before open_clip converts and loads it
-        check_fits(read_state_dict(path), model, path, name)
-        load_into(lambda: open_clip.load_checkpoint(model, path, strict=True, weights_only=True), path, name)
-    weights = ckpt or (path if is_folder_name(name) else tag) or "random"
+        # readable, nothing but tensors, and of this architecture's shapes, before open_clip's conversions load it
+        state = ckpt.state_dict if ckpt else read_state_dict(path)
+        check_fits(state, model, path, name)
+        load_into(lambda: load_open_clip_state(model, state), path, name)
+    weights = (ckpt and ckpt.path) or (path if is_folder_name(name) else tag) or "random"
     return {"model": model, "preprocess": preprocess, "tokenizer": tokenizer, "weights": weights,
             "embed_dim": source.config["embed_dim"], "train_preprocess": train_preprocess}  # fmt: skip
 
@@ -240,14 +269,17 @@ def _load_open_clip(name: str, tag: str | None, ckpt: str | None, cache_dir: str
 def load_model(
     name: str = DEFAULT_MODEL,
     pretrained: str | None = DEFAULT_PRETRAINED,
-    ckpt: str | None = None,
+    ckpt: str | Checkpoint | None = None,
     device: torch.device | str = "cpu",
     cache_dir: str | None = None,
     seed: int = 0,
 ) -> ModelBundle:
     """An open_clip model (a built-in name, `hf-hub:org/repo` or `local-dir:FOLDER`) or `timm:NAME` backbone, with
-    weights from `ckpt`, else the tag (a folder's own weights), else seeded random init."""
+    weights from `ckpt` (a path, or a Checkpoint already read), else the tag (a folder's own weights), else seeded
+    random init."""
     check_model_name(name)
+    if isinstance(ckpt, str):
+        ckpt = read_checkpoint(ckpt)
     tag = None if (pretrained or "").lower() in NO_WEIGHTS else pretrained
     # Seeded random init (--pretrained none) is reproducible, so its features cache too; the caller's RNG is untouched.
     with torch.random.fork_rng(devices=[]):

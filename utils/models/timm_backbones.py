@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from timm.data import create_transform, resolve_data_config
 
 from utils.errors import UserError
-from utils.models.weights import ensure_can_download, hub_cached_file, load_into, quiet_root_logger, read_state_dict
+from utils.models.checkpoint import Checkpoint
+from utils.models.weights import ensure_can_download, hub_cached_file, load_into, quiet_root_logger
 
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -37,7 +38,7 @@ def _pretrained_file(arch: str, cache_dir: str | None) -> str | None:
     return found
 
 
-def load_timm(arch: str, tag: str | None, ckpt: str | None, cache_dir: str | None) -> dict:
+def load_timm(arch: str, tag: str | None, ckpt: Checkpoint | None, cache_dir: str | None) -> dict:
     """The ModelBundle fields of a timm backbone; any tag other than none means timm's pretrained weights."""
     if not timm.is_model(arch):
         raise UserError(
@@ -54,15 +55,15 @@ def load_timm(arch: str, tag: str | None, ckpt: str | None, cache_dir: str | Non
     except Exception as err:
         raise UserError(f"could not build timm model '{arch}' with pretrained={pretrained}: {err}") from err
     if ckpt:
-        state = {k: v for k, v in read_state_dict(ckpt).items() if not k.startswith(("head.", "fc.", "classifier."))}
+        state = {k: v for k, v in ckpt.state_dict.items() if not k.startswith(("head.", "fc.", "classifier."))}
         state = {k.removeprefix("net."): v for k, v in state.items()}
-        load_into(lambda: net.load_state_dict(state, strict=True), ckpt, arch)
+        load_into(lambda: net.load_state_dict(state, strict=True), ckpt.path, arch)
     config = resolve_data_config({}, model=net)
     return {
         "model": ImageOnly(net),
         "preprocess": create_transform(**config),
         "train_preprocess": create_transform(**config, is_training=True),
         "tokenizer": None,
-        "weights": ckpt or (f"timm:{arch} pretrained" if pretrained else "random"),
+        "weights": ckpt.path if ckpt else f"timm:{arch} pretrained" if pretrained else "random",
         "embed_dim": net.num_features,
     }

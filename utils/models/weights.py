@@ -69,20 +69,17 @@ def _first_lines(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Tensors from a .safetensors file or a torch file read with weights_only=True (nothing is unpickled).
-
-    A dict with a `state_dict` entry (this project's checkpoints) gives that entry; a `module.` prefix is dropped.
-    """
+def read_file(path: str) -> object:
+    """What a weights file holds: a .safetensors file's tensors, or a torch file read with weights_only=True (nothing
+    is unpickled). A missing or unreadable file is one UserError."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint file not found: {path}")
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
 
-            state = load_file(path, device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(path, device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise UserError(
             f"{path} is not a plain weights file (it holds pickled Python objects, which are never unpickled "
@@ -90,6 +87,12 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         ) from err
     except Exception as err:
         raise UserError(f"{path} cannot be read as a weights file: {_first_lines(err)}") from err
+
+
+def state_dict_of(saved: object, path: str) -> dict[str, torch.Tensor]:
+    """The name -> tensor mapping in what a weights file held: a dict's `state_dict` entry (this project's
+    checkpoints) or the dict itself; a `module.` prefix is dropped."""
+    state = saved
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -97,6 +100,11 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file (read_file, then state_dict_of)."""
+    return state_dict_of(read_file(path), path)
 
 
 def check_fits(state: dict[str, torch.Tensor], model: torch.nn.Module, path: str, name: str) -> None:

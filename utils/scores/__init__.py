@@ -4,8 +4,9 @@ from utils.scores import SCORES, InDistribution, build_score
 knn = build_score("knn", k=50).fit(InDistribution(train_features=F, train_labels=y))
 s = knn(test_features)
 
-Each score class declares what it needs (see Score): a run supplies it by name, so adding a score touches its own
-file, this registry and, for a new kind of input, one resolver in utils/evaluation/inputs.py.
+Each score class declares what it needs and its settings (see Score): a run supplies them by name and derives the
+flags from the declarations, so adding a score touches its own file, this registry and, for a new kind of input
+(not a setting), one resolver in utils/evaluation/inputs.py.
 """
 
 from __future__ import annotations
@@ -14,12 +15,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from utils.scores.base import InDistribution, Score
-from utils.scores.knn import KNN
-from utils.scores.label_mass import GroupOthers, KPlusOne, NegativeLabels, NegLabel, Oracle, mine_negative_labels
+from utils.scores.knn import KNN, K
+from utils.scores.label_mass import (
+    NEG_FRACTION,
+    NEG_PERCENTILE,
+    NEG_WORDS,
+    GroupOthers,
+    KPlusOne,
+    NegativeLabels,
+    NegLabel,
+    Oracle,
+    mine_negative_labels,
+)
 from utils.scores.linear_probe import ProbeEnergy, ProbeMaxLogit, ProbeMSP
 from utils.scores.local import GLMCM, LocalMCM
 from utils.scores.mahalanobis import Mahalanobis, RelativeMahalanobis
-from utils.scores.pood import HEADS, POOD_SCORES, POOD_UNAVAILABLE, Head
+from utils.scores.pood import HEADS, POOD_HEAD, POOD_SCORES, POOD_UNAVAILABLE, Head
 from utils.scores.zero_shot import MCM, Energy, MaxLogit, NegEntropy, SoftmaxVariance, ZeroShotScore
 
 SCORES: dict[str, type[Score]] = {
@@ -38,8 +49,8 @@ SCORES: dict[str, type[Score]] = {
     "lp_msp": ProbeMSP,
     "lp_energy": ProbeEnergy,
     "lp_maxlogit": ProbeMaxLogit,
-    "kplus1": KPlusOne,  # its inputs come from a checkpoint of finetune_clip.py --method kplus1
-    "group": GroupOthers,  # its inputs come from a checkpoint of finetune_clip.py --method group
+    "kplus1": KPlusOne,  # its own inputs come from a checkpoint (supplied_by)
+    "group": GroupOthers,
     **POOD_SCORES,  # pytorch-ood's detectors on the cached features: pood:vim, pood:gen, ... (utils/scores/pood.py)
 }
 ALIASES = {"maxlogit": "mis", "mahalanobis": "maha", "relative_mahalanobis": "rmd"}
@@ -85,6 +96,24 @@ def resolve_scores(names: Sequence[str]) -> list[str]:
 
 
 __all__ = [
-    "ALIASES", "HEADS", "POOD_UNAVAILABLE", "SCORES", "Head", "InDistribution", "NegativeLabels", "Score",
-    "ZeroShotScore", "build_score", "canonical", "listing", "mine_negative_labels", "needs_text", "resolve_scores",
+    "ALIASES",
+    "HEADS",
+    "NEG_FRACTION",
+    "NEG_PERCENTILE",
+    "NEG_WORDS",
+    "POOD_HEAD",
+    "POOD_UNAVAILABLE",
+    "SCORES",
+    "Head",
+    "InDistribution",
+    "K",
+    "NegativeLabels",
+    "Score",
+    "ZeroShotScore",
+    "build_score",
+    "canonical",
+    "listing",
+    "mine_negative_labels",
+    "needs_text",
+    "resolve_scores",
 ]  # fmt: skip

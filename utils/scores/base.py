@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from utils.arrays import CHUNK, as_array, chunks, l2_normalise
+from utils.settings import Setting
 
 
 @dataclass
@@ -32,7 +33,10 @@ class Score:
 
     - `needs`: the InDistribution fields `fit` reads (ID prompts, ID training features and labels);
     - `inputs`: the constructor arguments a run supplies by name (utils/evaluation/inputs.py resolves each name);
-    - `sweep_over`: an input of which several values are served by one `sweep` call (KNN's k);
+    - `settings`: its hyper-parameters, declared once (utils/settings.py): keyword arguments too, from which the
+      flags, `--select` names and help are derived; a score that reads none declares none;
+    - `sweep_over`: a setting of which several values are served by one `sweep` call (KNN's k);
+    - `supplied_by`: the fine-tuning method (finetune_clip.py --method) whose checkpoint supplies its own inputs;
     - `view`: which image features it scores (utils/features/images.py VIEWS);
     - `classifier`: scores that also classify name their classifier and give its `logits`;
     - `reads_text`: compares images with text through its inputs rather than `needs` (so needs a text encoder).
@@ -40,13 +44,20 @@ class Score:
 
     needs: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
+    settings: tuple[Setting, ...] = ()
     sweep_over: str | None = None
+    supplied_by: str | None = None
     view: str = "global"
     classifier: str | None = None
     reads_text: bool = False
 
     def __init__(self) -> None:
         self._fitted = False
+
+    @classmethod
+    def arguments(cls) -> tuple[str, ...]:
+        """Every constructor argument a run supplies by name: the inputs, then the settings."""
+        return (*cls.inputs, *(s.name for s in cls.settings))
 
     def fit(self, ind: InDistribution) -> Score:
         missing = [name for name in self.needs if getattr(ind, name) is None]

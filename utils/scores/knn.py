@@ -9,6 +9,7 @@ import torch
 
 from utils.arrays import row_blocks
 from utils.scores.base import InDistribution, Score, as_array, l2_normalise
+from utils.settings import Setting, positive_int
 
 BANK_CHUNK = 65536  # training rows read at once: the bank is streamed from disk, never held whole
 QUERY_CHUNK = 1024  # with BANK_CHUNK, bounds the similarity block to 256 MB of float32
@@ -16,6 +17,12 @@ RESIDENT_SHARE = 0.5  # a bank is held on a GPU when its float32 and half copies
 RESIDENT_BLOCK_BYTES = 8 << 30  # the half-precision similarity block of one query block, at most
 RERANK_BYTES = 1 << 29  # candidate rows gathered in float32 at once, at most
 RERANK_MARGIN = 64  # candidates beyond k from the half-precision search, re-ranked in float32
+PAPER_K = 50  # KNN's k for CIFAR-10 (Sun et al., ICML 2022), the default of a score built by hand
+K = Setting(
+    "k", None, "the k-th nearest ID training feature, one or several k (one neighbour search covers all)",
+    "KNN (Sun et al., ICML 2022): k = 50 for CIFAR-10, 1000 for ImageNet-1k (the ID set's knn_k)",
+    type=positive_int, select=("k",), nargs="+", metavar="K", default_text="the ID set's: 50, 1000 for imagenet",
+)  # fmt: skip
 
 
 def top_similarities(
@@ -109,10 +116,11 @@ class KNN(Score):
     """
 
     needs = ("train_features",)
-    inputs = ("k", "device")
+    inputs = ("device",)
+    settings = (K,)
     sweep_over = "k"
 
-    def __init__(self, k: int = 50, device: str | torch.device = "cpu"):
+    def __init__(self, k: int = PAPER_K, device: str | torch.device = "cpu"):
         super().__init__()
         if int(k) < 1:
             raise ValueError(f"k must be at least 1, got {k}")

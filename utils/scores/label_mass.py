@@ -14,6 +14,42 @@ import numpy as np
 from utils.arrays import logsumexp
 from utils.models import CLIP_LOGIT_SCALE  # the papers below use logits 100 · s
 from utils.scores.base import InDistribution, Score, as_array, chunks, l2_normalise
+from utils.settings import Setting, fraction, percentile, positive_int
+
+_RELEASE = "NegLabel's release (XueJiang16/NegLabel custom_config/clip.py"
+NEG_GROUPS = Setting(
+    "neg_groups",
+    100,
+    "average the ID mass over G random groups of the negatives (1: one softmax over all)",
+    f"{_RELEASE}: ngroup=100)",
+    type=positive_int,
+    select=("groups",),
+    metavar="G",
+)
+NEG_WORDS = Setting(
+    "neg_words",
+    None,
+    "candidate words, one per line as WORD or WORD<TAB>noun|adj",
+    f"{_RELEASE}: wordnet_database)",
+    metavar="FILE",
+    default_text="the released pool's WordNet noun and adjective head lemmas",
+)
+NEG_FRACTION = Setting(
+    "neg_fraction",
+    0.15,
+    "the share of each part of speech's candidates kept as negatives, least ID-like first",
+    f"{_RELEASE}: neg_topk=0.15)",
+    type=fraction,
+    metavar="SHARE",
+)
+NEG_PERCENTILE = Setting(
+    "neg_percentile",
+    95.0,
+    "a candidate's closeness to the ID labels: this percentile of its similarities to them",
+    f"{_RELEASE}: pencentile=0.95)",
+    type=percentile,
+    metavar="P",
+)
 
 
 def id_probability(log_odds: np.ndarray) -> np.ndarray:
@@ -79,10 +115,11 @@ class NegLabel(Score):
 
     needs = ()
     reads_text = True
-    inputs = ("negative_labels", "neg_groups", "seed", "logit_scale")
+    inputs = ("negative_labels", "seed", "logit_scale")
+    settings = (NEG_GROUPS,)
 
-    def __init__(self, negative_labels: NegativeLabels | None = None, neg_groups: int = 100, seed: int = 0,
-                 logit_scale: float = CLIP_LOGIT_SCALE):  # fmt: skip
+    def __init__(self, negative_labels: NegativeLabels | None = None, neg_groups: int = NEG_GROUPS.default,
+                 seed: int = 0, logit_scale: float = CLIP_LOGIT_SCALE):  # fmt: skip
         super().__init__()
         if negative_labels is None:
             raise ValueError("NegLabel needs negative_labels (ID label prompts and mined negative labels)")
@@ -117,7 +154,10 @@ def mean_probability_log_odds(log_odds: np.ndarray) -> np.ndarray:
 
 
 def mine_negative_labels(
-    candidate_text_features: object, id_text_features: object, fraction: float = 0.15, percentile: float = 95.0
+    candidate_text_features: object,
+    id_text_features: object,
+    fraction: float = NEG_FRACTION.default,
+    percentile: float = NEG_PERCENTILE.default,
 ) -> np.ndarray:
     """NegLabel's selection: the `fraction` of candidates whose `percentile`-th similarity to the ID labels is lowest.
 
@@ -141,6 +181,7 @@ class KPlusOne(LabelMass):
 
     extra_name = "ood_prompt_features"
     inputs = ("ood_prompt_features", "logit_scale")
+    supplied_by = "kplus1"
 
     def __init__(self, ood_prompt_features: object = None, logit_scale: float = CLIP_LOGIT_SCALE):
         super().__init__(ood_prompt_features, logit_scale)
@@ -156,6 +197,7 @@ class GroupOthers(Score):
 
     needs = ("text_features",)
     inputs = ("groups", "classnames", "others_features", "logit_scale")
+    supplied_by = "group"
 
     def __init__(self, groups: list[list[str]] | None = None, classnames: list[str] | None = None,
                  others_features: object = None, logit_scale: float = CLIP_LOGIT_SCALE):  # fmt: skip

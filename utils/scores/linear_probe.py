@@ -8,7 +8,7 @@ import numpy as np
 
 from utils.arrays import log_softmax, logsumexp
 from utils.scores.base import InDistribution, Score
-from utils.training.logistic_regression import DEFAULT_CS, LinearProbe, fit_linear_probe
+from utils.scores.logistic_regression import DEFAULT_CS, LinearProbe, fit_linear_probe
 
 
 class ProbeScore(Score):

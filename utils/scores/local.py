@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from utils.scores.zero_shot import ZeroShotScore
+from utils.scores.zero_shot import TEMPERATURE, TemperedScore, mcm_log_odds
+from utils.settings import Setting, non_negative_float
+
+GL_LAMBDA = Setting(
+    "gl_lambda", 1.0, "gl_mcm = mcm + LAMBDA · l_mcm", "GL-MCM's code default (AtsuMiyai/GL-MCM; its ImageNet script "
+    "uses 0.5)", type=non_negative_float, select=("lambda",), metavar="LAMBDA",
+)  # fmt: skip
 
 
-class _LocalScore(ZeroShotScore):
+class _LocalScore(TemperedScore):
     """Base: the ID prompts and temperature of the zero-shot scores, on rows of the `local` view."""
 
     view = "local"
 
-    def _max_softmax(self, tokens: np.ndarray) -> np.ndarray:
-        """max_k softmax(s / T)_k of every token: [rows, tokens]."""
-        s = np.einsum("btd,kd->btk", tokens, self.text_features).astype(np.float64) / self.temperature
-        return 1.0 / np.exp(s - s.max(axis=2, keepdims=True)).sum(axis=2)  # the top class's share
+    def _log_odds(self, tokens: np.ndarray) -> np.ndarray:
+        """The MCM log-odds of every token: [rows, tokens]."""
+        return mcm_log_odds(np.einsum("btd,kd->btk", tokens, self.text_features).astype(np.float64) / self.temperature)
 
     def _tokens(self, rows: np.ndarray) -> np.ndarray:
         dim = self.text_features.shape[1]
@@ -25,22 +30,24 @@ class _LocalScore(ZeroShotScore):
 
 
 class LocalMCM(_LocalScore):
-    """L-MCM (Miyai et al., 2023): max over patches p of max_k softmax(s_p / T)_k, s_p the patch's cosines, T = 1."""
+    """L-MCM (Miyai et al., 2023): max over patches p of max_k softmax(s_p / T)_k, s_p the patch's cosines, T = 1;
+    ranked by the largest patch log-odds (as MCM)."""
 
     def _score(self, features: np.ndarray) -> np.ndarray:
-        return self._max_softmax(self._tokens(features)[:, 1:]).max(axis=1)
+        return self._log_odds(self._tokens(features)[:, 1:]).max(axis=1)
 
 
 class GLMCM(_LocalScore):
     """GL-MCM (Miyai et al., 2023): MCM + λ · L-MCM, on the global embedding and the patches; λ = 1 in the code's
-    default (AtsuMiyai/GL-MCM; its ImageNet script uses 0.5)."""
+    default (AtsuMiyai/GL-MCM; its ImageNet script uses 0.5). A sum of two probabilities: at small T both saturate
+    at 1, as in the paper's formula."""
 
-    inputs = ("temperature", "gl_lambda")
+    settings = (TEMPERATURE, GL_LAMBDA)
 
-    def __init__(self, temperature: float = 1.0, gl_lambda: float = 1.0):
+    def __init__(self, temperature: float = TEMPERATURE.default, gl_lambda: float = GL_LAMBDA.default):
         super().__init__(temperature)
         self.gl_lambda = float(gl_lambda)
 
     def _score(self, features: np.ndarray) -> np.ndarray:
-        best = self._max_softmax(self._tokens(features))
+        best = np.exp(-np.logaddexp(0.0, -self._log_odds(self._tokens(features))))  # max_k softmax per token
         return best[:, 0] + self.gl_lambda * best[:, 1:].max(axis=1)

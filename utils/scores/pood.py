@@ -20,10 +20,18 @@ import torch
 
 from utils.arrays import CHUNK
 from utils.scores.base import InDistribution, Score, as_array
+from utils.scores.knn import PAPER_K, K
 from utils.scores.linear_probe import ProbeScore
+from utils.scores.zero_shot import TEMPERATURE
+from utils.settings import Setting
 
 PREFIX = "pood:"
 HEADS = ("zero_shot", "probe")  # where a detector's head comes from (--pood-head)
+POOD_HEAD = Setting(
+    "pood_head", "zero_shot", "the linear head the detectors read: zero_shot = CLIP's classifier, logit_scale (100) x "
+    "the class prompts, no bias; probe = the linear probe of lp_*, fitted on the ID train features", "toolkit",
+    choices=HEADS,
+)  # fmt: skip
 BLOCK_BYTES = 1 << 28  # a scored block's per-row intermediates (GMM's K x B x D, per-sample gradients), at most
 TRAIN = ("train_features", "train_labels")
 
@@ -78,7 +86,7 @@ class Detector:
     args: Callable[[Parts], dict] = lambda parts: {}
     head: bool = True  # reads the linear head
     needs: tuple[str, ...] = TRAIN
-    inputs: tuple[str, ...] = ()  # run inputs besides the head's
+    settings: tuple[Setting, ...] = ()  # the settings it reads besides the head's
     row_bytes: Callable[[int, int], int] | None = None  # (classes, dim) -> bytes per scored row, where rows add up
     covariance: str | None = None  # "shared" / "per_class": warn where the training features cannot fill it
 
@@ -151,11 +159,11 @@ DETECTORS: dict[str, Detector] = {
                  "per class", "features", "features", head=False, row_bytes=lambda c, d: 24 * c * d,
                  covariance="per_class"),
         Detector("KNN", "Deep nearest neighbours (Sun et al., ICML 2022): −‖x̂ − ẑ_(k)‖ (scikit-learn; k the largest "
-                 "--k)", "features", "features", lambda p: {"k": p.given["k"]}, head=False, inputs=("k",)),
+                 "--k)", "features", "features", lambda p: {"k": p.given["k"]}, head=False, settings=(K,)),
         Detector("MCM", "MCM (Ming et al., NeurIPS 2022): max_c softmax(cos(x, t_c) / T)_c over the class prompts t",
                  "features", args=lambda p: {"text_embeddings": torch.from_numpy(as_array(p.ind.text_features)),
                                              "temperature": p.given["temperature"]},
-                 head=False, needs=("text_features",), inputs=("temperature",)),
+                 head=False, needs=("text_features",), settings=(TEMPERATURE,)),
     ]
 }  # fmt: skip
 
@@ -192,7 +200,7 @@ class PoodScore(Score):
     spec: Detector
 
     def __init__(self, head: Head = PROBE, seed: int = 0, device: str | torch.device = "cpu",
-                 k: int | Sequence[int] = 50, temperature: float = 1.0):  # fmt: skip
+                 k: int | Sequence[int] = PAPER_K, temperature: float = TEMPERATURE.default):  # fmt: skip
         super().__init__()
         self.head, self.seed, self.device = head, seed, device
         self.given = {"k": int(max(k) if isinstance(k, Sequence) else k), "temperature": float(temperature)}
@@ -272,13 +280,15 @@ def _warn_if_singular(spec: Detector, labels: np.ndarray, dim: int) -> None:
 
 
 def _score_class(spec: Detector) -> type[PoodScore]:
-    inputs = (("head", "seed", "device") if spec.head else ()) + spec.inputs
+    inputs = ("head", "seed", "device") if spec.head else ()
     needs = spec.needs if spec.fit is not None or not spec.head else ()  # the head alone: the probe's data come in it
     return type(f"Pood{spec.cls}", (PoodScore,), {"spec": spec, "needs": needs, "inputs": inputs,
-                                                   "__doc__": spec.doc, "__module__": __name__})  # fmt: skip
+                                                   "settings": spec.settings, "__doc__": spec.doc,
+                                                   "__module__": __name__})  # fmt: skip
 
 
 POOD_SCORES: dict[str, type[PoodScore]] = {PREFIX + key: _score_class(spec) for key, spec in DETECTORS.items()}
 POOD_UNAVAILABLE: dict[str, str] = {PREFIX + name.lower(): reason for name, reason in UNAVAILABLE.items()}
 
-__all__ = ["DETECTORS", "HEADS", "POOD_SCORES", "POOD_UNAVAILABLE", "PREFIX", "PROBE", "Head", "PoodScore", "vim_dim"]
+__all__ = ["DETECTORS", "HEADS", "POOD_HEAD", "POOD_SCORES", "POOD_UNAVAILABLE", "PREFIX", "PROBE", "Head", "PoodScore",
+           "vim_dim"]  # fmt: skip

@@ -1,24 +1,29 @@
-"""Zero-shot scores from cosine similarities s = features @ text_features.T to the ID class prompts."""
+"""Zero-shot scores from cosine similarities s = features @ text_features.T to the ID class prompts.
+
+The softmax scores rank by an exact transform of their value, computed in log space from the gaps to the top class,
+so that no T rounds them to ties: with T = 0.01 (CLIP's own scale) a well-separated image has p_max within 1e-17
+of 1, which float64 stores as exactly 1.0. Each transform is strictly increasing in the paper's value, so every
+metric is the paper's; `plain` turns a ranked value back into the paper's where one is wanted.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from utils.arrays import log_softmax, logsumexp
+from utils.arrays import logsumexp
 from utils.scores.base import InDistribution, Score, as_array
+from utils.settings import Setting, positive_float
+
+TEMPERATURE = Setting(
+    "temperature", 1.0, "softmax temperature T", "MCM (Ming et al., NeurIPS 2022): T = 1",
+    type=positive_float, select=("T",),
+)  # fmt: skip
 
 
 class ZeroShotScore(Score):
-    """Base: reduces each row of s/T (s = cosine similarities to the ID prompts) to one number."""
+    """Base: reduces each row of s (cosine similarities to the ID prompts) to one number."""
 
     needs = ("text_features",)
-    inputs = ("temperature",)
-
-    def __init__(self, temperature: float = 1.0):
-        super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = float(temperature)
 
     def _fit(self, ind: InDistribution) -> None:
         self.text_features = as_array(ind.text_features)
@@ -30,6 +35,44 @@ class ZeroShotScore(Score):
         raise NotImplementedError
 
 
+class TemperedScore(ZeroShotScore):
+    """Base of the scores of p = softmax(s / T)."""
+
+    settings = (TEMPERATURE,)
+
+    def __init__(self, temperature: float = TEMPERATURE.default):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature = float(temperature)
+
+    def _fit(self, ind: InDistribution) -> None:
+        super()._fit(ind)
+        if len(self.text_features) < 2:
+            raise ValueError(f"{type(self).__name__} is a softmax over the ID classes, which is constant for one class")
+
+
+def _lse(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """logsumexp that gives -inf (not NaN) where every entry is -inf."""
+    top = x.max(axis=axis, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.exp(x - top).sum(axis=axis)) + np.squeeze(top, axis=axis)
+
+
+def gaps(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """r_k = z_k − max z with the top class's own entry set to −inf, and log A = log Σ_{k≠top} e^{r_k}, along the
+    last axis: p_max = 1 / (1 + A), exactly, whatever the size of the gaps."""
+    r = logits - logits.max(axis=-1, keepdims=True)
+    np.put_along_axis(r, logits.argmax(axis=-1)[..., None], -np.inf, axis=-1)
+    return r, _lse(r)
+
+
+def mcm_log_odds(logits: np.ndarray) -> np.ndarray:
+    """log p_max − log(1 − p_max) = −log A of softmax(logits) along the last axis."""
+    return -gaps(logits)[1]
+
+
 class MaxLogit(ZeroShotScore):
     """Maximum inner product score (MIS; the max-logit of Hendrycks et al., ICML 2022): max_k s_k."""
 
@@ -37,30 +80,55 @@ class MaxLogit(ZeroShotScore):
         return similarities.max(axis=1)
 
 
-class MCM(ZeroShotScore):
-    """Maximum Concept Matching (Ming et al., NeurIPS 2022): max_k softmax(s / T)_k, T = 1 in the paper."""
+class MCM(TemperedScore):
+    """Maximum Concept Matching (Ming et al., NeurIPS 2022): max_k softmax(s / T)_k, T = 1 in the paper; ranked by
+    its log-odds −log Σ_{k≠top} exp((s_k − s_top) / T)."""
 
     def reduce(self, similarities: np.ndarray) -> np.ndarray:
-        return np.exp(log_softmax(similarities / self.temperature).max(axis=1))
+        return mcm_log_odds(similarities / self.temperature)
+
+    @staticmethod
+    def plain(ranked: np.ndarray) -> np.ndarray:
+        """max_k softmax(s / T)_k of a ranked value."""
+        return np.exp(-np.logaddexp(0.0, -np.asarray(ranked, dtype=np.float64)))
 
 
-class Energy(ZeroShotScore):
+class Energy(TemperedScore):
     """Energy score (Liu et al., NeurIPS 2020) on CLIP similarities: T · logsumexp_k(s_k / T)."""
 
     def reduce(self, similarities: np.ndarray) -> np.ndarray:
         return self.temperature * logsumexp(similarities / self.temperature)
 
 
-class NegEntropy(ZeroShotScore):
-    """Negative entropy of the zero-shot prediction: −H(p) = Σ_k p_k log p_k, p = softmax(s / T)."""
+class NegEntropy(TemperedScore):
+    """Negative entropy of the zero-shot prediction: −H(p) = Σ_k p_k log p_k, p = softmax(s / T); ranked by −log H,
+    with H = log(1 + A) + Σ_{k≠top} e^{r_k} |r_k| / (1 + A) (r_k = (s_k − s_top) / T, A = Σ_{k≠top} e^{r_k})."""
 
     def reduce(self, similarities: np.ndarray) -> np.ndarray:
-        log_p = log_softmax(similarities / self.temperature)
-        return (np.exp(log_p) * log_p).sum(axis=1)
+        r, log_a = gaps(similarities / self.temperature)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_c = _lse(np.where(np.isfinite(r), r + np.log(-r), -np.inf))  # log Σ_{k≠top} e^{r_k} |r_k|
+            a = np.exp(log_a)
+            log_d = np.where(a > 0, np.log(np.log1p(a)) - log_a, 0.0)  # log(log(1 + A) / A), 0 as A -> 0
+        return -np.logaddexp(log_a + log_d, log_c - np.log1p(a))
+
+    @staticmethod
+    def plain(ranked: np.ndarray) -> np.ndarray:
+        """−H(p) of a ranked value."""
+        return -np.exp(-np.asarray(ranked, dtype=np.float64))
 
 
-class SoftmaxVariance(ZeroShotScore):
-    """Variance of the zero-shot prediction over classes: Var_k(p_k), p = softmax(s / T) (peaked = ID)."""
+class SoftmaxVariance(TemperedScore):
+    """Variance of the zero-shot prediction over classes: Var_k(p_k), p = softmax(s / T) (peaked = ID); ranked by
+    −log(1 − Σ_k p_k²) (Var = Σ p² / K − 1 / K²), from 1 − Σ p² = (2A + A² − Σ_{k≠top} e^{2 r_k}) / (1 + A)²."""
 
     def reduce(self, similarities: np.ndarray) -> np.ndarray:
-        return np.exp(log_softmax(similarities / self.temperature)).var(axis=1)
+        r, log_a = gaps(similarities / self.temperature)
+        b = np.exp(r - log_a[:, None])  # the others' shares of A, summing to 1
+        a = np.exp(log_a)
+        return 2 * np.log1p(a) - np.log(2.0) - log_a - np.log1p(a * (1 - (b * b).sum(axis=1)) / 2)
+
+    @staticmethod
+    def plain(ranked: np.ndarray, classes: int) -> np.ndarray:
+        """Var_k(p_k) over `classes` classes of a ranked value."""
+        return (1 - np.exp(-np.asarray(ranked, dtype=np.float64))) / classes - 1 / classes**2

@@ -1,1 +1,1 @@
-"""Training: the epoch loop, towers, checkpoints and the score contract, objectives, fine-tuning, probes."""
+"""Training (a leaf only the scripts import): the epoch loop and its settings, towers, checkpoints, objectives."""

@@ -12,22 +12,46 @@ from torch.utils.data import DistributedSampler
 
 from utils.atomic import atomic_path
 from utils.data.loaders import make_loader
-from utils.data.loading import LoadedDataset
+from utils.data.splits import LoadedDataset
 from utils.distributed import World
 from utils.errors import UserError
 from utils.models.loading import ModelBundle
 from utils.models.logits import logit_scale
+from utils.settings import Setting
 from utils.training.checkpoints import load_training_state, rng_state, save_final, set_rng_state
-from utils.training.loop import OPTIMIZERS, decay_groups, grad_scaler, make_schedule, optimizer_steps, run_epoch
+from utils.training.loop import (
+    ACCUMULATE,
+    BATCH_SIZE,
+    EPOCHS,
+    LR,
+    OPTIMIZER,
+    OPTIMIZERS,
+    SCHEDULE,
+    WARMUP,
+    WEIGHT_DECAY,
+    decay_groups,
+    grad_scaler,
+    make_schedule,
+    optimizer_steps,
+    run_epoch,
+)
 from utils.training.objectives import Objective
-from utils.training.towers import kept_frozen
+from utils.training.towers import FROZEN_TOWER, kept_frozen
 
 RESUME_MUST_MATCH = ("method", "model", "id_name", "aux", "seed", "batch_size", "accumulate", "freeze", "epochs", "lr",
                      "weight_decay", "warmup", "shots", "optimizer", "schedule", "augment",
                      "method_options")  # fmt: skip
 
 
+RENAMED_OPTIONS = {"top_k": "locoop_top_k"}  # method options recorded under an earlier name (runs resume)
 AUGMENTATIONS = ("method", "model")
+AUGMENT = Setting(
+    "augment", "method", "training images: method = the method's paper's augmentation (coop, locoop: random resized "
+    "crops of 8-100% and horizontal flips), model = the model's own training transform (the other methods use the "
+    "model's either way)", "toolkit", choices=AUGMENTATIONS,
+)  # fmt: skip
+# every training setting, in the order finetune_clip.py lists them
+TRAINING = (FROZEN_TOWER, EPOCHS, LR, WEIGHT_DECAY, BATCH_SIZE, OPTIMIZER, SCHEDULE, AUGMENT, WARMUP, ACCUMULATE)
 
 
 @dataclass
@@ -36,19 +60,19 @@ class TrainConfig:
     model: str
     id_name: str
     aux: str | None
-    epochs: int = 10
-    lr: float = 1e-5
-    weight_decay: float = 0.1
-    warmup: float = 0.1
-    batch_size: int = 64
-    accumulate: int = 1
-    freeze: str = "none"
+    epochs: int = EPOCHS.default
+    lr: float = LR.default
+    weight_decay: float = WEIGHT_DECAY.default
+    warmup: float = WARMUP.default
+    batch_size: int = BATCH_SIZE.default
+    accumulate: int = ACCUMULATE.default
+    freeze: str = FROZEN_TOWER.default
     seed: int = 0
     workers: int = 4
     shots: int | None = None  # K training images per class (few-shot protocols), else all
-    optimizer: str = "adamw"
-    schedule: str = "cosine"
-    augment: str = "method"  # method: the method's paper's augmentation; model: the model's own training transform
+    optimizer: str = OPTIMIZER.default
+    schedule: str = SCHEDULE.default
+    augment: str = AUGMENT.default
     method_options: dict[str, Any] = field(default_factory=dict)  # the objective's own settings (n_ctx, groups, ...)
 
 
@@ -127,9 +151,11 @@ def _resume(
     state: dict, last: Path, bundle: ModelBundle, objective: Objective, run: _Run, config: TrainConfig
 ) -> tuple[int, list[dict]]:
     """Load `last.pt`'s `state` into the model and every stepping state; (epochs done, log so far)."""
-    saved, now = state["config"], asdict(config)
+    saved, now = dict(state["config"]), asdict(config)
     defaults = asdict(TrainConfig(config.method, config.model, config.id_name, config.aux))  # settings added later
     defaults["method_options"] = now["method_options"]  # not recorded before: taken as they are now
+    if "method_options" in saved:
+        saved["method_options"] = {RENAMED_OPTIONS.get(k, k): v for k, v in saved["method_options"].items()}
     changed = [k for k in RESUME_MUST_MATCH if saved.get(k, defaults[k]) != now[k]]
     if changed:
         raise UserError(f"--resume: {last} was trained with other settings ({', '.join(changed)}); "

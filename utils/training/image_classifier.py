@@ -9,12 +9,16 @@ import torch
 import torch.nn.functional as F
 
 from utils.data.loaders import make_loader
-from utils.data.loading import LoadedDataset
+from utils.data.splits import LoadedDataset
 from utils.device import autocast
 from utils.models.loading import ModelBundle
 from utils.models.logits import zero_shot_logit_scale
-from utils.training.loop import grad_scaler, run_epoch, warmup_cosine
+from utils.settings import Setting, positive_float
+from utils.training.loop import EPOCHS, LR, WARMUP, WEIGHT_DECAY, grad_scaler, run_epoch, warmup_cosine
 from utils.training.towers import freeze, image_tower, kept_frozen
+
+HEAD_LR = Setting("head_lr", 1e-3, "the linear head's learning rate (--lr: the image encoder's)", "toolkit",
+                  type=positive_float)  # fmt: skip
 
 
 class ImageClassifier(torch.nn.Module):
@@ -35,11 +39,11 @@ class ImageClassifier(torch.nn.Module):
 
 @dataclass
 class FinetuneConfig:
-    epochs: int = 10
-    lr: float = 1e-5  # image encoder
-    head_lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup: float = 0.1  # fraction of all steps
+    epochs: int = EPOCHS.default
+    lr: float = LR.default  # image encoder
+    head_lr: float = HEAD_LR.default
+    weight_decay: float = WEIGHT_DECAY.default
+    warmup: float = WARMUP.default  # share of all steps
     batch_size: int = 128
     workers: int = 4
     seed: int = 0

@@ -1,4 +1,4 @@
-"""The one epoch loop of every fine-tuning path, and its learning-rate schedule."""
+"""The one epoch loop of every fine-tuning path, its optimisers and learning-rate schedules, and their settings."""
 
 from __future__ import annotations
 
@@ -13,12 +13,22 @@ from tqdm import tqdm
 
 from utils.device import autocast, autocast_dtype
 from utils.distributed import World
+from utils.settings import Setting, non_negative_float, positive_float, positive_int, share
+
+# The training settings every method shares; a method's paper may fix its own (Objective.defaults).
+EPOCHS = Setting("epochs", 10, "epochs", "toolkit", type=positive_int)
+LR = Setting("lr", 1e-5, "learning rate", "toolkit", type=positive_float)
+WEIGHT_DECAY = Setting("weight_decay", 0.1, "weight decay", "toolkit", type=non_negative_float)
+BATCH_SIZE = Setting("batch_size", 64, "images per step", "toolkit", type=positive_int)
+WARMUP = Setting("warmup", 0.1, "cosine schedule: linear warm-up over this share of all steps", "toolkit", type=share)
 
 
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up from 0 to the base rate over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
+    if not 0 <= warmup_steps < max(1, total_steps):
+        raise ValueError(f"the warm-up ({warmup_steps} steps) must be shorter than all of training ({total_steps})")
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -59,6 +69,14 @@ def make_schedule(
 
 
 SCHEDULES = ("cosine", "coop")
+SCHEDULE = Setting(
+    "schedule",
+    "cosine",
+    "learning-rate schedule: cosine (linear warm-up over --warmup of all steps, then a per-step cosine) or coop (one "
+    "epoch at 1e-5, then a per-epoch cosine)",
+    "toolkit",
+    choices=SCHEDULES,
+)
 
 
 def decay_groups(params: list[torch.nn.Parameter], weight_decay: float, split: bool = True) -> list[dict]:
@@ -74,6 +92,8 @@ OPTIMIZERS = {  # (parameter groups, lr) -> optimiser; SGD as Dassl configures i
     "adamw": lambda groups, lr: torch.optim.AdamW(groups, lr=lr),
     "sgd": lambda groups, lr: torch.optim.SGD(groups, lr=lr, momentum=0.9),
 }
+OPTIMIZER = Setting("optimizer", "adamw", "optimiser; sgd has momentum 0.9", "toolkit", choices=tuple(OPTIMIZERS))
+ACCUMULATE = Setting("accumulate", 1, "gradient accumulation steps", "toolkit", type=positive_int)
 
 
 def optimizer_steps(batches: int, accumulate: int) -> int:

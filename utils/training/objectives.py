@@ -1,7 +1,8 @@
 """The Objective base and the project notes' four OOD-aware objectives, as modules whose forward returns the loss.
 
-Each wraps the CLIP model (so DistributedDataParallel sees one forward). An objective whose method has its own
-score says which score inputs it `provides` and fills them into the checkpoint's ScoreContract.
+Each wraps the CLIP model (so DistributedDataParallel sees one forward) and declares its own settings once
+(utils/settings.py: finetune_clip.py's flags come from them). An objective whose method has its own score says
+which score inputs it `provides` and fills them into the checkpoint's ScoreContract.
 """
 
 from __future__ import annotations
@@ -18,15 +19,27 @@ import torch.nn.functional as F
 
 from utils.errors import UserError
 from utils.features.text import encode_texts
+from utils.models.checkpoint import ScoreContract
 from utils.models.loading import ModelBundle
 from utils.models.logits import logit_scale, model_logits
 from utils.prompts import TEMPLATE_SETS, Template, is_template, render, template_text
-from utils.training.checkpoints import ScoreContract
+from utils.settings import Setting, non_negative_float
 from utils.training.towers import freeze
 
-DEFAULT_OOD_PROMPT = "a photo of an unknown object."
-DEFAULT_OTHERS_PROMPT = "a photo of something that is not a {}."
 GROUPS_DIR = Path(__file__).resolve().parents[2] / "configs" / "groups"
+OOD_PROMPT = Setting("ood_prompt", "a photo of an unknown object.", "the OOD class's prompt", "toolkit")
+OE_WEIGHT = Setting(
+    "oe_weight", 0.5, "weight of the outlier term", "Outlier Exposure (Hendrycks et al., ICLR 2019): λ = 0.5 for "
+    "vision", type=non_negative_float,
+)  # fmt: skip
+GROUPS = Setting(
+    "groups", None, 'a JSON file {"groups": [{"name", "classes"}]}', "toolkit", metavar="FILE",
+    default_text="configs/groups/<in>.json",
+)  # fmt: skip
+OTHERS_PROMPT = Setting(
+    "others_prompt", "a photo of something that is not a {}.", "the others slot's prompt, {} = the group's name",
+    "toolkit",
+)  # fmt: skip
 
 
 def class_prompts(classnames: Sequence[str]) -> list[str]:
@@ -38,15 +51,24 @@ class Objective(torch.nn.Module):
     """Base: holds the model and class names; `forward(images, labels, aux, step_seed)` -> loss."""
 
     needs_aux = False
+    settings: tuple[Setting, ...] = ()  # its own settings: keyword arguments of the constructor
+    inputs: tuple[str, ...] = ()  # run values it takes by name (the seed)
     provides: tuple[str, ...] = ()  # score inputs this method's checkpoint supplies (see ScoreContract)
     frozen: str | None = None  # the tower this method always keeps fixed ("all": only its own parameters train)
     defaults: ClassVar[dict[str, Any]] = {}  # its paper's training settings, where they differ from ours
+    defaults_source: ClassVar[str] = ""  # where `defaults` come from
     drop_last = False  # leave out each epoch's last, short batch of ID images
 
     def __init__(self, bundle: ModelBundle, classnames: Sequence[str], templates: Sequence[Template], **_: Any):
         super().__init__()
         self.bundle, self.model = bundle, bundle.model  # the model as a submodule: DDP sees its parameters
         self.classnames, self.templates = list(classnames), list(templates)
+
+    @classmethod
+    def options(cls, values: dict[str, Any], dataset: str, classnames: Sequence[str]) -> dict[str, Any]:
+        """The constructor's keyword arguments from the values of its settings and inputs (a file named by a
+        setting is read here, so the recorded options hold what trained)."""
+        return dict(values)
 
     def trainable(self, tower: str) -> list[torch.nn.Parameter]:
         """The parameters to optimise, `tower` (--freeze) kept fixed."""
@@ -100,9 +122,10 @@ class KPlusOneObjective(Objective):
     """Baseline #2: a (K+1)-th "OOD" class, its prompt configurable, trained on an auxiliary outlier pool."""
 
     needs_aux = True
+    settings = (OOD_PROMPT,)
     provides = ("ood_prompt_features",)
 
-    def __init__(self, *args: Any, ood_prompt: str = DEFAULT_OOD_PROMPT, **kwargs: Any):
+    def __init__(self, *args: Any, ood_prompt: str = OOD_PROMPT.default, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.ood_prompt = ood_prompt
 
@@ -120,8 +143,9 @@ class OutlierExposureObjective(Objective):
     """Baseline #3 (Hendrycks et al., ICLR 2019): ID cross-entropy + w · CE(uniform over ID prompts) on outliers."""
 
     needs_aux = True
+    settings = (OE_WEIGHT,)
 
-    def __init__(self, *args: Any, oe_weight: float = 0.5, **kwargs: Any):
+    def __init__(self, *args: Any, oe_weight: float = OE_WEIGHT.default, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.oe_weight = oe_weight
 
@@ -161,10 +185,15 @@ class GroupObjective(Objective):
     """
 
     needs_aux = True
+    settings = (GROUPS, OTHERS_PROMPT)
     provides = ("groups", "others_features")
 
+    @classmethod
+    def options(cls, values: dict[str, Any], dataset: str, classnames: Sequence[str]) -> dict[str, Any]:
+        return {**values, "groups": load_groups(values.get("groups"), dataset, classnames)}
+
     def __init__(self, *args: Any, groups: list[dict[str, Any]] | None = None,
-                 others_prompt: str = DEFAULT_OTHERS_PROMPT, **kwargs: Any):  # fmt: skip
+                 others_prompt: str = OTHERS_PROMPT.default, **kwargs: Any):  # fmt: skip
         super().__init__(*args, **kwargs)
         if not groups:
             raise UserError("the group method needs a group configuration")

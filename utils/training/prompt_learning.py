@@ -18,14 +18,29 @@ from torchvision.transforms import InterpolationMode
 
 from utils.errors import UserError
 from utils.features.text import encode_texts
+from utils.models.checkpoint import ScoreContract
 from utils.models.local_tokens import global_and_patches
 from utils.models.logits import model_logits
 from utils.models.prompt_context import LearnedTemplate, PromptContext, initial_context
-from utils.training.checkpoints import ScoreContract
+from utils.settings import Setting, non_negative_float, positive_int
 from utils.training.objectives import Objective
 from utils.training.towers import freeze, image_tower
 
 LOCOOP_TOP_K_SHARE = 0.2  # LoCoOp's K = 200 of ImageNet-1k's 1000 classes
+N_CTX = Setting("n_ctx", 16, "learned context tokens", "CoOp's scripts (KaiyangZhou/CoOp: NCTX=16)", type=positive_int)
+CTX_INIT = Setting(
+    "ctx_init", "", "initialise the context from these words, e.g. 'a photo of a' (their count sets --n-ctx)",
+    "CoOp (Zhou et al., IJCV 2022): a generic context", default_text="random, N(0, 0.02²)",
+)  # fmt: skip
+LOCOOP_LAMBDA = Setting(
+    "locoop_lambda", 0.25, "weight of the entropy of OOD patches", "LoCoOp (Miyai et al., NeurIPS 2023): λ = 0.25",
+    type=non_negative_float,
+)  # fmt: skip
+LOCOOP_TOP_K = Setting(
+    "locoop_top_k", None, "a patch is OOD when its top-K classes miss the label", "LoCoOp (Miyai et al., NeurIPS "
+    "2023): K = 200 of ImageNet's 1000 classes", type=positive_int, metavar="K",
+    default_text="20% of the classes, within [1, classes - 1]",
+)  # fmt: skip
 
 
 def _rgb(image: Any) -> Any:
@@ -52,10 +67,15 @@ class CoOpObjective(Objective):
 
     frozen = "all"
     drop_last = True  # Dassl's training loader
+    settings = (N_CTX, CTX_INIT)
+    inputs = ("seed",)
     defaults: ClassVar[dict[str, Any]] = {"epochs": 50, "lr": 2e-3, "weight_decay": 5e-4, "batch_size": 32,
                                           "optimizer": "sgd", "schedule": "coop"}  # fmt: skip
+    defaults_source = ("CoOp's configs/trainers/CoOp/vit_b16_ep50.yaml (SGD, lr 0.002, 50 epochs, batch 32, one "
+                       "constant warm-up epoch at 1e-5, cosine) and Dassl's default weight decay 5e-4")  # fmt: skip
 
-    def __init__(self, *args: Any, n_ctx: int = 16, ctx_init: str = "", seed: int = 0, **kwargs: Any):
+    def __init__(self, *args: Any, n_ctx: int = N_CTX.default, ctx_init: str = CTX_INIT.default, seed: int = 0,
+                 **kwargs: Any):  # fmt: skip
         super().__init__(*args, **kwargs)
         vectors = initial_context(self.model, self.bundle.tokenizer, n_ctx, ctx_init, seed)
         self.context = PromptContext(vectors).to(self.bundle.device)
@@ -109,12 +129,17 @@ class LoCoOpObjective(CoOpObjective):
     """LoCoOp (Miyai et al., NeurIPS 2023): CoOp's loss − λ · entropy of the patches whose top-K classes exclude the
     label (treated as OOD: their prediction is pushed to uniform). λ = 0.25; K = 200 for 1000 classes."""
 
-    def __init__(self, *args: Any, locoop_lambda: float = 0.25, top_k: int | None = None, **kwargs: Any):
+    settings = (*CoOpObjective.settings, LOCOOP_LAMBDA, LOCOOP_TOP_K)
+
+    def __init__(self, *args: Any, locoop_lambda: float = LOCOOP_LAMBDA.default,
+                 locoop_top_k: int | None = LOCOOP_TOP_K.default, **kwargs: Any):  # fmt: skip
         super().__init__(*args, **kwargs)
         classes = len(self.classnames)
-        self.top_k = top_k or min(classes - 1, max(1, round(LOCOOP_TOP_K_SHARE * classes)))
+        self.top_k = locoop_top_k or min(classes - 1, max(1, round(LOCOOP_TOP_K_SHARE * classes)))
         if not 0 < self.top_k < classes:
-            raise UserError(f"LoCoOp's top-K must be between 1 and the class count - 1 ({classes - 1}), got {top_k}")
+            raise UserError(
+                f"LoCoOp's top-K must be between 1 and the class count - 1 ({classes - 1}), got {locoop_top_k}"
+            )
         self.locoop_lambda = locoop_lambda
 
     def forward(self, images, labels, aux, step_seed) -> torch.Tensor:

@@ -8,8 +8,12 @@ from contextlib import contextmanager
 import torch
 
 from utils.models.weights import fingerprint_tensors
+from utils.settings import Setting
 
 FREEZE = ("none", "text", "image")  # what --freeze accepts; "all" (nothing trains) is for frozen-feature protocols
+FROZEN_TOWER = Setting(
+    "freeze", "none", "tower kept fixed (coop and locoop always freeze all of CLIP)", "toolkit", choices=FREEZE
+)
 
 
 def image_tower(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,4 +1,4 @@
-"""Building a registered dataset split: its class names, fixed subsets, `--limit`, and an identity for the cache."""
+"""Building a split of a registered dataset: its class names, fixed subsets, `--limit`, and an identity for the cache."""
 
 from __future__ import annotations
 
@@ -11,19 +11,21 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from utils.data.loaders import sample_name
-from utils.data.registry import get_spec
+from utils.data.registry import DatasetSpec, get_spec
 from utils.errors import UserError
 
 
 @dataclass
 class LoadedDataset:
-    """A built dataset with its class names and an identity string for the feature cache."""
+    """A built dataset with its class names, an identity string for the feature cache, and its registry entry (so
+    nothing downstream asks the registry again)."""
 
     name: str
     split: str
     dataset: Dataset
     classnames: tuple[str, ...] | None
     identity: str
+    spec: DatasetSpec | None = None
 
 
 @dataclass
@@ -36,13 +38,15 @@ class DataOptions:
     seed: int = 0
     shots: int | None = None  # K images per class of every train split (few-shot protocols)
 
-    def load(self, name: str, split: str, resize: int | None = None, per_class: int | None = None) -> LoadedDataset:
-        return load_dataset(name, split, self.root, self.download, self.limit, self.seed, resize, per_class)
+    def load(self, name: str, split: str, resize: int | None = None, per_class: int | None = None,
+             spec: DatasetSpec | None = None) -> LoadedDataset:  # fmt: skip
+        """One split of `name` (`spec`: its registry entry, where the caller holds it already)."""
+        return load_dataset(name, split, self.root, self.download, self.limit, self.seed, resize, per_class, spec)
 
-    def load_id_train(self, name: str) -> LoadedDataset:
+    def load_id_train(self, name: str, spec: DatasetSpec | None = None) -> LoadedDataset:
         """The ID set's train split, what scores fit and methods train on: `shots` per class where given (OOD sets
         and auxiliary pools read through `load`, whole)."""
-        loaded = self.load(name, "train")
+        loaded = self.load(name, "train", spec=spec)
         if self.shots is None:
             return loaded
         dataset = few_shot(loaded.dataset, self.shots, self.seed)
@@ -141,6 +145,7 @@ def load_dataset(
     seed: int = 0,
     resize: int | None = None,
     per_class: int | None = None,
+    spec: DatasetSpec | None = None,
 ) -> LoadedDataset:
     """Build a dataset split (downloading where torchvision can), with its fixed subset and `--limit` applied.
 
@@ -148,7 +153,7 @@ def load_dataset(
 
     A dataset that is missing and cannot be fetched raises one UserError naming where to get it.
     """
-    spec = get_spec(name)
+    spec = spec or get_spec(name)
     if split not in spec.splits:
         raise UserError(f"dataset '{name}' has no '{split}' split (it has: {', '.join(spec.splits)})")
     root = Path(root).expanduser()
@@ -173,7 +178,7 @@ def load_dataset(
             raise UserError(f"--limit must be positive, got {limit}")
         dataset = _seeded_subset(dataset, limit, seed)
     identity = f"{name}|{split}|{dataset_identity(dataset)}"
-    return LoadedDataset(name, split, dataset, tuple(classes) if classes else None, identity)
+    return LoadedDataset(name, split, dataset, tuple(classes) if classes else None, identity, spec)
 
 
 def renamed(data: LoadedDataset, names: list[str], flag: str = "--classnames") -> LoadedDataset:

@@ -1,0 +1,147 @@
+"""The benchmark of a run, resolved once: ID splits, OOD sets under their protocol, shifted ID, validation sets.
+
+Also --ood-split's splits and the near/far mean-row groups of the results. Every name is looked up in the registry
+once, before anything is downloaded; each loaded set carries its registry entry onward.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from utils.data.full_spectrum import full_spectrum
+from utils.data.registry import DatasetSpec, get_spec
+from utils.data.splits import DataOptions, LoadedDataset, renamed
+from utils.data.validation import Validation, named_split, validation_data
+from utils.errors import UserError
+
+
+@dataclass(frozen=True)
+class BenchmarkRequest:
+    """What the command line asks of the data (eval_ood_detection.py's --in, --out, --ood-split, ...)."""
+
+    id_name: str
+    out: Sequence[str] | None = None  # OOD sets; None: the ID set's standard partners
+    ood_splits: dict[str, str] = field(default_factory=dict)  # OOD set -> the split read instead of test
+    shifted_id: Sequence[str] = ()  # covariate-shifted sets counted as ID (full-spectrum)
+    ood_resize: bool = True  # apply the ID benchmark's OOD resolution
+    classnames: Sequence[str] | None = None  # other names for the ID classes, in class order (--classnames)
+    select_ood: Sequence[str] = ()  # --select's OOD validation sets, NAME[=SPLIT]
+    select_holdout: float = 0.1  # --select's share of ID train held out where the ID set has no val split
+
+    def specs(self) -> dict[str, DatasetSpec]:
+        """The registry entry of every name asked for: an unknown name fails here, before any download."""
+        specs = {self.id_name: get_spec(self.id_name)}
+        ood = self.ood_names(specs[self.id_name])
+        for name in [*ood, *self.shifted_id]:
+            specs.setdefault(name, get_spec(name))
+        for item in self.select_ood:
+            name, _, spec = named_split(item)
+            specs.setdefault(name, spec)
+        stray = sorted(set(self.ood_splits) - set(ood))
+        if stray:
+            raise UserError(f"--ood-split names {', '.join(stray)}, which is not among the OOD sets ({', '.join(ood)})")
+        return specs
+
+    def ood_names(self, id_spec: DatasetSpec) -> list[str]:
+        names = list(self.out) if self.out else [n for n in id_spec.ood if n != self.id_name]
+        if not names:
+            raise UserError(f"'{self.id_name}' has no default OOD sets; name some with --out")
+        return names
+
+
+def parse_ood_splits(pairs: Sequence[str]) -> dict[str, str]:
+    """--ood-split's NAME=SPLIT pairs."""
+    splits = {}
+    for pair in pairs:
+        name, sep, split = pair.rpartition("=")
+        if not sep or not name or not split:
+            raise UserError(f"--ood-split takes NAME=SPLIT, e.g. imagenet10_mcm=train; got '{pair}'")
+        splits[name] = split
+    return splits
+
+
+@dataclass
+class Benchmark:
+    """The loaded data of a run and how it was prepared (recorded with the results)."""
+
+    request: BenchmarkRequest
+    spec: DatasetSpec
+    id_test: LoadedDataset  # with the shifted sets joined, where asked
+    id_train: LoadedDataset | None
+    ood_sets: list[LoadedDataset]
+    protocol: dict  # the OOD protocol as applied: resolution, per-class caps, source
+    validation: Validation | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def groups(self) -> tuple[dict[str, tuple[str, ...]], list[str]]:
+        """The mean-row groups (OpenOOD's nearood/farood) whose sets were all read from their test split, and a
+        note per group left out, naming the sets it lacks."""
+        tested = {d.name for d in self.ood_sets if d.split == "test"}
+        complete = {g: sets for g, sets in self.spec.ood_groups.items() if set(sets) <= tested}
+        notes = [f"no {group} mean row: {', '.join(n for n in members if n not in tested)} not evaluated on its test "
+                 f"split" for group, members in self.spec.ood_groups.items() if group not in complete]  # fmt: skip
+        return complete, notes
+
+
+def resolve_benchmark(request: BenchmarkRequest, data: DataOptions, needs_train: bool, select: bool,
+                      specs: dict[str, DatasetSpec] | None = None) -> Benchmark:  # fmt: skip
+    """Load everything the run reads: the ID test split (with --classnames and shifted sets), the ID train split where
+    `needs_train`, the OOD sets under the ID benchmark's protocol, and --select's validation sets where `select`
+    (`specs`: request.specs(), where the caller has them)."""
+    specs = specs or request.specs()
+    spec = specs[request.id_name]
+    id_test = data.load(request.id_name, "test", spec=spec)
+    id_train = data.load_id_train(request.id_name, spec) if needs_train else None
+    if request.classnames:
+        id_test = renamed(id_test, list(request.classnames))
+        id_train = id_train and renamed(id_train, list(request.classnames))
+    plain, shifted = id_test, [data.load(name, "test", spec=specs[name]) for name in request.shifted_id]
+    notes = []
+    if shifted:
+        id_test = full_spectrum(plain, shifted)
+        notes.append(f"full-spectrum ID: the {len(id_test.dataset)} ID test images are {plain.name}'s "
+                     f"{len(plain.dataset)} and those of {', '.join(request.shifted_id)}, labelled by class")  # fmt: skip
+    protocol = {"resolution": spec.ood_protocol.resolution if request.ood_resize else None,
+                "per_class": spec.ood_protocol.per_class, "source": spec.ood_protocol.source}  # fmt: skip
+    ood_sets = load_ood_sets(request, data, specs)
+    validation = None
+    if select:
+        validation = validation_data(spec, request.id_name, data, request.select_ood, request.select_holdout,
+                                     [plain, *shifted, *ood_sets], protocol["resolution"], id_train)  # fmt: skip
+        if request.classnames:
+            validation.id_val = renamed(validation.id_val, list(request.classnames))
+    if protocol["resolution"]:
+        notes.append(f"OOD images resized to {protocol['resolution']}x{protocol['resolution']} first "
+                     f"({protocol['source']}; --no-ood-resize keeps them as they are)")  # fmt: skip
+    return Benchmark(request, spec, id_test, id_train, ood_sets, protocol, validation, notes)
+
+
+def load_ood_sets(request: BenchmarkRequest, data: DataOptions, specs: dict[str, DatasetSpec] | None = None,
+                  ) -> list[LoadedDataset]:  # fmt: skip
+    """OOD test sets: those named (each must be available) or the ID set's defaults (missing ones skipped), prepared
+    as the ID benchmark's protocol says (CIFAR: SVHN's first 1,000 per class; every image 32 x 32 unless
+    `ood_resize` is off). --ood-split reads another split of a set (MCM's ImageNet-20: ImageNet-10's train split).
+    `specs`: request.specs(), where the caller has them."""
+    specs = specs or request.specs()
+    spec = specs[request.id_name]
+    size = spec.ood_protocol.resolution if request.ood_resize else None
+    names = request.ood_names(spec)
+    loaded = []
+    for name in names:
+        try:
+            split = request.ood_splits.get(name, "test")
+            per_class = spec.ood_protocol.per_class.get(name)
+            loaded.append(data.load(name, split, resize=size, per_class=per_class, spec=specs[name]))
+        except UserError as err:
+            if request.out:
+                raise
+            reason = " ".join(line.strip() for line in str(err).splitlines())
+            print(f"skipping default OOD set {name}: {reason}", file=sys.stderr)
+    if not loaded:
+        raise UserError(
+            f"none of the default OOD sets of '{request.id_name}' ({', '.join(names)}) is available under "
+            f"{data.root}; get one (see the lines above) or name a folder with --out folder:PATH"
+        )
+    return loaded
