@@ -28,7 +28,7 @@ from utils.cli import (
     run_folder,
     run_metadata,
 )
-from utils.data.benchmark import Benchmark, BenchmarkRequest, parse_ood_splits, resolve_benchmark
+from utils.data.benchmark import Benchmark, BenchmarkRequest, parse_ood_splits, resolve_id, resolve_ood
 from utils.data.classnames import parse_labels
 from utils.data.openood import BENCHMARKS as OPENOOD_BENCHMARKS
 from utils.data.splits import DataOptions
@@ -208,11 +208,12 @@ def _run(args: argparse.Namespace, world: World) -> dict:
         check_writable_dir(args.out_dir, "--out-dir")
     data = from_args(DataOptions, args, root=args.data_root)
     with main_first(world):  # rank 0 downloads, the others then find the files
-        bench = resolve_benchmark(request, data, inputs.needs_train(scores, options), bool(grid), specs)
-        exp.id_test, exp.id_train, exp.ood_sets = bench.id_test, bench.id_train, bench.ood_sets
-        exp.run_notes += bench.notes
+        bench = resolve_id(request, data, inputs.needs_train(scores, options), specs)
+        exp.id_test, exp.id_train = bench.id_test, bench.id_train
         widest = {k: v for k, v in (grid or {}).items() if declared[k][0].nargs}  # --select's k grid
-        inputs.check(scores, replace(exp, options=options.with_settings(widest)))  # before any image is encoded
+        inputs.check(scores, replace(exp, options=options.with_settings(widest)))  # before any OOD set is fetched
+        exp.ood_sets = resolve_ood(bench, data, bool(grid)).ood_sets
+        exp.run_notes += bench.notes
         if grid:
             selection.check_grid(grid, bench.validation, exp.id_train)
         exp.bundle = _model(args, checkpoint, local_device(resolve_device(args.device), world))

@@ -239,6 +239,11 @@ RUNNERS: dict[str, Callable[[argparse.Namespace, Checkpoint | None], dict[str, A
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    for setting in FINETUNE:  # values set from Python (the functions below) are checked as their flags check them
+        try:
+            setting.parse(str(getattr(args, setting.name)))
+        except ValueError as err:
+            raise UserError(str(err)) from err
     check_model_name(args.model)
     check_writable_dir(args.cache_dir, "--cache-dir")
     if args.out_dir:

@@ -179,6 +179,12 @@ def test_the_registry_is_asked_once_per_name(tmp_path, monkeypatch):
     assert sorted(asked) == ["digits", "digits_ood", "faces", "skimage_textures"]
 
 
+def test_score_requirements_are_checked_before_any_ood_set_is_fetched(tmp_path, capsys):
+    """k beyond the ID train split fails on k, not on the (missing) OOD folder that would be fetched after it."""
+    message = _fails(tmp_path, capsys, "--in", "digits", "--score", "knn", "--k", "1000", "--out", "folder:/nowhere")
+    assert "k=1000 needs at least k training images" in message
+
+
 def test_a_setting_no_score_reads_is_noted(tmp_path, capsys):
     run(tmp_path, "--in", "digits", "--out", "digits_ood", "--score", "mis", "knn", "--temperature", "2",
         "--gl-lambda", "0.5", "--no-plots")  # fmt: skip
@@ -360,12 +366,17 @@ def test_torchrun_extraction_matches_one_process(tmp_path):
 
 @pytest.mark.parametrize("name", list_presets())
 def test_every_preset_is_well_formed(name):
-    """Each setting is an argument of the script, each published row a score of the preset on one of its sets."""
-    from utils.evaluation.presets import load_preset
+    """Each setting is an argument of the script, each published row a score of the preset on one of its sets; every
+    setting its scores read is fixed by the preset, or marks a run that changes it not comparable."""
+    from utils.evaluation.inputs import settings_read
+    from utils.evaluation.presets import NOT_COMPARABLE_WHEN_SET, load_preset
+    from utils.scores import canonical
 
     preset = load_preset(name)
     dests = {a.dest for a in eval_ood_detection.build_parser()._actions}
     assert set(preset.settings) <= dests and set(preset.defaults) <= dests
+    read = {s.name for score in preset.settings["score"] for s in settings_read(canonical(score))}
+    assert read <= {*preset.settings, *NOT_COMPARABLE_WHEN_SET}
     assert preset.paper and preset.source
     for score, per_set in preset.published.items():
         assert score in preset.settings["score"]

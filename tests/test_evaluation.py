@@ -213,6 +213,15 @@ def test_plan_skips_under_all_and_refuses_when_named(experiment, capsys):
         plan(["MCM"], experiment)
 
 
+def test_a_misspelt_setting_is_an_error(experiment):
+    from utils.errors import UserError
+    from utils.evaluation.pipeline import plan
+
+    experiment.options.settings["temprature"] = 0.01
+    with pytest.raises(UserError, match="unknown settings temprature; known: temperature"):
+        plan(["mcm"], experiment)
+
+
 def test_every_input_has_a_resolver_or_a_method_that_provides_it():
     """A run supplies each input (a resolver or a declared setting); the rest come from the checkpoint of the method
     the score names (`supplied_by`), whose objective provides exactly them."""

@@ -11,6 +11,7 @@ import torch
 import play_with_clip
 import utils.features.images
 from tests.conftest import assert_one_clear_error
+from utils.errors import UserError
 from utils.models.loading import load_model
 from utils.models.weights import fingerprint
 
@@ -129,6 +130,8 @@ def test_python_api(tmp_path):
     assert list(sk["top5"]) == ["rocket"]
     with pytest.raises(TypeError, match="unknown options"):
         play_with_clip.play_with_skimage(colour="blue", **common)
+    with pytest.raises(UserError, match=r"--warmup must be a share in \[0, 1\), got -0.05"):  # as the flag checks
+        play_with_clip.linear_probe_evaluation_CLIP("digits", finetune=True, warmup=-0.05, **common)
 
 
 @pytest.mark.parametrize(

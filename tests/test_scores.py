@@ -144,7 +144,8 @@ def test_zero_shot_formulas(toy, temperature):
     ind, id_feats, _, _, _ = toy
     s = (id_feats @ ind.text_features.T).astype(np.float64)
     p = _softmax(s / temperature)
-    plain = {"mcm": MCM.plain, "entropy": NegEntropy.plain, "var": lambda v: SoftmaxVariance.plain(v, CLASSES)}
+    plain = {"mcm": MCM.plain, "entropy": lambda v: NegEntropy.plain(v, CLASSES),
+             "var": lambda v: SoftmaxVariance.plain(v, CLASSES)}  # fmt: skip
     expected = {
         "mcm": p.max(1),
         "energy": temperature * torch.logsumexp(torch.from_numpy(s / temperature), dim=1).numpy(),
@@ -189,6 +190,21 @@ def test_softmax_scores_rank_exactly_at_clips_temperature():
     for name in ("mcm", "entropy", "var"):
         got = build_score(name, temperature=0.01).fit(ind)(feats)
         assert len(np.unique(got)) == 60, name
+        exact = sorted(range(60), key=lambda i: reference[name][i])
+        assert np.argsort(got, kind="stable").tolist() == exact, name
+
+
+def test_softmax_scores_rank_exactly_near_uniform():
+    """T = 300 on 64 nearly equal similarities: every p_k within 1e-8 of 1/K, where 1 − Σ p² and H = log K − tiny
+    lose the differences in float64 (ranking by either gets almost every pair wrong); ours is the exact order."""
+    rng = np.random.default_rng(6)
+    text = np.eye(64, dtype=np.float32)
+    feats = (0.3 + rng.uniform(0, 1e-4, (60, 64))).astype(np.float32)
+    s = (feats @ text.T).astype(np.float64)
+    reference = _exact_reference(s, 300.0)
+    ind = InDistribution(text_features=text)
+    for name in ("mcm", "entropy", "var"):
+        got = build_score(name, temperature=300.0).fit(ind)(feats)
         exact = sorted(range(60), key=lambda i: reference[name][i])
         assert np.argsort(got, kind="stable").tolist() == exact, name
 
@@ -669,3 +685,15 @@ def test_local_scores_are_glmcms_formulas():
             assert both[i] == pytest.approx(per_token[0] + lam * max(per_token[1:]), rel=1e-6)
     with pytest.raises(ValueError, match="not tokens of dimension"):
         build_score("l_mcm").fit(ind)(flat[:, :-1])
+
+
+def test_one_class_softmax_scores_refuse_and_energy_runs():
+    """A softmax over one class is 1 whatever the image: MCM, entropy and var say so; energy (T · logsumexp, here
+    the similarity itself) is a score still."""
+    text = np.eye(1, DIM, dtype=np.float32)
+    feats = _unit(np.random.default_rng(2).normal(size=(5, DIM)))
+    ind = InDistribution(text_features=text)
+    assert np.allclose(build_score("energy").fit(ind)(feats), feats[:, 0], atol=1e-6)
+    for name in ("mcm", "entropy", "var", "l_mcm", "gl_mcm"):
+        with pytest.raises(ValueError, match="1 for one class"):
+            build_score(name).fit(ind)

@@ -48,6 +48,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def logsumexp(logits: np.ndarray, axis: int = 1) -> np.ndarray:
-    """log Σ exp along `axis` (row-wise by default), shifted by the maximum."""
+    """log Σ exp along `axis` (row-wise by default), shifted by the maximum; −inf where every entry is −inf."""
     top = logits.max(axis=axis, keepdims=True)
-    return np.squeeze(top, axis=axis) + np.log(np.exp(logits - top).sum(axis=axis))
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.squeeze(top, axis=axis) + np.log(np.exp(logits - top).sum(axis=axis))

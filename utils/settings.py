@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -108,7 +109,9 @@ class Setting:
             return "none"
         if isinstance(self.default, (list, tuple)):
             return " ".join(map(str, self.default))
-        return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
+        if isinstance(self.default, float):  # 1e-05 as 1e-5
+            return re.sub(r"e([+-])0*(\d)", lambda m: f"e{m[1].replace('+', '')}{m[2]}", f"{self.default:g}")
+        return str(self.default)
 
     def help_text(self, readers: Iterable[str] = ()) -> str:
         """The flag's help: what it does, who reads it, its default and where that comes from."""

@@ -64,32 +64,41 @@ def parse_ood_splits(pairs: Sequence[str]) -> dict[str, str]:
 
 @dataclass
 class Benchmark:
-    """The loaded data of a run and how it was prepared (recorded with the results)."""
+    """The loaded data of a run and how it was prepared (recorded with the results). Resolved in two steps, so that
+    what the ID data decide is checked before any OOD set is fetched: resolve_id, then resolve_ood."""
 
     request: BenchmarkRequest
-    spec: DatasetSpec
+    specs: dict[str, DatasetSpec]  # every name's registry entry, looked up once
     id_test: LoadedDataset  # with the shifted sets joined, where asked
     id_train: LoadedDataset | None
-    ood_sets: list[LoadedDataset]
     protocol: dict  # the OOD protocol as applied: resolution, per-class caps, source
+    id_parts: list[LoadedDataset] = field(default_factory=list)  # the ID test split and each shifted set, as loaded
+    ood_sets: list[LoadedDataset] = field(default_factory=list)
     validation: Validation | None = None
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def spec(self) -> DatasetSpec:
+        return self.specs[self.request.id_name]
+
     def groups(self) -> tuple[dict[str, tuple[str, ...]], list[str]]:
-        """The mean-row groups (OpenOOD's nearood/farood) whose sets were all read from their test split, and a
-        note per group left out, naming the sets it lacks."""
-        tested = {d.name for d in self.ood_sets if d.split == "test"}
-        complete = {g: sets for g, sets in self.spec.ood_groups.items() if set(sets) <= tested}
-        notes = [f"no {group} mean row: {', '.join(n for n in members if n not in tested)} not evaluated on its test "
-                 f"split" for group, members in self.spec.ood_groups.items() if group not in complete]  # fmt: skip
-        return complete, notes
+        """The ID set's mean-row groups over the OOD sets read from their test split (see mean_groups)."""
+        return mean_groups([d.name for d in self.ood_sets if d.split == "test"], self.spec.ood_groups)
 
 
-def resolve_benchmark(request: BenchmarkRequest, data: DataOptions, needs_train: bool, select: bool,
-                      specs: dict[str, DatasetSpec] | None = None) -> Benchmark:  # fmt: skip
-    """Load everything the run reads: the ID test split (with --classnames and shifted sets), the ID train split where
-    `needs_train`, the OOD sets under the ID benchmark's protocol, and --select's validation sets where `select`
-    (`specs`: request.specs(), where the caller has them)."""
+def mean_groups(tested: Sequence[str], groups: dict[str, tuple[str, ...]]) -> tuple[dict, list[str]]:
+    """The groups (OpenOOD's nearood/farood) whose sets were all `tested`, and a note per group left out, naming the
+    sets it lacks."""
+    complete = {g: sets for g, sets in groups.items() if set(sets) <= set(tested)}
+    notes = [f"no {group} mean row: {', '.join(n for n in members if n not in tested)} not evaluated on its test split"
+             for group, members in groups.items() if group not in complete]  # fmt: skip
+    return complete, notes
+
+
+def resolve_id(request: BenchmarkRequest, data: DataOptions, needs_train: bool,
+               specs: dict[str, DatasetSpec] | None = None) -> Benchmark:  # fmt: skip
+    """The ID side of the run: the test split (with --classnames, and the shifted sets joined by class) and, where
+    `needs_train`, the train split (`specs`: request.specs(), where the caller has them)."""
     specs = specs or request.specs()
     spec = specs[request.id_name]
     id_test = data.load(request.id_name, "test", spec=spec)
@@ -102,20 +111,28 @@ def resolve_benchmark(request: BenchmarkRequest, data: DataOptions, needs_train:
     if shifted:
         id_test = full_spectrum(plain, shifted)
         notes.append(f"full-spectrum ID: the {len(id_test.dataset)} ID test images are {plain.name}'s "
-                     f"{len(plain.dataset)} and those of {', '.join(request.shifted_id)}, labelled by class")  # fmt: skip
+                     f"{len(plain.dataset)} and those of {', '.join(request.shifted_id)}, labelled by "
+                     f"class")  # fmt: skip
     protocol = {"resolution": spec.ood_protocol.resolution if request.ood_resize else None,
                 "per_class": spec.ood_protocol.per_class, "source": spec.ood_protocol.source}  # fmt: skip
-    ood_sets = load_ood_sets(request, data, specs)
-    validation = None
+    return Benchmark(request, specs, id_test, id_train, protocol, [plain, *shifted], notes=notes)
+
+
+def resolve_ood(bench: Benchmark, data: DataOptions, select: bool) -> Benchmark:
+    """The OOD side, into `bench`: the OOD sets under the ID benchmark's protocol and, where `select`, --select's
+    validation sets (never a test set, the ID test images included)."""
+    request, resolution = bench.request, bench.protocol["resolution"]
+    bench.ood_sets = load_ood_sets(request, data, bench.specs)
     if select:
-        validation = validation_data(spec, request.id_name, data, request.select_ood, request.select_holdout,
-                                     [plain, *shifted, *ood_sets], protocol["resolution"], id_train)  # fmt: skip
+        bench.validation = validation_data(bench.spec, request.id_name, data, request.select_ood,
+                                           request.select_holdout, [*bench.id_parts, *bench.ood_sets], resolution,
+                                           bench.id_train)  # fmt: skip
         if request.classnames:
-            validation.id_val = renamed(validation.id_val, list(request.classnames))
-    if protocol["resolution"]:
-        notes.append(f"OOD images resized to {protocol['resolution']}x{protocol['resolution']} first "
-                     f"({protocol['source']}; --no-ood-resize keeps them as they are)")  # fmt: skip
-    return Benchmark(request, spec, id_test, id_train, ood_sets, protocol, validation, notes)
+            bench.validation.id_val = renamed(bench.validation.id_val, list(request.classnames))
+    if resolution:
+        bench.notes.append(f"OOD images resized to {resolution}x{resolution} first ({bench.protocol['source']}; "
+                           f"--no-ood-resize keeps them as they are)")  # fmt: skip
+    return bench
 
 
 def load_ood_sets(request: BenchmarkRequest, data: DataOptions, specs: dict[str, DatasetSpec] | None = None,

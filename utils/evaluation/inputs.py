@@ -32,6 +32,7 @@ from utils.scores import (
     NEG_FRACTION,
     NEG_PERCENTILE,
     NEG_WORDS,
+    PAPER_K,
     POOD_HEAD,
     SCORES,
     Head,
@@ -108,7 +109,7 @@ def _check_train(exp: Experiment) -> None:
 
 
 def _ks(exp: Experiment) -> list[int]:
-    return sorted(set(exp.options.value(K) or [exp.id_test.spec.knn_k]))
+    return sorted(set(exp.options.value(K) or [getattr(exp.id_test.spec, "knn_k", PAPER_K)]))
 
 
 def _check_ks(exp: Experiment) -> None:

@@ -16,7 +16,16 @@ from utils.arrays import as_array
 from utils.data.splits import LoadedDataset
 from utils.errors import UserError
 from utils.evaluation.classification import top1
-from utils.evaluation.inputs import Encoded, Experiment, PerSet, needs_train, requirements, resolver, unavailable
+from utils.evaluation.inputs import (
+    Encoded,
+    Experiment,
+    PerSet,
+    needs_train,
+    requirements,
+    resolver,
+    score_settings,
+    unavailable,
+)
 from utils.evaluation.metrics import bootstrap_intervals, ood_metrics
 from utils.features.images import DEFAULT_VIEW, VIEWS, image_features, view_sources
 from utils.features.store import CachedFeatures
@@ -51,6 +60,8 @@ def plan(requested: Sequence[str], exp: Experiment) -> list[str]:
         named = {canonical(n) for n in requested if n.lower() != "all"}
     except ValueError as err:
         raise UserError(str(err)) from err
+    if unknown := sorted(set(exp.options.settings) - set(score_settings())):
+        raise UserError(f"unknown settings {', '.join(unknown)}; known: {', '.join(score_settings())}")
     skipped: dict[str, list[str]] = {}
     for score in scores:
         reason = unavailable(score, exp)

@@ -38,12 +38,6 @@ def with_group_means(per_set: dict[str, dict[str, float]], groups: dict[str, tup
     return entries + [(name, values) for name, values in per_set.items() if name not in grouped]
 
 
-def incomplete_groups(sets: list[str], groups: dict[str, tuple[str, ...]]) -> list[str]:
-    """A note per group that gets no mean row because some of its sets were not evaluated."""
-    return [f"no {group} mean row: {', '.join(n for n in members if n not in sets)} not evaluated on its test split"
-            for group, members in groups.items() if any(n not in sets for n in members)]  # fmt: skip
-
-
 def table_rows(evaluation: Evaluation) -> list[dict[str, Any]]:
     """One row per score x OOD set, each group's mean row (`evaluation.groups`) and a per-score average over the
     sets; metrics x 100, rounded to two decimals."""

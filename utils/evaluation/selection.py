@@ -23,7 +23,7 @@ from utils.evaluation.options import EvalOptions
 from utils.evaluation.pipeline import Evaluation, encode, measure, score
 from utils.features.images import DEFAULT_VIEW
 from utils.features.store import CachedFeatures
-from utils.scores import SCORES
+from utils.scores import SCORES, K
 
 METRIC = "AUROC"  # the mean over the OOD validation sets, higher is better
 
@@ -62,11 +62,11 @@ def read_by(scores: Sequence[str]) -> set[str]:
 
 def check_grid(grid: dict[str, list], val: Validation, train: LoadedDataset | None) -> None:
     """Settings the data cannot serve fail before any image is encoded: a k beyond what scores fit on."""
-    if "k" not in grid or train is None:
+    if K.name not in grid or train is None:
         return
     fit = len(val.fit_rows) if val.fit_rows is not None else len(train.dataset)
-    if max(grid["k"]) > fit:
-        raise UserError(f"--select k={max(grid['k'])} needs at least that many training images; while choosing, "
+    if max(grid[K.name]) > fit:
+        raise UserError(f"--select k={max(grid[K.name])} needs at least that many training images; while choosing, "
                         f"scores fit on {fit} of {train.name}'s train images"
                         f"{' (the rest is held out)' if val.fit_rows is not None else ''}")  # fmt: skip
 

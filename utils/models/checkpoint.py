@@ -82,12 +82,13 @@ class Checkpoint:
     contract: ScoreContract | None = None
 
 
-def read_checkpoint(path: str | None) -> Checkpoint | None:
-    """The checkpoint at `path` (None without one), the file read once; an unreadable file is one UserError."""
+def read_checkpoint(path: str | None, contract: bool = True) -> Checkpoint | None:
+    """The checkpoint at `path` (None without one), the file read once; an unreadable file is one UserError.
+    `contract=False`: its weights alone (a damaged contract is not read)."""
     if not path:
         return None
     saved = read_file(path)
-    return Checkpoint(path, state_dict_of(saved, path), _contract(saved, path))
+    return Checkpoint(path, state_dict_of(saved, path), _contract(saved, path) if contract else None)
 
 
 def _contract(saved: object, path: str) -> ScoreContract | None:

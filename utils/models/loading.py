@@ -279,7 +279,7 @@ def load_model(
     random init."""
     check_model_name(name)
     if isinstance(ckpt, str):
-        ckpt = read_checkpoint(ckpt)
+        ckpt = read_checkpoint(ckpt, contract=False)
     tag = None if (pretrained or "").lower() in NO_WEIGHTS else pretrained
     # Seeded random init (--pretrained none) is reproducible, so its features cache too; the caller's RNG is untouched.
     with torch.random.fork_rng(devices=[]):

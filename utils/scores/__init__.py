@@ -11,11 +11,12 @@ flags from the declarations, so adding a score touches its own file, this regist
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
 from utils.scores.base import InDistribution, Score
-from utils.scores.knn import KNN, K
+from utils.scores.knn import KNN, PAPER_K, K
 from utils.scores.label_mass import (
     NEG_FRACTION,
     NEG_PERCENTILE,
@@ -79,9 +80,11 @@ def needs_text(name: str) -> bool:
 
 
 def listing() -> list[tuple[str, str]]:
-    """(name, what it is) for every score, from its docstring's first line; then each pytorch-ood detector that
+    """(name, what it is) for every score, from its docstring's first paragraph; then each pytorch-ood detector that
     cannot run on cached features, with the reason (what --list-scores prints)."""
-    rows = [(name, (cls.__doc__ or "").strip().splitlines()[0]) for name, cls in SCORES.items()]
+    rows = [
+        (name, " ".join(inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].split())) for name, cls in SCORES.items()
+    ]
     return rows + [(name, f"unavailable: {reason}") for name, reason in POOD_UNAVAILABLE.items()]
 
 
@@ -101,6 +104,7 @@ __all__ = [
     "NEG_FRACTION",
     "NEG_PERCENTILE",
     "NEG_WORDS",
+    "PAPER_K",
     "POOD_HEAD",
     "POOD_UNAVAILABLE",
     "SCORES",

@@ -18,9 +18,9 @@ class _LocalScore(TemperedScore):
 
     view = "local"
 
-    def _log_odds(self, tokens: np.ndarray) -> np.ndarray:
-        """The MCM log-odds of every token: [rows, tokens]."""
-        return mcm_log_odds(np.einsum("btd,kd->btk", tokens, self.text_features).astype(np.float64) / self.temperature)
+    def _logits(self, tokens: np.ndarray) -> np.ndarray:
+        """s / T of every token: [rows, tokens, classes]."""
+        return np.einsum("btd,kd->btk", tokens, self.text_features).astype(np.float64) / self.temperature
 
     def _tokens(self, rows: np.ndarray) -> np.ndarray:
         dim = self.text_features.shape[1]
@@ -34,7 +34,7 @@ class LocalMCM(_LocalScore):
     ranked by the largest patch log-odds (as MCM)."""
 
     def _score(self, features: np.ndarray) -> np.ndarray:
-        return self._log_odds(self._tokens(features)[:, 1:]).max(axis=1)
+        return mcm_log_odds(self._logits(self._tokens(features)[:, 1:])).max(axis=1)
 
 
 class GLMCM(_LocalScore):
@@ -49,5 +49,6 @@ class GLMCM(_LocalScore):
         self.gl_lambda = float(gl_lambda)
 
     def _score(self, features: np.ndarray) -> np.ndarray:
-        best = np.exp(-np.logaddexp(0.0, -self._log_odds(self._tokens(features))))  # max_k softmax per token
+        s = self._logits(self._tokens(features))
+        best = 1.0 / np.exp(s - s.max(axis=2, keepdims=True)).sum(axis=2)  # max_k softmax of every token
         return best[:, 0] + self.gl_lambda * best[:, 1:].max(axis=1)

@@ -1,16 +1,17 @@
 """Zero-shot scores from cosine similarities s = features @ text_features.T to the ID class prompts.
 
-The softmax scores rank by an exact transform of their value, computed in log space from the gaps to the top class,
-so that no T rounds them to ties: with T = 0.01 (CLIP's own scale) a well-separated image has p_max within 1e-17
-of 1, which float64 stores as exactly 1.0. Each transform is strictly increasing in the paper's value, so every
-metric is the paper's; `plain` turns a ranked value back into the paper's where one is wanted.
+The softmax scores rank by an exact transform of their value, computed in log space from the gaps to the top class
+(and, for entropy and variance, from the distance to the uniform prediction), so that no T rounds them to ties:
+with T = 0.01 (CLIP's own scale) a well-separated image has p_max within 1e-17 of 1, which float64 stores as
+exactly 1.0, and at large T every p_k lies within 1e-17 of 1/K. Each transform is strictly increasing in the
+paper's value, so every metric is the paper's; `plain` turns a ranked value back into the paper's where wanted.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from utils.arrays import logsumexp
+from utils.arrays import log_softmax, logsumexp
 from utils.scores.base import InDistribution, Score, as_array
 from utils.settings import Setting, positive_float
 
@@ -39,6 +40,7 @@ class TemperedScore(ZeroShotScore):
     """Base of the scores of p = softmax(s / T)."""
 
     settings = (TEMPERATURE,)
+    constant_for_one_class = True  # a softmax over one class is 1 whatever the image
 
     def __init__(self, temperature: float = TEMPERATURE.default):
         super().__init__()
@@ -48,16 +50,8 @@ class TemperedScore(ZeroShotScore):
 
     def _fit(self, ind: InDistribution) -> None:
         super()._fit(ind)
-        if len(self.text_features) < 2:
-            raise ValueError(f"{type(self).__name__} is a softmax over the ID classes, which is constant for one class")
-
-
-def _lse(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """logsumexp that gives -inf (not NaN) where every entry is -inf."""
-    top = x.max(axis=axis, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        return np.log(np.exp(x - top).sum(axis=axis)) + np.squeeze(top, axis=axis)
+        if self.constant_for_one_class and len(self.text_features) < 2:
+            raise ValueError(f"{type(self).__name__} reads a softmax over the ID classes, which is 1 for one class")
 
 
 def gaps(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +59,7 @@ def gaps(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     last axis: p_max = 1 / (1 + A), exactly, whatever the size of the gaps."""
     r = logits - logits.max(axis=-1, keepdims=True)
     np.put_along_axis(r, logits.argmax(axis=-1)[..., None], -np.inf, axis=-1)
-    return r, _lse(r)
+    return r, logsumexp(r, axis=-1)
 
 
 def mcm_log_odds(logits: np.ndarray) -> np.ndarray:
@@ -81,8 +75,10 @@ class MaxLogit(ZeroShotScore):
 
 
 class MCM(TemperedScore):
-    """Maximum Concept Matching (Ming et al., NeurIPS 2022): max_k softmax(s / T)_k, T = 1 in the paper; ranked by
-    its log-odds −log Σ_{k≠top} exp((s_k − s_top) / T)."""
+    """Maximum Concept Matching (Ming et al., NeurIPS 2022): max_k softmax(s / T)_k, T = 1 in the paper.
+
+    Ranked by its log-odds −log Σ_{k≠top} exp((s_k − s_top) / T).
+    """
 
     def reduce(self, similarities: np.ndarray) -> np.ndarray:
         return mcm_log_odds(similarities / self.temperature)
@@ -96,39 +92,66 @@ class MCM(TemperedScore):
 class Energy(TemperedScore):
     """Energy score (Liu et al., NeurIPS 2020) on CLIP similarities: T · logsumexp_k(s_k / T)."""
 
+    constant_for_one_class = False  # T · logsumexp of one class is its similarity
+
     def reduce(self, similarities: np.ndarray) -> np.ndarray:
         return self.temperature * logsumexp(similarities / self.temperature)
 
 
 class NegEntropy(TemperedScore):
-    """Negative entropy of the zero-shot prediction: −H(p) = Σ_k p_k log p_k, p = softmax(s / T); ranked by −log H,
-    with H = log(1 + A) + Σ_{k≠top} e^{r_k} |r_k| / (1 + A) (r_k = (s_k − s_top) / T, A = Σ_{k≠top} e^{r_k})."""
+    """Negative entropy of the zero-shot prediction: −H(p) = Σ_k p_k log p_k, p = softmax(s / T).
+
+    Ranked by log(log K − H) − log H, increasing in −H: log K − H = KL(p ‖ uniform) = Σ_k [(1 + u_k) log(1 + u_k)
+    − u_k] / K with u_k = K p_k − 1 resolves near-uniform predictions (large T); H = log(1 + A) + Σ_{k≠top}
+    e^{r_k} |r_k| / (1 + A), with r_k = (s_k − s_top) / T and A = Σ_{k≠top} e^{r_k}, near-one-hot ones (small T).
+    """
 
     def reduce(self, similarities: np.ndarray) -> np.ndarray:
-        r, log_a = gaps(similarities / self.temperature)
+        logits = similarities / self.temperature
+        r, log_a = gaps(logits)
         with np.errstate(divide="ignore", invalid="ignore"):
-            log_c = _lse(np.where(np.isfinite(r), r + np.log(-r), -np.inf))  # log Σ_{k≠top} e^{r_k} |r_k|
+            log_c = logsumexp(np.where(np.isfinite(r), r + np.log(-r), -np.inf))  # log Σ_{k≠top} e^{r_k} |r_k|
             a = np.exp(log_a)
             log_d = np.where(a > 0, np.log(np.log1p(a)) - log_a, 0.0)  # log(log(1 + A) / A), 0 as A -> 0
-        return -np.logaddexp(log_a + log_d, log_c - np.log1p(a))
+        log_h = np.logaddexp(log_a + log_d, log_c - np.log1p(a))
+        return np.log(np.maximum(_from_uniform(logits), np.finfo(np.float64).tiny)) - log_h
 
     @staticmethod
-    def plain(ranked: np.ndarray) -> np.ndarray:
-        """−H(p) of a ranked value."""
-        return -np.exp(-np.asarray(ranked, dtype=np.float64))
+    def plain(ranked: np.ndarray, classes: int) -> np.ndarray:
+        """−H(p) over `classes` classes of a ranked value."""
+        odds = np.exp(np.asarray(ranked, dtype=np.float64))  # (log K − H) / H
+        return -np.log(classes) / (1 + odds)
+
+
+def _from_uniform(logits: np.ndarray) -> np.ndarray:
+    """KL(softmax(logits) ‖ uniform) per row, as a sum of non-negative terms (no cancellation near uniform)."""
+    classes = logits.shape[1]
+    log_kp = log_softmax(logits) + np.log(classes)  # log(K p_k)
+    u = np.expm1(log_kp)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        own = np.where(u > -1, (1 + u) * np.log1p(u), 0.0)  # K p log(K p), 0 where p underflowed
+    return (own - u).sum(axis=1) / classes
 
 
 class SoftmaxVariance(TemperedScore):
-    """Variance of the zero-shot prediction over classes: Var_k(p_k), p = softmax(s / T) (peaked = ID); ranked by
-    −log(1 − Σ_k p_k²) (Var = Σ p² / K − 1 / K²), from 1 − Σ p² = (2A + A² − Σ_{k≠top} e^{2 r_k}) / (1 + A)²."""
+    """Variance of the zero-shot prediction over classes: Var_k(p_k), p = softmax(s / T) (peaked = ID).
+
+    Ranked by log(K · Var) − log(1 − Σ_k p_k²) (K · Var = Σ p² − 1/K), increasing in Σ p²: the first term resolves
+    near-uniform predictions (large T), the second near-one-hot ones (small T), from
+    1 − Σ p² = (2A + A² − Σ_{k≠top} e^{2 r_k}) / (1 + A)².
+    """
 
     def reduce(self, similarities: np.ndarray) -> np.ndarray:
-        r, log_a = gaps(similarities / self.temperature)
+        logits = similarities / self.temperature
+        r, log_a = gaps(logits)
         b = np.exp(r - log_a[:, None])  # the others' shares of A, summing to 1
         a = np.exp(log_a)
-        return 2 * np.log1p(a) - np.log(2.0) - log_a - np.log1p(a * (1 - (b * b).sum(axis=1)) / 2)
+        log_rest = np.log(2.0) + log_a + np.log1p(a * (1 - (b * b).sum(axis=1)) / 2) - 2 * np.log1p(a)  # log(1 − Σp²)
+        spread = logits.shape[1] * np.exp(log_softmax(logits)).var(axis=1)  # two-pass: no cancellation
+        return np.log(np.maximum(spread, np.finfo(np.float64).tiny)) - log_rest
 
     @staticmethod
     def plain(ranked: np.ndarray, classes: int) -> np.ndarray:
         """Var_k(p_k) over `classes` classes of a ranked value."""
-        return (1 - np.exp(-np.asarray(ranked, dtype=np.float64))) / classes - 1 / classes**2
+        odds = np.exp(np.asarray(ranked, dtype=np.float64))  # (Σp² − 1/K) / (1 − Σp²)
+        return ((1 / classes + odds) / (1 + odds)) / classes - 1 / classes**2
