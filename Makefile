@@ -27,4 +27,4 @@ methods-table:
 
 # The benchmarks (bench/), full size, one after the other; each prints a markdown table (about 30 min on 2 cores)
 bench:
-	for name in extraction knn mahalanobis full_table; do $(PYTHON) -m bench.$$name || exit 1; echo; done
+	for name in extraction knn mahalanobis full_table cache_verify; do $(PYTHON) -m bench.$$name || exit 1; echo; done

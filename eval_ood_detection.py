@@ -36,7 +36,7 @@ from utils.device import PRECISIONS, resolve_device
 from utils.distributed import World, close, init_world, local_device, main_first
 from utils.errors import UserError
 from utils.evaluation import inputs, openood_export, selection
-from utils.evaluation.metrics import EXTRA_METRICS
+from utils.evaluation.metrics import EXTRA_METRICS, MIN_BOOTSTRAP
 from utils.evaluation.openood_export import write_openood
 from utils.evaluation.options import EvalOptions
 from utils.evaluation.pipeline import Evaluation, encode, evaluate, plan
@@ -50,6 +50,7 @@ from utils.models.loading import check_model_name, load_model
 from utils.models.preprocess import INTERPOLATIONS, with_interpolation
 from utils.prompts import TEMPLATE_SETS, Template
 from utils.scores import ALIASES, SCORES, listing
+from utils.settings import non_negative_int
 
 
 def _presets() -> list[str]:
@@ -93,13 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--templates", default=None,
                         help=f"prompt templates: {' | '.join(TEMPLATE_SETS)} | a file, one per line (default: the "
                              "--ckpt's learned prompts (coop, locoop), else single: 'a photo of a {}.')")  # fmt: skip
-    parser.add_argument(
-        "--bootstrap",
-        type=int,
-        default=0,
-        metavar="N",
-        help="N bootstrap rounds for 95%% confidence intervals (default: 0, none)",
-    )
+    parser.add_argument("--bootstrap", type=_rounds, default=0, metavar="N",
+                        help=f"N bootstrap rounds for 95%% percentile confidence intervals: 0 (none) or at least "
+                             f"{MIN_BOOTSTRAP}, so that each end of the interval rests on 25 rounds "
+                             f"(default: 0)")  # fmt: skip
     parser.add_argument("--shifted-id", nargs="+", default=[], metavar="NAME",
                         help="covariate-shifted sets that count as ID (OpenOOD's full-spectrum protocol), joined to "
                              "the ID test set by class: e.g. imagenet_v2 imagenet_r, or openood_imagenet:imagenet_r "
@@ -114,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--select-holdout", type=float, default=0.1, metavar="FRACTION",
                         help="--select's ID validation images where the ID set has no val split: this seeded share "
                              "of ID train, left out of what scores fit on while choosing (default: 0.1)")  # fmt: skip
+    parser.add_argument("--allow-overlap", action="store_true",
+                        help="score an OOD set that the --ckpt model was fine-tuned on as its outlier pool (its "
+                             "checkpoint records the pool), which is otherwise refused; recorded in results.json "
+                             "(default: off)")  # fmt: skip
     parser.add_argument("--ood-split", nargs="+", default=[], metavar="NAME=SPLIT",
                         help="read an OOD set's other split, e.g. imagenet10_mcm=train as MCM's ImageNet-20 "
                              "protocol does (default: every OOD set's test split)")  # fmt: skip
@@ -162,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rounds(text: str) -> int:
+    rounds = non_negative_int(text)
+    if 0 < rounds < MIN_BOOTSTRAP:
+        raise argparse.ArgumentTypeError(f"must be 0 (no intervals) or at least {MIN_BOOTSTRAP}, so that each end of "
+                                         f"a 95% interval rests on 25 rounds; got {rounds}")  # fmt: skip
+    return rounds
+
+
 def _selectable() -> str:
     names = [(setting.select[0], name) for name, (setting, _) in inputs.score_settings().items() if setting.select]
     return ", ".join(short if short == name else f"{short} ({name})" for short, name in names)
@@ -190,8 +200,6 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     """Under torchrun every rank encodes a shard of each dataset; rank 0 alone scores and reports."""
     preset = _with_preset(args)
     check_model_name(args.model)
-    if args.bootstrap < 0:
-        raise UserError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
     checkpoint = read_checkpoint(args.ckpt)
     contract = checkpoint.contract if checkpoint else None
     templates, notes = class_prompts(args, contract)
@@ -201,7 +209,7 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     exp = inputs.Experiment(options, args.model, contract=contract, world=world, run_notes=notes)
     scores = plan(args.score, exp)
     grid = _grid(args, scores, exp)
-    request = _request(args)
+    request = _request(args, contract)
     specs = request.specs()  # every name is checked before anything is downloaded
     check_writable_dir(args.cache_dir, "--cache-dir")
     if args.out_dir:
@@ -226,6 +234,7 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     evaluation = selection.score_chosen(exp, encoded, scores, choices) if grid else evaluate(exp, scores, encoded)
     evaluation.groups, incomplete = bench.groups()
     evaluation.notes += incomplete
+    evaluation.skipped = dict(bench.skipped)
     rows = _report(args, evaluation, preset)
     return _save(args, evaluation, rows, exp, bench, choices, preset)
 
@@ -256,10 +265,10 @@ def _grid(args: argparse.Namespace, scores: list[str], exp: inputs.Experiment) -
     return grid
 
 
-def _request(args: argparse.Namespace) -> BenchmarkRequest:
+def _request(args: argparse.Namespace, contract: ScoreContract | None) -> BenchmarkRequest:
     return BenchmarkRequest(args.id_name, args.out, parse_ood_splits(args.ood_split), args.shifted_id, args.ood_resize,
                             parse_labels(args.classnames) if args.classnames else None, args.select_ood,
-                            args.select_holdout)  # fmt: skip
+                            args.select_holdout, contract.outliers if contract else (), args.allow_overlap)  # fmt: skip
 
 
 def _model(args: argparse.Namespace, checkpoint: Checkpoint | None, device: object) -> object:
@@ -300,7 +309,8 @@ def _save(args: argparse.Namespace, evaluation: Evaluation, rows: list[dict], ex
           bench: Benchmark, choices: dict | None, preset: Preset | None) -> dict:  # fmt: skip
     out_dir: Path = run_folder(args.out_dir, [args.id_name.replace("/", "_").replace(":", "_"),
                                               args.model.replace(":", "_")], args.overwrite)  # fmt: skip
-    metadata = {**run_metadata(args), "model_weights": exp.bundle.weights, "ood_protocol": bench.protocol}
+    metadata = {**run_metadata(args), "model_weights": exp.bundle.weights, "ood_protocol": bench.protocol,
+                "trained_on_as_outliers": bench.overlaps}  # fmt: skip
     if choices is not None:
         metadata["selection"] = {name: c.summary(bench.validation.split) for name, c in choices.items()}
     if preset:

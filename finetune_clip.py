@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,8 @@ def _run(args: argparse.Namespace, world) -> dict[str, Any]:
     captions = load_templates(args.templates)
     data = from_args(DataOptions, args, root=args.data_root)
     train_data = data.load_id_train(args.id_name)
+    for note in train_data.notes:
+        print(f"note: {note}", file=sys.stderr)
     if not train_data.classnames:
         raise UserError(f"'{args.id_name}' has no class names (a flat folder?); fine-tuning needs labelled images")
     aux_name = args.aux or DEFAULT_AUX.get(args.id_name)
@@ -146,7 +149,8 @@ def _run(args: argparse.Namespace, world) -> dict[str, Any]:
         barrier(world)
     log = train(bundle, objective, train_data, aux, config, out_dir, world, resume=args.resume)
     bundle = dataclasses.replace(bundle, fingerprint=fingerprint(bundle.model))  # new weights, new cache key
-    summary: dict[str, Any] = {"method": args.method, "log": log, "out_dir": str(out_dir)}
+    summary: dict[str, Any] = {"method": args.method, "log": log, "out_dir": str(out_dir),
+                               "notes": list(train_data.notes)}  # fmt: skip
     if world.main:
         summary["zero_shot_top1"] = _zero_shot_top1(bundle, objective, data.load(args.id_name, "test"), args)
         save_model(out_dir / "final.pt", bundle, objective, config, base_weights=bundle.weights,

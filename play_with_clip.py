@@ -11,6 +11,7 @@ play_with_skimage(); each returns its results as a dict and saves them like the 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,8 @@ def _data(args: argparse.Namespace, split: str) -> LoadedDataset:
     data = options.load_id_train(args.id_name) if split == "train" else options.load(args.id_name, split)
     if not data.classnames:
         raise UserError(f"'{args.id_name}' has no class names (a flat folder?); {args.mode} needs labelled images")
+    for note in data.notes:
+        print(f"note: {note}", file=sys.stderr)
     return data
 
 
@@ -127,6 +130,9 @@ def run_zeroshot(args: argparse.Namespace, checkpoint: Checkpoint | None) -> dic
         if len(names) != len(data.classnames):
             raise UserError(f"--test-labels has {len(names)} labels but {args.id_name} has {len(data.classnames)} "
                             f"classes; give one label per class, in the dataset's class order")  # fmt: skip
+    if len(names) < 2:
+        raise UserError(f"'{args.id_name}' has one class: zero-shot classification among one label is 100% correct "
+                        f"whatever the model does; use a set of several classes")  # fmt: skip
     bundle = _load(args, checkpoint)
     _needs_text(bundle, args.mode)
     cache = FeatureCache(args.cache_dir, args.feature_dtype)

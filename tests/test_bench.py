@@ -17,6 +17,7 @@ CHECKS = {
         "| whole pipeline, tensor (decode, preprocess, model, cache write) | 0 |",
         "(PIL): True; through the tensor pipeline: True.",
     ],
+    "cache_verify": ["verification found no damage", "| verification: xxh3 of every block"],
     "full_table": ["Both ways give identical metrics: True."],
     "knn": ["(within 1e-3)", "sweep vs single search: 0.0e+00", "resident search:", "not measured (no GPU)"],
     "mahalanobis": ["| True | True |"],

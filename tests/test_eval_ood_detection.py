@@ -103,7 +103,8 @@ def test_every_score_one_extraction(tmp_path, words, monkeypatch):
         assert set(summary["metrics"][label]) == expected
     rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
     averages = [r for r in rows if r["ood"] == "average"]
-    assert len(rows) == 2 * len(labels) - 1 + len(averages) and len(averages) == len(labels) - 1
+    assert len(rows) == 2 * len(labels) + len(averages) and len(averages) == len(labels) - 1  # oracle's noise row:
+    assert next(r for r in rows if r["score"] == "oracle" and r["ood"] == noise)["note"] == "not scored (see the notes)"
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert any("oracle: skipped" in note for note in saved["notes"])
     assert 0.0 <= saved["accuracy"]["linear_probe_top1"] <= 1.0
@@ -125,7 +126,7 @@ def test_rerun_with_other_score_does_no_forward_pass(tmp_path, monkeypatch):
 
 
 def test_bootstrap_intervals_in_outputs(tmp_path):
-    run(tmp_path, "--in", "digits", "--score", "mcm", "--bootstrap", "30", "--limit", "60", "--no-plots")
+    run(tmp_path, "--in", "digits", "--score", "mcm", "--bootstrap", "1000", "--limit", "60", "--no-plots")
     assert "| average |" in (tmp_path / "out" / "results.md").read_text()
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     low, high = saved["intervals"]["mcm"]["digits_ood"]["AUROC"]
@@ -177,6 +178,40 @@ def test_the_registry_is_asked_once_per_name(tmp_path, monkeypatch):
         monkeypatch.setattr(f"{module}.get_spec", utils.data.registry.get_spec)
     run(tmp_path, "--in", "digits", "--score", "mcm", "knn", "--no-plots")
     assert sorted(asked) == ["digits", "digits_ood", "faces", "skimage_textures"]
+
+
+def test_shots_beyond_every_class_are_noted(tmp_path):
+    run(tmp_path, "--in", "digits", "--out", "digits_ood", "--score", "knn", "--shots", "10000", "--no-plots")
+    notes = json.loads((tmp_path / "out" / "results.json").read_text())["notes"]
+    assert "--shots 10000: 5 of the 5 classes of digits train have fewer images and keep all of theirs (the whole " \
+           "train split is used)" in notes  # fmt: skip
+
+
+def test_a_capped_setting_is_recorded_as_it_ran(tmp_path, words, capsys):
+    """34 words mine 5 negatives (3 nouns, 2 adjectives), so NegLabel's 100 groups become 5: results.json records
+    what ran and one note says so."""
+    run(tmp_path, "--in", "digits", "--out", "digits_ood", "--score", "neglabel", "--neg-words", str(words),
+        "--no-plots")  # fmt: skip
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["ran"]["neglabel"] == {"neg_groups": 5, "negatives": 5, "mined": 5}
+    assert saved["config"]["neg_groups"] == 100  # what was asked stays recorded as asked
+    assert "neglabel: neg_groups 5 ran, not the 100 asked (negatives 5, mined 5)" in saved["notes"]
+
+
+def test_a_missing_split_and_a_skipped_set_are_loud(tmp_path, capsys, monkeypatch):
+    """--ood-split naming a split the set lacks is an error; a default set that is missing is skipped, recorded in
+    results.json and marked in the tables, and the average says it covers fewer sets."""
+    message = _fails(tmp_path, capsys, "--in", "digits", "--ood-split", "digits_ood=val")
+    assert "--ood-split digits_ood=val: digits_ood has no 'val' split (it has: train, test)" in message
+    partners = ("isun", "digits_ood", "faces")
+    monkeypatch.setitem(DATASETS, "digits", dataclasses.replace(DATASETS["digits"], ood=partners))
+    summary = run(tmp_path, "--in", "digits", "--data-root", str(tmp_path / "data"), "--no-plots")
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(saved["skipped"]) == {"isun"} and set(summary["metrics"]["mcm"]) == {"digits_ood", "faces"}
+    assert any(note.startswith("skipped default OOD set isun: dataset 'isun'") for note in saved["notes"])
+    rows = {r["ood"]: r for r in csv.DictReader((tmp_path / "out" / "results.csv").open())}
+    assert rows["isun"]["AUROC"] == "" and rows["isun"]["note"].startswith("skipped: dataset 'isun' (test) is not")
+    assert rows["average"]["note"] == "mean of 2 of the 3 sets"
 
 
 def test_score_requirements_are_checked_before_any_ood_set_is_fetched(tmp_path, capsys):
@@ -243,7 +278,13 @@ def test_cifar10_offline_says_where_to_get_it(tmp_path, capsys):
         (["--in", "digits", "--seed", "-1"], "argument --seed: must be between 0"),
         (["--in", "digits", "--batch-size", "99999999999999999999"], "argument --batch-size: must be between 1"),
         (["--in", "folder:"], "needs a path"),
-        (["--in", "digits", "--bootstrap", "-1"], "--bootstrap must be 0 or more"),
+        (["--in", "digits", "--bootstrap", "-1"], "argument --bootstrap: must be between 0 and"),
+        (["--in", "digits", "--bootstrap", "1"], "must be 0 (no intervals) or at least 1000, so that each end"),
+        (["--in", "digits", "--out", "digits"], "OOD set digits is the ID set digits: its images would be scored"),
+        (["--in", "digits", "--shifted-id", "digits_ood", "--out", "digits_ood"], "OOD set digits_ood is the ID set"),
+        (["--in", "imagenet100", "--out", "imagenet100_mcm"], "holds images from the same source (imagenet100)"),
+        (["--in", "digits", "--classnames", "a,b,a,c,d"], "--classnames names 'a' more than once"),
+        (["--in", "digits", "--classnames", "names.txt"], "--classnames names.txt: no such file"),
         (["--in", "digits", "--templates", "missing.txt"], "neither a known set"),
         (["--in", "cifar10", "--model", "ViT-Nope"], "--list-models"),  # before any download is tried
         (["--in", "digits", "--model", "timm:test_vit", "--score", "MCM"], "needs a text encoder"),

@@ -143,12 +143,14 @@ def test_bootstrap_intervals_bracket_the_estimate():
     rng = np.random.default_rng(0)
     id_scores, ood_scores = rng.normal(1, 1, 400), rng.normal(0, 1, 300)
     point = ood_metrics(id_scores, ood_scores)
-    intervals = bootstrap_intervals(id_scores, ood_scores, rounds=200, seed=1)
+    intervals = bootstrap_intervals(id_scores, ood_scores, rounds=1000, seed=1)
     assert set(intervals) == set(METRICS)
     for metric, (low, high) in intervals.items():
         assert low <= point[metric] <= high and high - low < 0.2
-    assert intervals == bootstrap_intervals(id_scores, ood_scores, rounds=200, seed=1)  # seeded
-    assert bootstrap_intervals(np.ones(5) * 2, np.zeros(5), rounds=20)["AUROC"] == (1.0, 1.0)
+    assert intervals == bootstrap_intervals(id_scores, ood_scores, rounds=1000, seed=1)  # seeded
+    assert bootstrap_intervals(np.ones(5) * 2, np.zeros(5), rounds=1000)["AUROC"] == (1.0, 1.0)
+    with pytest.raises(ValueError, match="needs at least 1000 rounds, got 1"):  # 1 round: a one-point "interval"
+        bootstrap_intervals(id_scores, ood_scores, rounds=1)
 
 
 def test_confidence_without_the_true_class():

@@ -221,6 +221,76 @@ def test_half_written_entry_is_ignored(tiny, digits, tmp_path, monkeypatch):
     assert counter.calls == 4 and np.abs(entry.features.astype(np.float32)).sum() > 0
 
 
+DAMAGE = {  # what a disk or a stray write can do to an entry's contents; its structure stays valid
+    "zeroed rows": lambda folder: _edit(folder / "features.npy", lambda a: a.__setitem__(slice(0, 10), 0)),
+    "bit flips": lambda folder: _flip(folder / "features.npy", [123, 2345, 6000]),  # of 50 x 64 x 2 bytes
+    "a NaN": lambda folder: _edit(folder / "features.npy", lambda a: a.__setitem__((3, 5), np.nan)),
+    "changed labels": lambda folder: _edit(folder / "labels.npy", lambda a: a.__setitem__(slice(0, 5), 4 - a[:5])),
+    "a shuffled index": lambda folder: _edit(folder / "index.npy", lambda a: a.__setitem__(slice(0, 2), a[1::-1])),
+}
+
+
+def _edit(path: Path, change) -> None:
+    array = np.load(path, mmap_mode="r+")
+    change(array)
+    array.flush()
+
+
+def _flip(path: Path, positions: list[int]) -> None:
+    data = bytearray(path.read_bytes())
+    for position in positions:  # past the .npy header (128 bytes)
+        data[128 + position] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_damaged_contents_are_found_said_and_encoded_again(tiny, digits, tmp_path, monkeypatch, capsys, kind):
+    """Every block of rows, the labels and the index are checksummed when an entry is published; a run that reads
+    an entry whose contents changed says so in one line and encodes it again, to the features a fresh run gets."""
+    cache = FeatureCache(tmp_path)
+    fresh = image_features(tiny, digits, cache, batch_size=16, workers=0)
+    fresh = (np.array(fresh.features), fresh.labels.copy(), fresh.index.copy())
+    key = feature_key(tiny, digits, "float16")
+    DAMAGE[kind](cache.path(key))
+    counter = CountingEncoder(tiny, monkeypatch)
+    entry = image_features(tiny, digits, FeatureCache(tmp_path), batch_size=16, workers=0)  # another run
+    assert counter.calls == 4  # encoded again
+    assert np.array_equal(entry.features, fresh[0]) and np.array_equal(entry.labels, fresh[1])
+    assert np.array_equal(entry.index, fresh[2])
+    err = capsys.readouterr().err
+    assert err.count("is damaged") == 1 and f"cache entry {key} (the global features of digits/test)" in err
+    assert FeatureCache(tmp_path).load(key) is not None  # the new entry verifies
+
+
+def test_an_entry_without_checksums_gets_them_once_and_is_then_verified(tiny, digits, tmp_path, capsys):
+    """Entries written before checksums were kept are taken as they are, said once, and checksummed from then on."""
+    cache = FeatureCache(tmp_path)
+    image_features(tiny, digits, cache, batch_size=16, workers=0)
+    key = feature_key(tiny, digits, "float16")
+    meta_path = cache.path(key) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "checksums"}))
+    assert FeatureCache(tmp_path).load(key) is not None
+    assert "predates checksums: checksummed now" in capsys.readouterr().err
+    assert json.loads(meta_path.read_text())["checksums"] == meta["checksums"]
+    DAMAGE["zeroed rows"](cache.path(key))
+    assert FeatureCache(tmp_path).load(key) is None
+
+
+def test_an_entry_is_verified_once_per_process(tiny, digits, tmp_path, monkeypatch):
+    import utils.features.store as store
+
+    cache = FeatureCache(tmp_path)
+    image_features(tiny, digits, cache, batch_size=16, workers=0)
+    calls, real = [], store.damage
+    monkeypatch.setattr(store, "damage", lambda *a: calls.append(1) or real(*a))
+    key = feature_key(tiny, digits, "float16")
+    fresh = FeatureCache(tmp_path)
+    assert fresh.load(key) is not None and fresh.load(key) is not None and len(calls) == 1
+    DAMAGE["zeroed rows"](cache.path(key))  # changed on disk since: verified again
+    assert fresh.load(key) is None and len(calls) == 2
+
+
 def test_skipped_images_are_warned_and_dropped(tiny, image_tree, tmp_path):
     (image_tree / "cats" / "zz_broken.png").write_bytes(b"garbage")
     data = load_dataset(f"folder:{image_tree}")

@@ -47,6 +47,14 @@ def test_each_method_trains_saves_and_scores(tmp_path, method):
             "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
     result = eval_ood_detection.main(argv)
     assert 0 <= result["metrics"][score]["digits_ood"]["AUROC"] <= 1
+    assert contract.outliers == (("digits_aux",) if METHODS[method].needs_aux else ())
+    if method == "oe":  # its outlier pool is no test set for it, unless the user says so (and it is recorded)
+        with pytest.raises(SystemExit):
+            eval_ood_detection.main([*argv, "--out", "digits_aux", "--overwrite"])
+        eval_ood_detection.main([*argv, "--out", "digits_aux", "--overwrite", "--allow-overlap"])
+        saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+        assert saved["trained_on_as_outliers"] == ["digits_aux"]
+        assert any(note.startswith("--allow-overlap: digits_aux is the outlier pool") for note in saved["notes"])
 
 
 def test_checkpoint_scores_need_their_checkpoint(tmp_path, capsys):

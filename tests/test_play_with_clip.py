@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -143,9 +144,17 @@ def test_python_api(tmp_path):
         (["--mode", "skimage", "--model", "timm:test_vit"], "has no text encoder"),
         (["--mode", "linear_probe", "--in", "digits", "--warmup", "1.5"], "--warmup"),
         (["--mode", "zeroshot", "--in", "digits", "--ckpt", "nowhere.pt"], "checkpoint file not found"),
+        (["--mode", "zeroshot", "--in", "digits", "--test-labels", "a,b,c,a,b"], "names 'a', 'b' more than once"),
+        (["--mode", "zeroshot", "--in", "one_digit"], "has one class: zero-shot classification among one label"),
     ],
 )
-def test_bad_input(tmp_path, capsys, argv, expected):
+def test_bad_input(tmp_path, capsys, monkeypatch, argv, expected):
+    from utils.data.digits import Digits
+    from utils.data.registry import DATASETS
+
+    one = dataclasses.replace(DATASETS["digits"], build=lambda root, split, download: Digits(split, (0,)),
+                              classnames=["digit zero"])  # fmt: skip
+    monkeypatch.setitem(DATASETS, "one_digit", one)  # a labelled set of one class
     assert_one_clear_error(lambda: run(tmp_path, *argv), capsys, expected, tmp_path / "out")
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from utils.data.full_spectrum import full_spectrum
-from utils.data.registry import DatasetSpec, get_spec
+from utils.data.registry import DatasetSpec, family, get_spec
 from utils.data.splits import DataOptions, LoadedDataset, renamed
 from utils.data.validation import Validation, named_split, validation_data
 from utils.errors import UserError
@@ -29,6 +29,8 @@ class BenchmarkRequest:
     classnames: Sequence[str] | None = None  # other names for the ID classes, in class order (--classnames)
     select_ood: Sequence[str] = ()  # --select's OOD validation sets, NAME[=SPLIT]
     select_holdout: float = 0.1  # --select's share of ID train held out where the ID set has no val split
+    trained_outliers: Sequence[str] = ()  # the outlier pools the model was fine-tuned on (its checkpoint's contract)
+    allow_overlap: bool = False  # score OOD sets that are such a pool anyway (recorded)
 
     def specs(self) -> dict[str, DatasetSpec]:
         """The registry entry of every name asked for: an unknown name fails here, before any download."""
@@ -42,7 +44,29 @@ class BenchmarkRequest:
         stray = sorted(set(self.ood_splits) - set(ood))
         if stray:
             raise UserError(f"--ood-split names {', '.join(stray)}, which is not among the OOD sets ({', '.join(ood)})")
+        for name, split in self.ood_splits.items():
+            if split not in specs[name].splits:
+                raise UserError(f"--ood-split {name}={split}: {name} has no '{split}' split (it has: "
+                                f"{', '.join(specs[name].splits)})")  # fmt: skip
+        self._refuse_id_as_ood(ood)
         return specs
+
+    def _refuse_id_as_ood(self, ood: Sequence[str]) -> None:
+        """An OOD set may not hold the ID images (the ID set itself, a shifted set counted as ID, a set of the same
+        source); an outlier pool the model trained on only with allow_overlap."""
+        counted_id = {family(n): n for n in [self.id_name, *self.shifted_id]}
+        for name in ood:
+            if family(name) in counted_id:
+                same = counted_id[family(name)]
+                why = "is" if same == name else f"holds images from the same source ({family(name)}) as"
+                raise UserError(f"OOD set {name} {why} the ID set {same}: its images would be scored as OOD and as "
+                                f"ID alike")  # fmt: skip
+        trained = {family(n): n for n in self.trained_outliers}
+        for name in [*ood, *(item.partition("=")[0] for item in self.select_ood)]:
+            if family(name) in trained and not self.allow_overlap:
+                raise UserError(f"OOD set {name} is the outlier pool {trained[family(name)]} that the --ckpt model was "
+                                f"fine-tuned on: its images are not unseen; pass --allow-overlap to score it anyway "
+                                f"(recorded)")  # fmt: skip
 
     def ood_names(self, id_spec: DatasetSpec) -> list[str]:
         names = list(self.out) if self.out else [n for n in id_spec.ood if n != self.id_name]
@@ -74,6 +98,8 @@ class Benchmark:
     protocol: dict  # the OOD protocol as applied: resolution, per-class caps, source
     id_parts: list[LoadedDataset] = field(default_factory=list)  # the ID test split and each shifted set, as loaded
     ood_sets: list[LoadedDataset] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # default OOD sets not available here -> why
+    overlaps: list[str] = field(default_factory=list)  # OOD sets the model trained on as outliers (allow_overlap)
     validation: Validation | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -107,7 +133,7 @@ def resolve_id(request: BenchmarkRequest, data: DataOptions, needs_train: bool,
         id_test = renamed(id_test, list(request.classnames))
         id_train = id_train and renamed(id_train, list(request.classnames))
     plain, shifted = id_test, [data.load(name, "test", spec=specs[name]) for name in request.shifted_id]
-    notes = []
+    notes = list(id_train.notes) if id_train else []
     if shifted:
         id_test = full_spectrum(plain, shifted)
         notes.append(f"full-spectrum ID: the {len(id_test.dataset)} ID test images are {plain.name}'s "
@@ -122,13 +148,20 @@ def resolve_ood(bench: Benchmark, data: DataOptions, select: bool) -> Benchmark:
     """The OOD side, into `bench`: the OOD sets under the ID benchmark's protocol and, where `select`, --select's
     validation sets (never a test set, the ID test images included)."""
     request, resolution = bench.request, bench.protocol["resolution"]
-    bench.ood_sets = load_ood_sets(request, data, bench.specs)
+    bench.ood_sets = load_ood_sets(request, data, bench.specs, bench.skipped)
+    bench.notes += [f"skipped default OOD set {name}: {reason}" for name, reason in bench.skipped.items()]
     if select:
         bench.validation = validation_data(bench.spec, request.id_name, data, request.select_ood,
                                            request.select_holdout, [*bench.id_parts, *bench.ood_sets], resolution,
                                            bench.id_train)  # fmt: skip
         if request.classnames:
             bench.validation.id_val = renamed(bench.validation.id_val, list(request.classnames))
+    trained = {family(n): n for n in request.trained_outliers}
+    for data_set in [*bench.ood_sets, *(bench.validation.ood_val if bench.validation else [])]:
+        if family(data_set.name) in trained:  # only here with allow_overlap
+            bench.overlaps.append(data_set.name)
+            bench.notes.append(f"--allow-overlap: {data_set.name} is the outlier pool {trained[family(data_set.name)]} "
+                               f"the model was fine-tuned on; its numbers are not those of unseen outliers")  # fmt: skip
     if resolution:
         bench.notes.append(f"OOD images resized to {resolution}x{resolution} first ({bench.protocol['source']}; "
                            f"--no-ood-resize keeps them as they are)")  # fmt: skip
@@ -136,11 +169,11 @@ def resolve_ood(bench: Benchmark, data: DataOptions, select: bool) -> Benchmark:
 
 
 def load_ood_sets(request: BenchmarkRequest, data: DataOptions, specs: dict[str, DatasetSpec] | None = None,
-                  ) -> list[LoadedDataset]:  # fmt: skip
-    """OOD test sets: those named (each must be available) or the ID set's defaults (missing ones skipped), prepared
-    as the ID benchmark's protocol says (CIFAR: SVHN's first 1,000 per class; every image 32 x 32 unless
-    `ood_resize` is off). --ood-split reads another split of a set (MCM's ImageNet-20: ImageNet-10's train split).
-    `specs`: request.specs(), where the caller has them."""
+                  skipped: dict[str, str] | None = None) -> list[LoadedDataset]:  # fmt: skip
+    """OOD test sets: those named (each must be available) or the ID set's defaults (a missing one is skipped, with
+    the reason in `skipped`), prepared as the ID benchmark's protocol says (CIFAR: SVHN's first 1,000 per class;
+    every image 32 x 32 unless `ood_resize` is off). --ood-split reads another split of a set (MCM's ImageNet-20:
+    ImageNet-10's train split). `specs`: request.specs(), where the caller has them."""
     specs = specs or request.specs()
     spec = specs[request.id_name]
     size = spec.ood_protocol.resolution if request.ood_resize else None
@@ -156,6 +189,8 @@ def load_ood_sets(request: BenchmarkRequest, data: DataOptions, specs: dict[str,
                 raise
             reason = " ".join(line.strip() for line in str(err).splitlines())
             print(f"skipping default OOD set {name}: {reason}", file=sys.stderr)
+            if skipped is not None:
+                skipped[name] = reason
     if not loaded:
         raise UserError(
             f"none of the default OOD sets of '{request.id_name}' ({', '.join(names)}) is available under "

@@ -109,10 +109,16 @@ def imagenet100_mcm() -> dict[str, str]:
     return dict(line.split("\t") for line in lines if not line.startswith("#"))
 
 
+LIST_SUFFIXES = (".txt", ".csv", ".tsv", ".list", ".names")  # a spec ending so is a file, even a missing one
+
+
 def parse_labels(spec: str | Sequence[str], flag: str = "--classnames") -> list[str]:
-    """User-given class names: a list, a comma-separated string, or a UTF-8 file with one name per line."""
+    """User-given class names: a list, a comma-separated string, or a UTF-8 file with one name per line; each name
+    once (two classes of one name could not be told apart)."""
     if not isinstance(spec, str):
         labels = [str(s).strip() for s in spec]
+    elif "," not in spec and not Path(spec).is_file() and ("/" in spec or Path(spec).suffix in LIST_SUFFIXES):
+        raise UserError(f"{flag} {spec}: no such file (give a file with one name per line, or a comma list)")
     elif Path(spec).is_file():
         try:
             labels = [line.strip() for line in Path(spec).read_text(encoding="utf-8").splitlines()]
@@ -123,4 +129,7 @@ def parse_labels(spec: str | Sequence[str], flag: str = "--classnames") -> list[
     labels = [label for label in labels if label]
     if not labels:
         raise UserError(f"{flag} gave an empty label list")
+    if twice := sorted({label for label in labels if labels.count(label) > 1}):
+        raise UserError(f"{flag} names {', '.join(repr(t) for t in twice[:5])} more than once: each class needs a "
+                        f"name of its own")  # fmt: skip
     return labels

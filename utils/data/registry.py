@@ -107,7 +107,7 @@ def _imagenet_subset(
     name: str, table: Callable[[], dict[str, str]], ood: tuple[str, ...], folder: str | None = None
 ) -> DatasetSpec:
     """A subset built by make_imagenet10.py; `folder` when it shares another entry's images (other names)."""
-    name = folder or name
+    shared, name = folder or "", folder or name
     return DatasetSpec(
         build=_folder(name, _wnids(table), split_dirs=True),
         source="build it from ImageNet-1k (image-net.org, manual download) with make_imagenet10.py",
@@ -115,6 +115,7 @@ def _imagenet_subset(
         classnames=_names(table),
         class_ids=_wnids(table),
         ood=ood,
+        family=shared,
     )
 
 

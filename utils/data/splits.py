@@ -26,6 +26,7 @@ class LoadedDataset:
     classnames: tuple[str, ...] | None
     identity: str
     spec: DatasetSpec | None = None
+    notes: tuple[str, ...] = ()  # what building it changed from what was asked (e.g. --shots beyond a class's size)
 
 
 @dataclass
@@ -50,7 +51,12 @@ class DataOptions:
         if self.shots is None:
             return loaded
         dataset = few_shot(loaded.dataset, self.shots, self.seed)
-        return replace(loaded, dataset=dataset, identity=f"{name}|train|{dataset_identity(dataset)}")
+        counts = np.bincount(np.unique(labels_of(loaded.dataset), return_inverse=True)[1])
+        short = int((counts < self.shots).sum())
+        notes = (f"--shots {self.shots}: {short} of the {len(counts)} classes of {name} train have fewer images and "
+                 f"keep all of theirs{' (the whole train split is used)' if short == len(counts) else ''}",)
+        return replace(loaded, dataset=dataset, identity=f"{name}|train|{dataset_identity(dataset)}",
+                       notes=notes if short else ())  # fmt: skip
 
 
 class Resized(Dataset):

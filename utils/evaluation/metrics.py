@@ -12,6 +12,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 METRICS = ("FPR95", "FPR95_OOD", "AUROC", "AUPR_IN", "AUPR_OUT")
+# A 95% percentile interval reads the 2.5th and 97.5th percentiles of the rounds: with 1,000 rounds each end rests
+# on 25 of them, the count Efron & Tibshirani (An Introduction to the Bootstrap, 1993) advise for percentile
+# intervals; with fewer the ends are noise (one round: both ends are that round, an "interval" of one point).
+MIN_BOOTSTRAP = 1000
 LOWER_IS_BETTER = {"FPR95", "FPR95_OOD", "FPR95_MCM"}
 
 
@@ -122,7 +126,10 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray, extra: Sequence[s
 def bootstrap_intervals(
     id_scores: np.ndarray, ood_scores: np.ndarray, rounds: int, seed: int = 0, level: float = 0.95
 ) -> dict[str, tuple[float, float]]:
-    """Percentile confidence intervals of every metric, resampling ID and OOD sets independently."""
+    """Percentile confidence intervals of every metric, resampling ID and OOD sets independently (at least
+    MIN_BOOTSTRAP rounds)."""
+    if rounds < MIN_BOOTSTRAP:
+        raise ValueError(f"a {100 * level:g}% bootstrap interval needs at least {MIN_BOOTSTRAP} rounds, got {rounds}")
     id_scores, ood_scores = _check("ID", id_scores), _check("OOD", ood_scores)
     rng = np.random.default_rng(seed)
     samples = {m: np.empty(rounds) for m in METRICS}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +49,8 @@ class Evaluation:
     notes: list[str] = field(default_factory=list)
     artifacts: dict[str, list[str]] = field(default_factory=dict)
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # mean rows over sets (OpenOOD's near/far)
+    skipped: dict[str, str] = field(default_factory=dict)  # OOD sets of the benchmark that were not scored -> why
+    ran: dict[str, dict[str, Any]] = field(default_factory=dict)  # score -> what it ran with (Score.details)
 
 
 def plan(requested: Sequence[str], exp: Experiment) -> list[str]:
@@ -154,6 +157,20 @@ def _scores_of(fitted: _Fitted, id_features: object, ood: dict[str, dict[str, Ca
     return rows
 
 
+def _record_details(name: str, details: dict[str, Any], exp: Experiment, result: Evaluation) -> None:
+    """What a score ran with, into result.ran; a setting it could not honour (a cap) gets one note."""
+    if not details:
+        return
+    result.ran.setdefault(name, {}).update(details)
+    declared = score_settings()
+    for key, value in details.items():
+        if key in declared and value != (asked := exp.options.value(declared[key][0])):
+            others = ", ".join(f"{k} {v}" for k, v in details.items() if k != key)
+            note = f"{name}: {key} {value} ran, not the {asked} asked{f' ({others})' if others else ''}"
+            if note not in exp.notes:
+                exp.notes.append(note)
+
+
 def score(exp: Experiment, encoded: Encoded, scores: Sequence[str]) -> Evaluation:
     """Fit every score on what it needs and score the ID test set and each OOD set; classifiers' top-1 too."""
     result = Evaluation(exp.id_test.name)
@@ -168,6 +185,7 @@ def score(exp: Experiment, encoded: Encoded, scores: Sequence[str]) -> Evaluatio
                     result.scores.setdefault(label, {}).update(pairs)
                 if fitted.score.classifier:
                     classifiers.setdefault(fitted.score.classifier, fitted.score)
+                _record_details(name, fitted.score.details(), exp, result)
         except ValueError as err:  # what a score cannot fit on (too few samples, unlabelled data, ...)
             raise UserError(f"score {name}: {err}") from err
     result.samples = {"ID": len(next(iter(encoded.id_test.values())).index),
@@ -192,9 +210,12 @@ def measure(result: Evaluation, bootstrap: int = 0, seed: int = 0, extra: Sequen
             try:
                 result.metrics.setdefault(label, {})[ood_name] = ood_metrics(id_scores, ood_scores, extra)
                 if bootstrap:
-                    result.intervals.setdefault(label, {})[ood_name] = bootstrap_intervals(
-                        id_scores, ood_scores, bootstrap, seed
-                    )
+                    intervals = bootstrap_intervals(id_scores, ood_scores, bootstrap, seed)
+                    result.intervals.setdefault(label, {})[ood_name] = intervals
+                    values = result.metrics[label][ood_name]
+                    if outside := [m for m, (low, high) in intervals.items() if not low <= values[m] <= high]:
+                        result.notes.append(f"{label} vs {ood_name}: {', '.join(outside)} lie outside their bootstrap "
+                                            f"interval (a skewed statistic on these few images)")  # fmt: skip
             except ValueError as err:
                 raise UserError(f"score {label}, {result.id_name} vs {ood_name}: {err}") from err
     return result

@@ -40,19 +40,34 @@ def with_group_means(per_set: dict[str, dict[str, float]], groups: dict[str, tup
 
 def table_rows(evaluation: Evaluation) -> list[dict[str, Any]]:
     """One row per score x OOD set, each group's mean row (`evaluation.groups`) and a per-score average over the
-    sets; metrics x 100, rounded to two decimals."""
+    sets; metrics x 100, rounded to two decimals. A set the run or a score could not score gets a row saying why
+    (a `note` column), and an average over fewer than all the sets says so."""
+    sets = list(dict.fromkeys([*(n for n in evaluation.samples if n != "ID"), *evaluation.skipped]))
     rows = []
     for score, per_set in evaluation.metrics.items():
         entries = with_group_means(per_set, evaluation.groups)
         if len(per_set) > 1:
             entries.append((AVERAGE, _mean(list(per_set.items()))))
+        missing = [name for name in sets if name not in per_set]
         for ood, values in entries:
+            if ood == AVERAGE:  # the sets not scored come before it
+                rows += [{"score": score, "ood": name, "note": _why(evaluation, name)} for name in missing]
+                missing = []
             row: dict[str, Any] = {"score": score, "ood": ood}
             row.update({m: round(100 * v, 2) for m, v in values.items()})
             for m, (low, high) in evaluation.intervals.get(score, {}).get(ood, {}).items():
                 row[f"{m}_ci"] = f"{100 * low:.2f}-{100 * high:.2f}"
+            if ood == AVERAGE and len(per_set) < len(sets):
+                row["note"] = f"mean of {len(per_set)} of the {len(sets)} sets"
             rows.append(row)
+        rows += [{"score": score, "ood": name, "note": _why(evaluation, name)} for name in missing]
     return rows
+
+
+def _why(evaluation: Evaluation, name: str) -> str:
+    if name in evaluation.skipped:  # its first clause (the notes and results.json's `skipped` have all of it)
+        return f"skipped: {evaluation.skipped[name].split(': ')[0]}"
+    return "not scored (see the notes)"
 
 
 def file_stem(score: str) -> str:
@@ -70,7 +85,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     columns = _columns(rows)
     lines = [
         "| " + " | ".join(columns) + " |",
-        "|" + "|".join("---" if c in ("score", "ood") else "---:" for c in columns) + "|",
+        "|" + "|".join("---" if c in ("score", "ood", "note") else "---:" for c in columns) + "|",
     ]
     for row in rows:
         cells = (f"{row[c]:.2f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns)
@@ -104,6 +119,8 @@ def write_results(folder: Path, evaluation: Evaluation, metadata: dict[str, Any]
         "samples": evaluation.samples,
         "notes": evaluation.notes,
         "groups": evaluation.groups,
+        "skipped": evaluation.skipped,
+        "ran": evaluation.ran,
         **metadata,
     })  # fmt: skip
     _write_text(written[1], _csv_text(rows))

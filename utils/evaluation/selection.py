@@ -160,6 +160,7 @@ def score_chosen(exp: Experiment, encoded: Encoded, scores: Sequence[str], choic
         part = score(replace(exp, options=_with(exp.options, dict(setting))), encoded, names)
         merged.scores.update(part.scores)
         merged.accuracy.update(part.accuracy)
+        merged.ran.update(part.ran)
         merged.samples = part.samples
         merged.notes += [note for note in part.notes if note not in merged.notes]
         merged.artifacts.update(part.artifacts)

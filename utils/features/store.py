@@ -1,7 +1,10 @@
-"""On-disk feature cache: one folder per key, streamed to disk in chunks, published atomically.
+"""On-disk feature cache: one folder per key, streamed to disk in chunks, published atomically, verified on read.
 
 An entry is valid only once its folder carries its final name and a `meta.json` that matches the arrays; while
-it is written (utils/extraction.py) it lives in a hidden `.KEY.partial` folder that is never read as an entry.
+it is written (utils/features/writer.py) it lives in a hidden `.KEY.partial` folder that is never read as an entry.
+meta.json keeps an xxh3 checksum of every block of rows and of the labels and index; each run verifies what it
+reads (about a tenth of the time of one pass over the features: bench/cache_verify.py), and an entry whose
+contents changed on disk is reported in one line and encoded again.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 
+from utils.atomic import write_json
 from utils.errors import UserError
 
 FORMAT_VERSION = 1
+CHECK_ROWS = 65536  # rows per checksummed block of features.npy
 DTYPES = {"float16": np.float16, "float32": np.float32}
 STALE_TMP_SECONDS = 24 * 3600
 STALE_PARTIAL_SECONDS = 7 * 24 * 3600
@@ -46,6 +52,47 @@ class CachedFeatures:
     @property
     def skipped(self) -> list[dict[str, str]]:
         return self.meta.get("skipped", [])
+
+
+def _digest(array: np.ndarray) -> str:
+    data = np.ascontiguousarray(array)
+    return xxhash.xxh3_64_hexdigest(memoryview(data).cast("B") if data.size else b"")
+
+
+def checksums(folder: Path) -> dict[str, Any]:
+    """The checksums of a finished entry's arrays: features.npy per block of CHECK_ROWS rows, labels, index."""
+    features = np.load(folder / "features.npy", mmap_mode="r")
+    blocks = [_digest(features[start : start + CHECK_ROWS]) for start in range(0, max(len(features), 1), CHECK_ROWS)]
+    labels, index = np.load(folder / "labels.npy"), np.load(folder / "index.npy")
+    return {"algorithm": "xxh3_64", "block_rows": CHECK_ROWS, "features": blocks, "labels": _digest(labels),
+            "index": _digest(index)}  # fmt: skip
+
+
+def damage(entry: CachedFeatures, sums: dict[str, Any]) -> str | None:
+    """What in `entry` differs from its checksums, or None when every block matches."""
+    if sums.get("algorithm") != "xxh3_64" or sums.get("block_rows") != CHECK_ROWS:
+        return f"checksums of an unknown kind ({sums.get('algorithm')}, {sums.get('block_rows')} rows)"
+    for name in ("labels", "index"):
+        if _digest(getattr(entry, name)) != sums.get(name):
+            return f"{name}.npy does not match its checksum"
+    blocks = sums.get("features", [])
+    starts = range(0, max(len(entry.features), 1), CHECK_ROWS)
+    if len(blocks) != len(starts):
+        return f"features.npy has {len(starts)} blocks of rows, its checksums {len(blocks)}"
+    for block, start in zip(blocks, starts, strict=True):
+        if _digest(entry.features[start : start + CHECK_ROWS]) != block:
+            last = min(start + CHECK_ROWS, len(entry.features)) - 1
+            return f"rows {start}-{last} of features.npy do not match their checksum"
+    return None
+
+
+def describe(meta: dict[str, Any]) -> str:
+    """An entry's contents in words, for messages: `the global features of digits/test`."""
+    name, _, rest = str(meta.get("dataset", "")).partition("|")
+    split = rest.partition("|")[0]
+    if name:
+        return f"the {meta.get('view', 'global')} features of {name}/{split}"
+    return f"the text features of {len(meta.get('prompts', []))} prompts" if "prompts" in meta else "a cache entry"
 
 
 def finish_rows(folder: Path, labels: np.ndarray, valid: np.ndarray) -> int:
@@ -74,6 +121,7 @@ class FeatureCache:
         if dtype not in DTYPES:
             raise UserError(f"unknown feature dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
         self.root, self.dtype = Path(root), dtype
+        self._checked: dict[str, tuple[tuple, bool]] = {}  # key -> (files' stamp, verified), once per process
 
     def path(self, key: str) -> Path:
         return self.root / key
@@ -83,13 +131,15 @@ class FeatureCache:
         return self.root / f".{key}.partial"
 
     @contextmanager
-    def lock(self, key: str) -> Iterator[None]:
-        """Exclusive right to extract `key`: a second run waits here, then finds the entry in the cache."""
+    def lock(self, key: str, name: str = "") -> Iterator[None]:
+        """Exclusive right to extract `key` (`name`: what it holds, for the message): a second run waits here, then
+        finds the entry in the cache."""
         folder = self.root / ".locks"
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / f"{key}.lock", "a+") as handle:
             if not _try_lock(handle):
-                print(f"waiting for another run that is extracting cache entry {key} ...", file=sys.stderr)
+                what = name or f"cache entry {key}"
+                print(f"waiting for another run that is extracting {what} ({self.path(key)}) ...", file=sys.stderr)
                 fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -101,19 +151,43 @@ class FeatureCache:
         return {**meta, "rows": rows, "dim": dim, "dtype": self.dtype, "complete": True, "created": time.time()}
 
     def load(self, key: str) -> CachedFeatures | None:
-        """The entry for `key`, or None when it is absent or incomplete."""
+        """The entry for `key`, or None when it is absent, incomplete or damaged (its contents differ from their
+        checksums: said in one line, once, and the caller encodes it again)."""
         folder = self.path(key)
         try:
             meta = json.loads((folder / "meta.json").read_text())
             features = np.load(folder / "features.npy", mmap_mode="r")
             labels, index = np.load(folder / "labels.npy"), np.load(folder / "index.npy")
+            stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.iterdir()))
         except (OSError, ValueError):
             return None
         rows = meta.get("rows")
         shapes_match = features.shape == (rows, meta.get("dim")) and len(labels) == len(index) == rows
         if not (meta.get("complete") and shapes_match):
             return None
-        return CachedFeatures(features, labels, index, meta)
+        entry = CachedFeatures(features, labels, index, meta)
+        checked = self._checked.get(key)
+        if checked is None or checked[0] != stamp:
+            verified = self._verify(key, entry)
+            checked = (tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.iterdir())), verified)
+            self._checked[key] = checked
+        return entry if checked[1] else None
+
+    def _verify(self, key: str, entry: CachedFeatures) -> bool:
+        """Whether `entry` matches its checksums; an entry written before checksums were kept gets them now."""
+        sums = entry.meta.get("checksums")
+        if sums is None:
+            meta = {**entry.meta, "checksums": checksums(self.path(key))}
+            write_json(self.path(key) / "meta.json", meta)
+            entry.meta = meta
+            print(f"cache entry {key} ({describe(meta)}) predates checksums: checksummed now, as it is (delete the "
+                  f"folder to encode it again)", file=sys.stderr)  # fmt: skip
+            return True
+        problem = damage(entry, sums)
+        if problem:
+            print(f"cache entry {key} ({describe(entry.meta)}) is damaged: {problem}; encoding it again",
+                  file=sys.stderr)  # fmt: skip
+        return problem is None
 
     def clean_stale(self) -> None:
         """Remove temporary folders (of older versions) left a day ago, and extractions not resumed in a week."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from utils.atomic import atomic_path, fsync, write_json
 from utils.distributed import World, barrier, from_main
-from utils.features.store import FeatureCache, finish_rows
+from utils.features.store import FeatureCache, checksums, finish_rows
 
 CHECKPOINT_SECONDS = 30.0
 
@@ -128,7 +128,7 @@ def publish_partial(cache: FeatureCache, key: str, spec: dict[str, Any], meta: d
     for item in [*(_progress_path(folder, r) for r in range(spec["world_size"])), *folder.glob(".*.tmp")]:
         item.unlink(missing_ok=True)
     kept = finish_rows(folder, np.concatenate(labels), np.concatenate(valid))
-    record = cache.record({**meta, "skipped": skipped}, kept, spec["dim"])
+    record = {**cache.record({**meta, "skipped": skipped}, kept, spec["dim"]), "checksums": checksums(folder)}
     (folder / "meta.json").write_text(json.dumps(record, indent=2, default=str))
     for item in folder.iterdir():
         fsync(item)
@@ -147,7 +147,7 @@ def entry_writer(
     Every rank of `world` must enter. Rank 0 holds the entry's lock, resumes or starts its partial folder and,
     once every rank closed its shard, publishes it. An exception leaves the partial folder to be resumed.
     """
-    with cache.lock(key) if world.main else nullcontext():
+    with cache.lock(key, name) if world.main else nullcontext():
         if from_main(cache.load(key) is not None, world):
             yield None
         else:

@@ -27,7 +27,8 @@ class ScoreContract:
     prompt); `values` are plain values (e.g. class groups as indices into `classnames`, so they are supplied only
     when the ID set has exactly these classes); `logit_scale` is the learned one at the end of training;
     `class_templates` the templates its class prompts were trained with (empty: not recorded); `context` a learned
-    prompt context [tokens, width] (CoOp, LoCoOp), which then makes every class prompt.
+    prompt context [tokens, width] (CoOp, LoCoOp), which then makes every class prompt; `outliers` the auxiliary
+    pools it was trained on as outliers (dataset names), which are no fair test sets for it.
     """
 
     method: str
@@ -37,6 +38,7 @@ class ScoreContract:
     values: dict[str, Any] = field(default_factory=dict)
     class_templates: tuple[str, ...] = ()
     context: tuple[tuple[float, ...], ...] | None = None  # [tokens][width]
+    outliers: tuple[str, ...] = ()
 
     @property
     def inputs(self) -> set[str]:
@@ -57,6 +59,7 @@ class ScoreContract:
                 values=dict(saved.get("values", {})),
                 class_templates=tuple(str(t) for t in saved.get("class_templates", ())),
                 context=_matrix(saved.get("context")),
+                outliers=tuple(str(name) for name in saved.get("outliers", ())),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise UserError(f"{path}: its {CONTRACT_KEY} entry is damaged ({type(err).__name__}: {err})") from err

@@ -90,5 +90,7 @@ class Score:
         raise NotImplementedError(f"{type(self).__name__} is not a classifier")
 
     def details(self) -> dict[str, float]:
-        """Fitted values worth reporting beside the results (e.g. the linear probe's chosen C)."""
+        """What it ran with, worth reporting beside the results (results.json `ran`): fitted values (the linear
+        probe's chosen C) and, under the setting's own name, a setting it had to adjust (NegLabel's neg_groups,
+        capped at the negatives' count), which the run then notes."""
         return {}

@@ -130,7 +130,7 @@ class NegLabel(Score):
         if negatives.ndim != 2 or len(negatives) == 0 or negatives.shape[1] != self.id_text.shape[1]:
             raise ValueError(f"negative labels must be a non-empty [M, {self.id_text.shape[1]}] array, "
                              f"got shape {negatives.shape}")  # fmt: skip
-        self.groups = min(neg_groups, len(negatives))
+        self.mined, self.groups = len(negatives), min(neg_groups, len(negatives))  # G groups need G negatives
         kept = len(negatives) - len(negatives) % self.groups
         order = np.random.default_rng(seed).permutation(kept)
         self.negatives = negatives[order]  # group g = rows g·size ... (g+1)·size − 1
@@ -143,7 +143,7 @@ class NegLabel(Score):
         return mean_probability_log_odds(log_odds)
 
     def details(self) -> dict[str, float]:
-        return {"neg_groups": self.groups, "negatives": len(self.negatives)}
+        return {"neg_groups": self.groups, "negatives": len(self.negatives), "mined": self.mined}
 
 
 def mean_probability_log_odds(log_odds: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +234,7 @@ def train(
 
 
 def save_model(path: Path, bundle: ModelBundle, objective: Objective, config: TrainConfig, **extra: Any) -> None:
-    """final.pt: the weights and the method's score contract; `--ckpt` reads it everywhere."""
-    save_final(path, bundle.model.state_dict(), objective.contract(config.method), model=config.model,
-               config=asdict(config), **extra)  # fmt: skip
+    """final.pt: the weights and the method's score contract (with the outlier pool it trained on, which evaluation
+    refuses as a test set); `--ckpt` reads it everywhere."""
+    contract = replace(objective.contract(config.method), outliers=(config.aux,) if config.aux else ())
+    save_final(path, bundle.model.state_dict(), contract, model=config.model, config=asdict(config), **extra)
