@@ -8,7 +8,7 @@ TINY = --model tiny --pretrained none --seed $(SEED) --workers 0 --cache-dir $(O
 .PHONY: demo test methods-table bench
 demo:
 	$(PYTHON) finetune_clip.py --in digits --method contrastive $(TINY) --epochs 30 --batch-size 64 --lr 3e-4 \
-		--weight-decay 0 --templates single --out-dir $(OUT)/train
+		--weight-decay 0 --templates single --out-dir $(OUT)/train --overwrite
 	$(PYTHON) eval_ood_detection.py --in digits --score all $(TINY) --ckpt $(OUT)/train/final.pt \
 		--out-dir $(OUT)/eval --overwrite
 	$(PYTHON) play_with_clip.py --mode zeroshot --in digits $(TINY) --ckpt $(OUT)/train/final.pt \

@@ -41,7 +41,7 @@ from utils.evaluation.openood_export import write_openood
 from utils.evaluation.options import EvalOptions
 from utils.evaluation.pipeline import Evaluation, encode, evaluate, plan
 from utils.evaluation.presets import Preset, apply_preset, comparable, list_presets, load_preset, with_published
-from utils.evaluation.report import markdown_table, table_rows, write_results
+from utils.evaluation.report import OWNED, markdown_table, table_rows, write_results
 from utils.features.images import PIPELINES
 from utils.features.store import FeatureCache
 from utils.models.checkpoint import Checkpoint, ScoreContract, class_templates, read_checkpoint
@@ -212,8 +212,7 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     request = _request(args, contract)
     specs = request.specs()  # every name is checked before anything is downloaded
     check_writable_dir(args.cache_dir, "--cache-dir")
-    if args.out_dir:
-        check_writable_dir(args.out_dir, "--out-dir")
+    check_writable_dir(args.out_dir or "results", "--out-dir" if args.out_dir else "the default results folder")
     data = from_args(DataOptions, args, root=args.data_root)
     with main_first(world):  # rank 0 downloads, the others then find the files
         bench = resolve_id(request, data, inputs.needs_train(scores, options), specs)
@@ -308,7 +307,7 @@ def _report(args: argparse.Namespace, evaluation: Evaluation, preset: Preset | N
 def _save(args: argparse.Namespace, evaluation: Evaluation, rows: list[dict], exp: inputs.Experiment,
           bench: Benchmark, choices: dict | None, preset: Preset | None) -> dict:  # fmt: skip
     out_dir: Path = run_folder(args.out_dir, [args.id_name.replace("/", "_").replace(":", "_"),
-                                              args.model.replace(":", "_")], args.overwrite)  # fmt: skip
+                                              args.model.replace(":", "_")], args.overwrite, OWNED)  # fmt: skip
     metadata = {**run_metadata(args), "model_weights": exp.bundle.weights, "ood_protocol": bench.protocol,
                 "trained_on_as_outliers": bench.overlaps}  # fmt: skip
     if choices is not None:

@@ -51,6 +51,7 @@ from utils.training.clip_finetune import TRAINING, TrainConfig, save_model, trai
 from utils.training.methods import METHODS
 
 DEFAULT_AUX = {"digits": "digits_aux"}  # the offline experiment's outliers: digits 5-6
+OWNED = ("final.pt", "last.pt", "metrics.jsonl", "results.json")  # a run folder's files: --overwrite replaces them
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-dir", default=None, help="run folder (default: results/finetune/<in>/<method>/<model>/<timestamp>)"
     )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into --out-dir even if it holds an earlier run, replacing that run's files "
+                             "(default: pick a new name, as the other scripts do)")  # fmt: skip
     add_settings(parser, {s.name: (s, []) for s in TRAINING}, "training", overrides=METHOD_DEFAULTS)
     add_settings(parser, METHOD_SETTINGS, "method settings (each flag names the methods that read it)")
     add_model_args(parser)
@@ -121,6 +125,10 @@ def _run(args: argparse.Namespace, world) -> dict[str, Any]:
     if args.resume and not (args.out_dir and (Path(args.out_dir) / "last.pt").is_file()):
         raise UserError(f"--resume needs --out-dir of an earlier run holding last.pt (got {args.out_dir})")
     check_writable_dir(args.out_dir or "results", "--out-dir")
+    earlier = args.out_dir and Path(args.out_dir).is_dir() and any(Path(args.out_dir).iterdir())
+    if world.distributed and earlier and not (args.resume or args.overwrite):
+        raise UserError(f"--out-dir {args.out_dir} holds an earlier run: --resume continues it, --overwrite replaces "
+                        f"it, or name another folder")  # fmt: skip
     captions = load_templates(args.templates)
     data = from_args(DataOptions, args, root=args.data_root)
     train_data = data.load_id_train(args.id_name)
@@ -145,7 +153,8 @@ def _run(args: argparse.Namespace, world) -> dict[str, Any]:
     if out_dir is None:
         out_dir = Path(args.out_dir) if world.distributed else None
         if world.main:
-            out_dir = run_folder(args.out_dir, ["finetune", args.id_name, args.method, args.model], overwrite=True)
+            out_dir = run_folder(args.out_dir, ["finetune", args.id_name, args.method, args.model], args.overwrite,
+                                 OWNED)  # fmt: skip
         barrier(world)
     log = train(bundle, objective, train_data, aux, config, out_dir, world, resume=args.resume)
     bundle = dataclasses.replace(bundle, fingerprint=fingerprint(bundle.model))  # new weights, new cache key

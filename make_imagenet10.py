@@ -15,6 +15,8 @@ import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
+from tqdm import tqdm
+
 from utils.cli import check_writable_dir, guarded
 from utils.data.imagenet_subsets import (
     SPLITS,
@@ -81,15 +83,17 @@ def run(args: argparse.Namespace) -> dict:
     captioner = _captioner(args.captioner) if args.captioner else None
     labels = Path(args.val_labels) if args.val_labels else None
     images = {split: find_images(source, split, sorted(classes), labels) for split in SPLITS}  # all checks first
-    made = 0
-    for split in SPLITS:
-        for wnid, files in images[split].items():
-            made += sum(place(f, out / split / wnid / f.name, args.copy) for f in files)
+    made, count = 0, sum(len(files) for split in SPLITS for files in images[split].values())
+    with tqdm(total=count, desc=f"{'copying' if args.copy else 'linking'} images", unit="img") as bar:
+        for split in SPLITS:
+            for wnid, files in images[split].items():
+                made += sum(place(f, out / split / wnid / f.name, args.copy) for f in files)
+                bar.update(len(files))
     counts = {split: {w: len(files) for w, files in images[split].items()} for split in SPLITS}
     write_manifest(out / "manifest.csv", classes, counts)
     records = caption_records(images["train"], classes, templates, args.captions_per_image, args.seed)
     if captioner is not None:
-        for record in records:
+        for record in tqdm(records, desc=f"captioning with {args.captioner}", unit="img"):
             record["captions"].append(captioner(str(out / record["image"]))[0]["generated_text"])
     write_jsonl(out / "captions.jsonl", records)
     total = sum(sum(c.values()) for c in counts.values())

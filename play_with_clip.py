@@ -118,7 +118,8 @@ def _templates(args: argparse.Namespace, checkpoint: Checkpoint | None) -> tuple
 
 def _folder(args: argparse.Namespace) -> Path:
     label = "skimage" if args.mode == "skimage" else f"{args.mode}-{args.id_name}".replace("/", "_").replace(":", "_")
-    return run_folder(args.out_dir, ["play_with_clip", label, args.model.replace(":", "_")], args.overwrite)
+    owned = ("results.json", "*.png", "final.pt")  # what the modes write
+    return run_folder(args.out_dir, ["play_with_clip", label, args.model.replace(":", "_")], args.overwrite, owned)
 
 
 def run_zeroshot(args: argparse.Namespace, checkpoint: Checkpoint | None) -> dict[str, Any]:
@@ -252,8 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise UserError(str(err)) from err
     check_model_name(args.model)
     check_writable_dir(args.cache_dir, "--cache-dir")
-    if args.out_dir:
-        check_writable_dir(args.out_dir, "--out-dir")
+    check_writable_dir(args.out_dir or "results", "--out-dir" if args.out_dir else "the default results folder")
     return RUNNERS[args.mode](args, read_checkpoint(args.ckpt))
 
 

@@ -167,8 +167,9 @@ def test_unreadable_ckpt(tmp_path, name, content):
         path.write_bytes(content)
     else:
         torch.save(content, path)
-    with pytest.raises(UserError, match="cannot be read as a weights file"):
+    with pytest.raises(UserError, match="cannot be read as a weights file") as info:
         load_model("tiny", "none", ckpt=str(path))
+    assert not any(word in str(info.value) for word in ("IndexError", "KeyError", "pop from empty list"))
 
 
 def test_ckpt_with_default_tag_of_another_architecture(tmp_path):
@@ -189,6 +190,9 @@ def test_random_init_leaves_the_global_rng_alone():
 def test_ckpt_missing_file(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_model("tiny", "none", ckpt=str(tmp_path / "nope.pt"))
+    torch.save({}, tmp_path / "final.pt")
+    with pytest.raises(UserError, match=r"is a folder; pass the weights file inside it \(it holds final.pt\)"):
+        load_model("tiny", "none", ckpt=str(tmp_path))
 
 
 def test_unknown_model_says_how_to_list():

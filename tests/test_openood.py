@@ -14,6 +14,7 @@ from utils.data import DATASETS, classnames, load_dataset
 from utils.data import openood as oo
 from utils.data.benchmark import mean_groups
 from utils.errors import UserError
+from utils.evaluation.metrics import ood_metrics
 from utils.evaluation.openood_export import COLUMNS, openood_csv, openood_metrics, openood_rows
 from utils.evaluation.pipeline import Evaluation
 from utils.evaluation.report import table_rows
@@ -247,6 +248,21 @@ def test_openood_fpr_on_small_tied_sets_is_openoods():
         assert openood_metrics(id_scores, ood_scores)["FPR@95"] == pytest.approx(
             _openood_reference(id_scores, ood_scores)["FPR@95"], abs=1e-12
         )
+
+
+def test_openood_fpr_skips_the_first_point_at_95_percent_recall_as_openood_does():
+    """A hand-built tie where roc_curve's drop_intermediate removes the first ROC point reaching 95% of the OOD
+    images: OpenOOD's FPR@95 is 0.8 there, the exact first-point one (our FPR95_OOD, and roc_curve with every point)
+    0.6."""
+    from sklearn.metrics import roc_curve
+
+    id_scores = np.array([1, 0, 0, 4, 2], dtype=np.float64)
+    ood_scores = np.array([-3] * 3 + [-2] * 4 + [-1] * 8 + [0] * 4 + [1, 2], dtype=np.float64)
+    assert openood_metrics(id_scores, ood_scores)["FPR@95"] == pytest.approx(0.8)
+    assert ood_metrics(id_scores, ood_scores)["FPR95_OOD"] == pytest.approx(0.6)
+    is_ood = np.r_[np.zeros(5), np.ones(21)]
+    fpr, tpr, _ = roc_curve(is_ood, -np.r_[id_scores, ood_scores], drop_intermediate=False)
+    assert fpr[np.argmax(tpr >= 0.95)] == pytest.approx(0.6)
 
 
 @pytest.mark.parametrize(

@@ -305,7 +305,7 @@ def test_neglabel_is_the_released_grouped_id_mass(groups):
     assert ((expected > 0.01) & (expected < 0.99)).sum() >= 5  # enough rows where the probabilities say something
     # float32 cosines: logits within 2·100·COSINE_TOLERANCE, probabilities (slope ≤ 1/4) within a quarter of that
     assert np.allclose(id_probability(got), expected, rtol=0, atol=50 * COSINE_TOLERANCE)
-    assert score.details() == {"neg_groups": groups, "negatives": 23 - 23 % groups}
+    assert score.details() == {"neg_groups": groups, "negatives": 23 - 23 % groups, "mined": 23}
 
 
 def test_neglabel_groups_of_identical_negatives_have_the_closed_form():
@@ -697,3 +697,17 @@ def test_one_class_softmax_scores_refuse_and_energy_runs():
     for name in ("mcm", "entropy", "var", "l_mcm", "gl_mcm"):
         with pytest.raises(ValueError, match="1 for one class"):
             build_score(name).fit(ind)
+
+
+# Scores that L2-normalise the features they are given (as their papers and pytorch-ood do): scaling an image's
+# feature must not move them, a test that unit-vector toy features alone cannot make.
+NORMALISING = ("knn", "pood:knn", "pood:mcm")
+
+
+@pytest.mark.parametrize("name", NORMALISING)
+def test_scores_that_normalise_ignore_the_features_scale(name, toy):
+    ind, id_feats, ood_feats, _, extras = toy
+    score = _build(name, extras).fit(ind)
+    for feats in (id_feats, ood_feats):
+        assert np.allclose(score(3.0 * feats), score(feats), rtol=1e-5, atol=1e-6)
+        assert np.allclose(score(0.2 * feats), score(feats), rtol=1e-5, atol=1e-6)

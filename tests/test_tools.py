@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,27 @@ def test_make_demo_reaches_its_thresholds(tmp_path):
     assert summary["ood"]["mcm"]["digits_ood"]["AUROC"] >= 0.85
     assert set(summary["ood"]["mcm"]) == {"digits_ood", "faces", "skimage_textures"}
     assert len(summary["training"]) == 30 and summary["linear_probe_top1"] >= 0.90
+
+
+def test_an_editable_install_works_from_any_folder(tmp_path):
+    """`pip install -e .` builds (pyproject.toml), and its scripts and utils import from another folder and find
+    the checkout's configs/ and shipped data."""
+    # the build backend of requirements-dev.txt (setuptools >= 70.1), used in place, as offline tests must
+    prefix = tmp_path / "prefix"
+    install = ["install", "--quiet", "--no-deps", "--no-build-isolation", "--prefix", str(prefix), "-e", str(ROOT)]
+    done = subprocess.run([sys.executable, "-m", "pip", *install], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    site = next(prefix.glob("lib/python*/site-packages"))
+    check = ("import site, sys; site.addsitedir(sys.argv[1]); import eval_ood_detection, utils; "
+             "from utils.data.words import WORDNET_POOL; print(utils.__file__, WORDNET_POOL.is_file()); "
+             "eval_ood_detection.main(['--list-presets'])")  # fmt: skip
+    away = tmp_path / "elsewhere"
+    away.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the checkout is reachable only through it
+    done = subprocess.run([sys.executable, "-c", check, str(site)], cwd=away, capture_output=True, text=True,
+                          timeout=300, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{ROOT / 'utils' / '__init__.py'} True" in done.stdout and "mcm-imagenet" in done.stdout
 
 
 def test_readme_layout_is_generated_from_the_tree():

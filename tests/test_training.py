@@ -203,3 +203,71 @@ def test_weight_decay_spares_gains_biases_and_the_logit_scale(tiny):
         assert all(p.ndim >= 2 for p in decayed["params"]) and len(decayed["params"]) + len(spared["params"]) == len(
             params
         )
+
+
+def _restated_loss(method: str, bundle, objective, images, labels, aux) -> torch.Tensor:
+    """Each objective's loss written out from its paper's formula with open_clip's own encoders (no toolkit code)."""
+    import torch.nn.functional as F
+
+    model = bundle.model
+
+    def text(prompts):
+        return F.normalize(model.encode_text(bundle.tokenizer(prompts)).float(), dim=-1)
+
+    def image(x):
+        return F.normalize(model.encode_image(x).float(), dim=-1)
+
+    scale = model.logit_scale.exp()
+    prompts = [f"a photo of a {c}." for c in CLASSES]
+    if method == "contrastive":  # one template: every caption is its class prompt; same-class pairs are positives
+        logits = scale * image(images) @ text([prompts[y] for y in labels]).T
+        same = (labels[:, None] == labels[None, :]).float()
+        targets = same / same.sum(1, keepdim=True)
+        return 0.5 * (
+            -(targets * logits.log_softmax(1)).sum(1).mean() - (targets * logits.T.log_softmax(1)).sum(1).mean()
+        )
+    if method == "kplus1":  # outliers are class K
+        logits = scale * image(torch.cat([images, aux])) @ text([*prompts, objective.ood_prompt]).T
+        return F.cross_entropy(logits, torch.cat([labels, torch.full((len(aux),), len(CLASSES))]))
+    if method == "oe":  # ID cross-entropy plus w times the cross-entropy of the outliers to the uniform distribution
+        head = text(prompts)
+        id_loss = F.cross_entropy(scale * image(images) @ head.T, labels)
+        to_uniform = -(scale * image(aux) @ head.T).log_softmax(1).mean(1).mean()
+        return id_loss + objective.oe_weight * to_uniform
+    if method == "group":  # each group: its classes + "others"; an image outside the group (or an outlier) is others
+        feats = image(torch.cat([images, aux]))
+        every = torch.cat([labels, torch.full((len(aux),), -1)])
+        total = 0.0
+        for group in objective.groups:
+            members = [CLASSES.index(c) for c in group["classes"]]
+            head = text([*(prompts[m] for m in members), objective.others_prompt.format(group["name"])])
+            target = torch.tensor([members.index(int(y)) if int(y) in members else len(members) for y in every])
+            total = total + F.cross_entropy(scale * feats @ head.T, target)
+        return total / len(objective.groups)
+    if method in ("coop", "locoop"):  # the learned prompts' cross-entropy (LoCoOp's own term: test_prompt_learning)
+        loss = F.cross_entropy(scale * image(images) @ objective.class_text().T, labels)
+        if method == "locoop":
+            from utils.models.local_tokens import global_and_patches
+            from utils.training.prompt_learning import entropy_outside_top_k
+
+            _, patches = global_and_patches(model.visual, images)
+            local = scale * F.normalize(patches.float(), dim=-1) @ objective.class_text().T
+            loss = loss - objective.locoop_lambda * entropy_outside_top_k(local, labels, objective.top_k)
+        return loss
+    raise AssertionError(f"no restatement of {method}: add one")
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_objective_is_its_formula_on_a_fixed_batch(method):
+    """A known answer per objective (a flipped sign, a dropped term or a wrong target fails here, where a loss that
+    merely decreases would not)."""
+    bundle = load_model("tiny", "none", seed=0)
+    objective = _objective(method, bundle)
+    ids = load_dataset("digits", "train", limit=16)
+    aux = load_dataset("digits_aux", "train", limit=8)
+    batch = next(iter(make_loader(ids.dataset, bundle.preprocess, 16, 0)))
+    aux_images = next(iter(make_loader(aux.dataset, bundle.preprocess, 8, 0))).images
+    with torch.no_grad():
+        got = objective(batch.images, batch.labels, aux_images, [0, 0, 1, 0])
+        expected = _restated_loss(method, bundle, objective, batch.images, batch.labels, aux_images)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)

@@ -261,3 +261,21 @@ def test_a_setting_is_one_declaration():
     assert collect([("x", [one]), ("y", [one])]) == {"t": (one, ["x", "y"])}
     with pytest.raises(TypeError, match="declared twice"):
         collect([("x", [one]), ("y", [Setting("t", 2.0, "b", "toolkit")])])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_published_files_and_folders_follow_the_umask(tmp_path, umask):
+    """Results on a shared server are readable by colleagues exactly when a plain `open` would make them so."""
+    import os
+
+    from utils.atomic import atomic_dir
+
+    previous = os.umask(umask)
+    try:
+        write_json(tmp_path / "r.json", {"a": 1})
+        with atomic_dir(tmp_path / "entry") as tmp:
+            (tmp / "part").write_text("x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "entry").stat().st_mode & 0o777 == 0o777 & ~umask

@@ -81,7 +81,7 @@ def methods_table(out: Path, seeds: list[int], epochs: int = 30, methods: list[s
                 summary = json.loads((run / "results.json").read_text())
                 result = json.loads((run / "eval" / "results.json").read_text())
             else:
-                summary = finetune_clip.main([*train, "--out-dir", str(run)])
+                summary = finetune_clip.main([*train, "--out-dir", str(run), "--overwrite"])
                 own = enabled_by(read_checkpoint(str(run / "final.pt")).contract)
                 result = eval_ood_detection.main(["--in", "digits", *tiny, "--seed", str(seed), "--ckpt",
                                                   str(run / "final.pt"), "--score", *TABLE_SCORES, *own, "--no-plots",

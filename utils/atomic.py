@@ -1,4 +1,8 @@
-"""Atomic file and folder writes: a crash never leaves a half-written file under its final name."""
+"""Atomic file and folder writes: a crash never leaves a half-written file under its final name.
+
+What is published gets the permissions of a file or folder created the usual way (the umask's): the temporary
+files that tempfile makes are private (0600), which would hide every result from colleagues on a shared machine.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         fsync(tmp)
@@ -34,6 +39,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         for item in tmp.iterdir():
@@ -56,11 +62,19 @@ def fetch_whole(path: str | Path, fetch: Callable[[Path], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    os.chmod(staging, 0o777 & ~_umask())
     try:
         fetch(staging)
         (staging / path.name).replace(path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back: there is no other portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def fsync(path: Path) -> None:

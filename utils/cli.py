@@ -8,6 +8,7 @@ import dataclasses
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -187,20 +188,27 @@ def guarded(run: Callable[[argparse.Namespace], T], args: argparse.Namespace) ->
         raise SystemExit(130) from None
 
 
-def run_folder(out_dir: str | None, default: Sequence[str], overwrite: bool = False) -> Path:
+def run_folder(out_dir: str | None, default: Sequence[str], overwrite: bool = False, owned: Sequence[str] = ()) -> Path:
     """The results folder: `--out-dir`, else results/<default...>/<timestamp>.
 
-    A folder that already holds results is never reused silently: a numbered sibling is made instead,
-    unless `overwrite`.
+    A folder that already holds results is never reused silently: a numbered sibling is made instead, unless
+    `overwrite`; then the earlier run's files (those matching the `owned` patterns) are removed first, so that
+    nothing of it (a figure of a score this run does not have) is left beside the new results.
     """
     parts = [re.sub(r"[/\\:]+", "_", part).strip("_") or "_" for part in default]  # hf-hub:org/repo: one folder
     path = Path(out_dir) if out_dir else Path("results", *parts, time.strftime("%Y%m%d-%H%M%S"))
-    if not overwrite and path.is_dir() and any(path.iterdir()):
-        base, number = path, 1
-        while path.exists():
-            path = base.with_name(f"{base.name}-{number}")
-            number += 1
-        print(f"{base} already holds results; writing to {path} instead (--overwrite to reuse it)", file=sys.stderr)
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            base, number = path, 1
+            while path.exists():
+                path = base.with_name(f"{base.name}-{number}")
+                number += 1
+            print(f"{base} already holds results; writing to {path} instead (--overwrite to reuse it)",
+                  file=sys.stderr)  # fmt: skip
+        elif earlier := sorted({p for pattern in owned for p in path.glob(pattern)}):
+            for item in earlier:
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+            print(f"--overwrite: removed the earlier run's {len(earlier)} files from {path}", file=sys.stderr)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

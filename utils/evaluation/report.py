@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from utils.atomic import atomic_path, write_json
 from utils.evaluation.metrics import METRICS
@@ -16,6 +17,9 @@ from utils.plots import save_figure
 from utils.plots.ood import roc_curves, score_histograms
 
 AVERAGE = "average"
+# What a run writes into its folder (write_results, write_openood): an --overwrite run removes these first.
+OWNED = ("results.json", "results.csv", "results.md", "scores.npz", "hist_*.png", "roc_*.png", "*_words.txt",
+         "openood")  # fmt: skip
 
 
 Entries = list[tuple[str, dict[str, float]]]
@@ -135,7 +139,8 @@ def write_results(folder: Path, evaluation: Evaluation, metadata: dict[str, Any]
         written.append(folder / f"{name}.txt")
         _write_text(written[-1], "\n".join(lines) + "\n")
     if plots:
-        for score, per_set in evaluation.scores.items():
+        for score, per_set in tqdm(evaluation.scores.items(), desc="figures", unit="score", dynamic_ncols=True,
+                                   disable=len(evaluation.scores) < 4):  # fmt: skip
             safe = file_stem(score)
             save_figure(score_histograms(per_set, f"{score}: {evaluation.id_name} vs OOD"), folder / f"hist_{safe}.png")
             save_figure(roc_curves(per_set, f"{score}: {evaluation.id_name} (ID positive)"), folder / f"roc_{safe}.png")

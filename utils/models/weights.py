@@ -64,6 +64,12 @@ def ensure_can_download(what: str, host: str, cache_dir: str | None) -> None:
         )
 
 
+def _plain(err: BaseException) -> str:
+    """What a reader said when a file could not be read, without the names of Python's exception types."""
+    text = " ".join(str(err).strip().splitlines()[:2])[:200]
+    return f"the reader said: {text}" if text and len(text) > 20 else "its contents could not be parsed"
+
+
 def _first_lines(err: BaseException) -> str:
     text = " ".join(str(err).strip().splitlines()[:3])[:400]
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
@@ -72,6 +78,10 @@ def _first_lines(err: BaseException) -> str:
 def read_file(path: str) -> object:
     """What a weights file holds: a .safetensors file's tensors, or a torch file read with weights_only=True (nothing
     is unpickled). A missing or unreadable file is one UserError."""
+    if os.path.isdir(path):
+        candidates = sorted(p for p in os.listdir(path) if p.endswith((".pt", ".pth", ".bin", ".safetensors")))
+        hint = f" (it holds {', '.join(candidates[:3])})" if candidates else ""
+        raise UserError(f"checkpoint {path} is a folder; pass the weights file inside it{hint}")
     if not os.path.isfile(path):
         raise UserError(f"checkpoint file not found: {path}")
     try:
@@ -85,8 +95,11 @@ def read_file(path: str) -> object:
             f"{path} is not a plain weights file (it holds pickled Python objects, which are never unpickled "
             f"here); save a state dict of tensors, or a .safetensors file"
         ) from err
-    except Exception as err:
-        raise UserError(f"{path} cannot be read as a weights file: {_first_lines(err)}") from err
+    except Exception as err:  # torch's and safetensors' own exceptions name their internals (IndexError, KeyError)
+        raise UserError(
+            f"{path} cannot be read as a weights file: it is damaged (cut short or overwritten) or not a "
+            f"PyTorch or safetensors file ({_plain(err)})"
+        ) from err
 
 
 def state_dict_of(saved: object, path: str) -> dict[str, torch.Tensor]:

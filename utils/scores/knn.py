@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from utils.arrays import row_blocks
 from utils.scores.base import InDistribution, Score, as_array, l2_normalise
@@ -41,7 +42,9 @@ def top_similarities(
         return ResidentBank(bank, device, torch.float16 if device.type == "cuda" else torch.bfloat16).top(queries, k)
     q_all = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(device)
     best: torch.Tensor | None = None  # queries x (at most k), descending
-    for block in row_blocks(bank, BANK_CHUNK):
+    blocks = -(-len(bank) // BANK_CHUNK)
+    for block in tqdm(row_blocks(bank, BANK_CHUNK), total=blocks, desc=f"KNN: {len(queries)} queries", unit="block",
+                      disable=blocks < 3, dynamic_ncols=True):  # fmt: skip
         rows = torch.from_numpy(np.array(block, dtype=np.float32)).to(device)  # our own copy: normalised in place
         rows.div_(rows.norm(dim=1, keepdim=True).clamp_min(1e-12))
         merged = []

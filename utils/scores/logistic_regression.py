@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from utils.arrays import as_array
 
@@ -37,6 +38,7 @@ class LinearProbe:
 
 
 Blocks = list[tuple[torch.Tensor, torch.Tensor]]  # (features in their stored dtype, int64 labels), on the device
+SHOW_ROWS = 20_000  # a fit on this many training rows or more shows its progress
 
 
 def to_blocks(
@@ -148,7 +150,9 @@ def fit_linear_probe(
             to_blocks(features, labels, device, val_rows),
         )
         state = None
-        for c in sorted(Cs):  # warm start along increasing C
+        show = len(labels) >= SHOW_ROWS  # seconds per C from here on: say what is going on
+        for c in tqdm(sorted(Cs), desc="linear probe: choosing C", unit="C", disable=not show, dynamic_ncols=True):
+            # warm start along increasing C
             state = train_logistic_regression(fit_blocks, classes, c, init=state)
             accuracy = block_accuracy(val_blocks, *state)
             if accuracy > best_accuracy:  # ties keep the smaller C (stronger regularisation)
