@@ -27,15 +27,20 @@ def _objective(method: str, bundle):
     return METHODS[method](bundle, CLASSES, TEMPLATE_SETS["single"], **options)
 
 
+def _fixed_batch(method: str, size: int) -> tuple:
+    """A fresh tiny model's objective, one batch of `size` ID images and one of size/2 outliers."""
+    bundle = load_model("tiny", "none", seed=0)
+    ids = load_dataset("digits", "train", limit=size)
+    aux = load_dataset("digits_aux", "train", limit=size // 2)
+    batch = next(iter(make_loader(ids.dataset, bundle.preprocess, size, 0)))
+    aux_images = next(iter(make_loader(aux.dataset, bundle.preprocess, size // 2, 0))).images
+    return bundle, _objective(method, bundle), batch, aux_images
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_objective_loss_is_finite_and_decreases(method):
     """A few steps on one fixed batch: the objective is differentiable and optimisable."""
-    bundle = load_model("tiny", "none", seed=0)
-    objective = _objective(method, bundle)
-    ids = load_dataset("digits", "train", limit=24)
-    aux = load_dataset("digits_aux", "train", limit=12)
-    batch = next(iter(make_loader(ids.dataset, bundle.preprocess, 24, 0)))
-    aux_images = next(iter(make_loader(aux.dataset, bundle.preprocess, 12, 0))).images
+    bundle, objective, batch, aux_images = _fixed_batch(method, 24)
     optimizer = torch.optim.AdamW(bundle.model.parameters(), lr=1e-3)
     losses = []
     for step in range(5):
@@ -261,12 +266,7 @@ def _restated_loss(method: str, bundle, objective, images, labels, aux) -> torch
 def test_objective_is_its_formula_on_a_fixed_batch(method):
     """A known answer per objective (a flipped sign, a dropped term or a wrong target fails here, where a loss that
     merely decreases would not)."""
-    bundle = load_model("tiny", "none", seed=0)
-    objective = _objective(method, bundle)
-    ids = load_dataset("digits", "train", limit=16)
-    aux = load_dataset("digits_aux", "train", limit=8)
-    batch = next(iter(make_loader(ids.dataset, bundle.preprocess, 16, 0)))
-    aux_images = next(iter(make_loader(aux.dataset, bundle.preprocess, 8, 0))).images
+    bundle, objective, batch, aux_images = _fixed_batch(method, 16)
     with torch.no_grad():
         got = objective(batch.images, batch.labels, aux_images, [0, 0, 1, 0])
         expected = _restated_loss(method, bundle, objective, batch.images, batch.labels, aux_images)
