@@ -208,7 +208,7 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     options = from_args(EvalOptions, args, templates=templates, settings=settings)
     exp = inputs.Experiment(options, args.model, contract=contract, world=world, run_notes=notes)
     scores = plan(args.score, exp)
-    grid = _grid(args, scores, exp)
+    grid = _grid(args, scores, exp, declared)
     request = _request(args, contract)
     specs = request.specs()  # every name is checked before anything is downloaded
     check_writable_dir(args.cache_dir, "--cache-dir")
@@ -249,11 +249,11 @@ def _with_preset(args: argparse.Namespace) -> Preset | None:
     return preset
 
 
-def _grid(args: argparse.Namespace, scores: list[str], exp: inputs.Experiment) -> dict[str, list] | None:
+def _grid(args: argparse.Namespace, scores: list[str], exp: inputs.Experiment, declared: dict) -> dict | None:
     """--select's grid, each setting read by one of `scores`; a note for setting flags that no score reads."""
     read = selection.read_by(scores)
     given = getattr(args, "given", [])
-    if unread := [s.flag for name, (s, _) in inputs.score_settings().items() if name in given and name not in read]:
+    if unread := [s.flag for name, (s, _) in declared.items() if name in given and name not in read]:
         exp.run_notes.append(f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} read by none of the scores "
                              f"run ({', '.join(scores)}): no effect")  # fmt: skip
     grid = selection.parse_grid(args.select) if args.select else None

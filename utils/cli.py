@@ -56,9 +56,7 @@ def add_settings(parser: argparse.ArgumentParser, settings: dict[str, tuple[Sett
     for name, (setting, readers) in settings.items():
         own = (overrides or {}).get(name, {})
         extra = {"nargs": setting.nargs, "metavar": setting.metavar, "choices": setting.choices}
-        help_text = setting.help_text(_short(readers))
-        if own:
-            help_text = help_text[:-1] + f"; {', '.join(f'{owner}: {value}' for owner, value in own.items())})"
+        help_text = setting.help_text(_short(readers), own)
         group.add_argument(setting.flag, dest=name, type=setting.type, default=None if own else setting.default,
                            help=help_text, **{k: v for k, v in extra.items() if v})  # fmt: skip
 

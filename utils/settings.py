@@ -113,10 +113,12 @@ class Setting:
             return re.sub(r"e([+-])0*(\d)", lambda m: f"e{m[1].replace('+', '')}{m[2]}", f"{self.default:g}")
         return str(self.default)
 
-    def help_text(self, readers: Iterable[str] = ()) -> str:
-        """The flag's help: what it does, who reads it, its default and where that comes from."""
+    def help_text(self, readers: Iterable[str] = (), own: dict[str, Any] | None = None) -> str:
+        """The flag's help: what it does, who reads it, its default and where that comes from (`own`: readers
+        with a default of their own, e.g. a method's paper's)."""
         who = ", ".join(readers)
         cited = "" if self.source == "toolkit" else f"; {self.source}"
+        cited += "".join(f"; {owner}: {value}" for owner, value in (own or {}).items())
         return f"{who + ': ' if who else ''}{self.help} (default: {self.shown_default()}{cited})".replace("%", "%%")
 
 

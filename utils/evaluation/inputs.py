@@ -303,9 +303,5 @@ def check(scores: Sequence[str], exp: Experiment) -> None:
 
 def enabled_by(contract: ScoreContract | None) -> list[str]:
     """The scores that run only with a fine-tuned checkpoint's inputs, and that this checkpoint can feed."""
-    supplied = contract.inputs if contract else set()
-    return [
-        name
-        for name in SCORES
-        if (own := set(requirements(name)) - {*RESOLVERS, *score_settings()}) and own <= supplied
-    ]
+    supplied, run_supplied = contract.inputs if contract else set(), {*RESOLVERS, *score_settings()}
+    return [name for name in SCORES if (own := set(requirements(name)) - run_supplied) and own <= supplied]

@@ -63,8 +63,9 @@ def plan(requested: Sequence[str], exp: Experiment) -> list[str]:
         named = {canonical(n) for n in requested if n.lower() != "all"}
     except ValueError as err:
         raise UserError(str(err)) from err
-    if unknown := sorted(set(exp.options.settings) - set(score_settings())):
-        raise UserError(f"unknown settings {', '.join(unknown)}; known: {', '.join(score_settings())}")
+    declared = score_settings()
+    if unknown := sorted(set(exp.options.settings) - set(declared)):
+        raise UserError(f"unknown settings {', '.join(unknown)}; known: {', '.join(declared)}")
     skipped: dict[str, list[str]] = {}
     for score in scores:
         reason = unavailable(score, exp)

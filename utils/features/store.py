@@ -59,13 +59,17 @@ def _digest(array: np.ndarray) -> str:
     return xxhash.xxh3_64_hexdigest(memoryview(data).cast("B") if data.size else b"")
 
 
+def _block_digests(features: np.ndarray) -> list[str]:
+    """The digest of every block of CHECK_ROWS rows (one block for an empty array)."""
+    return [_digest(features[start : start + CHECK_ROWS]) for start in range(0, max(len(features), 1), CHECK_ROWS)]
+
+
 def checksums(folder: Path) -> dict[str, Any]:
     """The checksums of a finished entry's arrays: features.npy per block of CHECK_ROWS rows, labels, index."""
     features = np.load(folder / "features.npy", mmap_mode="r")
-    blocks = [_digest(features[start : start + CHECK_ROWS]) for start in range(0, max(len(features), 1), CHECK_ROWS)]
     labels, index = np.load(folder / "labels.npy"), np.load(folder / "index.npy")
-    return {"algorithm": "xxh3_64", "block_rows": CHECK_ROWS, "features": blocks, "labels": _digest(labels),
-            "index": _digest(index)}  # fmt: skip
+    return {"algorithm": "xxh3_64", "block_rows": CHECK_ROWS, "features": _block_digests(features),
+            "labels": _digest(labels), "index": _digest(index)}  # fmt: skip
 
 
 def damage(entry: CachedFeatures, sums: dict[str, Any]) -> str | None:
@@ -75,15 +79,14 @@ def damage(entry: CachedFeatures, sums: dict[str, Any]) -> str | None:
     for name in ("labels", "index"):
         if _digest(getattr(entry, name)) != sums.get(name):
             return f"{name}.npy does not match its checksum"
-    blocks = sums.get("features", [])
-    starts = range(0, max(len(entry.features), 1), CHECK_ROWS)
-    if len(blocks) != len(starts):
-        return f"features.npy has {len(starts)} blocks of rows, its checksums {len(blocks)}"
-    for block, start in zip(blocks, starts, strict=True):
-        if _digest(entry.features[start : start + CHECK_ROWS]) != block:
-            last = min(start + CHECK_ROWS, len(entry.features)) - 1
-            return f"rows {start}-{last} of features.npy do not match their checksum"
-    return None
+    saved, found = sums.get("features", []), _block_digests(entry.features)
+    if len(saved) != len(found):
+        return f"features.npy has {len(found)} blocks of rows, its checksums {len(saved)}"
+    bad = next((b for b, (one, other) in enumerate(zip(saved, found, strict=True)) if one != other), None)
+    if bad is None:
+        return None
+    last = min((bad + 1) * CHECK_ROWS, len(entry.features)) - 1
+    return f"rows {bad * CHECK_ROWS}-{last} of features.npy do not match their checksum"
 
 
 def describe(meta: dict[str, Any]) -> str:
@@ -158,7 +161,7 @@ class FeatureCache:
             meta = json.loads((folder / "meta.json").read_text())
             features = np.load(folder / "features.npy", mmap_mode="r")
             labels, index = np.load(folder / "labels.npy"), np.load(folder / "index.npy")
-            stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.iterdir()))
+            stamp = _stamp(folder)
         except (OSError, ValueError):
             return None
         rows = meta.get("rows")
@@ -169,7 +172,7 @@ class FeatureCache:
         checked = self._checked.get(key)
         if checked is None or checked[0] != stamp:
             verified = self._verify(key, entry)
-            checked = (tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.iterdir())), verified)
+            checked = (_stamp(folder), verified)  # after _verify, which may have written meta.json
             self._checked[key] = checked
         return entry if checked[1] else None
 
@@ -200,6 +203,11 @@ class FeatureCache:
                     shutil.rmtree(folder, ignore_errors=True)
             except FileNotFoundError:  # another run published or removed it meanwhile
                 continue
+
+
+def _stamp(folder: Path) -> tuple:
+    """Every file of an entry folder by modification time and size: what changes when anything is rewritten."""
+    return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.iterdir()))
 
 
 def _try_lock(handle: Any) -> bool:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.arrays import logsumexp
+from utils.arrays import logsumexp, sigmoid
 from utils.models import CLIP_LOGIT_SCALE  # the papers below use logits 100 · s
 from utils.scores.base import InDistribution, Score, as_array, chunks, l2_normalise
 from utils.settings import Setting, fraction, percentile, positive_int
@@ -54,7 +54,7 @@ NEG_PERCENTILE = Setting(
 
 def id_probability(log_odds: np.ndarray) -> np.ndarray:
     """p_ID = σ(log-odds): the ID mass Σ_{k ∈ ID} softmax(·)_k that a label-mass score's value stands for."""
-    return np.exp(-np.logaddexp(0.0, -np.asarray(log_odds, dtype=np.float64)))
+    return sigmoid(log_odds)
 
 
 class LabelMass(Score):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from utils.arrays import log_softmax, logsumexp
+from utils.arrays import log_softmax, logsumexp, sigmoid
 from utils.scores.base import InDistribution, Score, as_array
 from utils.settings import Setting, positive_float
 
@@ -86,7 +86,7 @@ class MCM(TemperedScore):
     @staticmethod
     def plain(ranked: np.ndarray) -> np.ndarray:
         """max_k softmax(s / T)_k of a ranked value."""
-        return np.exp(-np.logaddexp(0.0, -np.asarray(ranked, dtype=np.float64)))
+        return sigmoid(ranked)
 
 
 class Energy(TemperedScore):
