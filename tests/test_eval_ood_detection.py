@@ -180,6 +180,33 @@ def test_the_registry_is_asked_once_per_name(tmp_path, monkeypatch):
     assert sorted(asked) == ["digits", "digits_ood", "faces", "skimage_textures"]
 
 
+def test_overwrite_replaces_the_earlier_runs_files_and_keeps_others(tmp_path, capsys):
+    run(tmp_path, "--in", "digits", "--out", "digits_ood", "--score", "mcm", "knn")
+    (tmp_path / "out" / "my_notes.md").write_text("mine")
+    run(tmp_path, "--in", "digits", "--out", "digits_ood", "--score", "mcm", "--overwrite")
+    left = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert "hist_knn_k50.png" not in left and "hist_mcm.png" in left and "my_notes.md" in left
+    assert "--overwrite: removed the earlier run's" in capsys.readouterr().err
+
+
+def test_the_default_results_folder_is_checked_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").write_text("a file where the results folder would go")
+    with pytest.raises(SystemExit):
+        eval_ood_detection.main([*TINY, "--in", "digits", "--cache-dir", str(tmp_path / "cache")])
+    assert "the default results folder" in capsys.readouterr().err and not (tmp_path / "cache").exists()
+
+
+def test_an_estimate_outside_its_bootstrap_interval_is_noted(monkeypatch):
+    import utils.evaluation.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "bootstrap_intervals", lambda *a: {"AUROC": (0.0, 0.1)})
+    result = pipeline.Evaluation("digits", scores={"mcm": {"faces": (np.array([1.0, 2.0]), np.array([0.0]))}})
+    pipeline.measure(result, bootstrap=1000)
+    assert result.notes == ["mcm vs faces: AUROC lie outside their bootstrap interval (a skewed statistic on these "
+                            "few images)"]  # fmt: skip
+
+
 def test_shots_beyond_every_class_are_noted(tmp_path):
     run(tmp_path, "--in", "digits", "--out", "digits_ood", "--score", "knn", "--shots", "10000", "--no-plots")
     notes = json.loads((tmp_path / "out" / "results.json").read_text())["notes"]

@@ -57,6 +57,17 @@ def test_each_method_trains_saves_and_scores(tmp_path, method):
         assert any(note.startswith("--allow-overlap: digits_aux is the outlier pool") for note in saved["notes"])
 
 
+def test_an_earlier_run_folder_is_never_replaced_silently(tmp_path, capsys):
+    """As the other scripts: a folder holding a run gets a numbered sibling; --overwrite replaces its files."""
+    _train(tmp_path, "contrastive", "--epochs", "1")
+    first = (tmp_path / "run" / "final.pt").read_bytes()
+    summary = _train(tmp_path, "contrastive", "--epochs", "1", "--seed", "3")
+    assert summary["out_dir"] == str(tmp_path / "run-1") and (tmp_path / "run" / "final.pt").read_bytes() == first
+    assert "already holds results; writing to" in capsys.readouterr().err
+    _train(tmp_path, "contrastive", "--epochs", "1", "--seed", "3", "--overwrite")
+    assert (tmp_path / "run" / "final.pt").read_bytes() != first
+
+
 def test_checkpoint_scores_need_their_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit):
         eval_ood_detection.main(["--in", "digits", "--model", "tiny", "--pretrained", "none", "--score", "kplus1",
