@@ -22,33 +22,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from utils.atomic import write_json
-from utils.cli import (
-    add_data_args,
-    add_model_args,
-    add_settings,
-    check_writable_dir,
-    from_args,
-    guarded,
-    run_folder,
-    run_metadata,
-)
-from utils.data.leakage import check_no_leakage
-from utils.data.registry import get_spec
-from utils.data.splits import DataOptions
-from utils.device import resolve_device
-from utils.distributed import barrier, close, init_world, local_device
+from utils.cli import add_data_args, add_model_args, add_settings, guarded
 from utils.errors import UserError
-from utils.evaluation.classification import classification_report, logits_of
-from utils.features.images import image_features
-from utils.features.store import FeatureCache
-from utils.features.text import text_embeddings
-from utils.models.loading import check_model_name, has_text_encoder, load_model
-from utils.models.weights import fingerprint
-from utils.prompts import TEMPLATE_SETS, load_templates
+from utils.prompts import TEMPLATE_SETS
 from utils.settings import collect
-from utils.training.clip_finetune import TRAINING, TrainConfig, save_model, train
+from utils.training.clip_finetune import TRAINING
 from utils.training.methods import METHODS
+
+# What --help needs is imported above; the run's modules are imported where they are used (the methods' objectives
+# are torch modules, so --help imports torch, not torchvision or open_clip).
 
 DEFAULT_AUX = {"digits": "digits_aux"}  # the offline experiment's outliers: digits 5-6
 OWNED = ("final.pt", "last.pt", "metrics.jsonl", "results.json")  # a run folder's files: --overwrite replaces them
@@ -107,6 +89,10 @@ def _method_options(args: argparse.Namespace, classnames: Sequence[str]) -> dict
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from utils.device import resolve_device
+    from utils.distributed import close, init_world
+    from utils.models.loading import check_model_name, has_text_encoder
+
     args = with_method_defaults(args)
     check_model_name(args.model)
     if not has_text_encoder(args.model):
@@ -119,6 +105,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace, world) -> dict[str, Any]:
+    from utils.atomic import write_json
+    from utils.cli import check_writable_dir, from_args, run_folder, run_metadata
+    from utils.data.leakage import check_no_leakage
+    from utils.data.registry import get_spec
+    from utils.data.splits import DataOptions
+    from utils.device import resolve_device
+    from utils.distributed import barrier, local_device
+    from utils.models.loading import load_model
+    from utils.models.weights import fingerprint
+    from utils.prompts import load_templates
+    from utils.training.clip_finetune import TrainConfig, save_model, train
+
     device = local_device(resolve_device(args.device), world)
     if world.distributed and not args.out_dir:
         raise UserError("under torchrun, pass --out-dir so that every process writes to the same run folder")
@@ -173,6 +171,11 @@ def _run(args: argparse.Namespace, world) -> dict[str, Any]:
 
 def _zero_shot_top1(bundle, objective, test, args: argparse.Namespace) -> float:
     """The fine-tuned model's zero-shot accuracy on the ID test split, with its class prompts (learned ones too)."""
+    from utils.evaluation.classification import classification_report, logits_of
+    from utils.features.images import image_features
+    from utils.features.store import FeatureCache
+    from utils.features.text import text_embeddings
+
     head = text_embeddings(bundle, test.classnames, objective.class_templates)
     feats = image_features(bundle, test, FeatureCache(args.cache_dir, args.feature_dtype), 256, args.workers)
     return classification_report(logits_of(feats.features, head), feats.labels, list(test.classnames))["top1"]

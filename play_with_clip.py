@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,24 +32,29 @@ from utils.cli import (
 )
 from utils.data.classnames import CIFAR100, parse_labels
 from utils.data.skimage import SKIMAGE_IMAGES, skimage_images
-from utils.data.splits import DataOptions, LoadedDataset
+from utils.data.splits import DataOptions
 from utils.device import autocast, resolve_device
 from utils.errors import UserError
 from utils.evaluation.classification import classification_report, logits_of
-from utils.features.images import DEFAULT_VIEW, VIEWS, image_features
 from utils.features.store import FeatureCache
 from utils.features.text import text_embeddings
-from utils.models.checkpoint import Checkpoint, class_templates, read_checkpoint
-from utils.models.loading import ModelBundle, check_model_name, load_model
+from utils.models.checkpoint import class_templates, read_checkpoint
 from utils.models.logits import zero_shot_logit_scale
-from utils.plots import save_figure
-from utils.plots.classification import confusion_matrix_figure, similarity_heatmap, top_labels_figure
-from utils.prompts import AS_IS, TEMPLATE_SETS, Template
+from utils.prompts import AS_IS, TEMPLATE_SETS
 from utils.scores.logistic_regression import fit_linear_probe
 from utils.training.checkpoints import save_checkpoint
 from utils.training.image_classifier import HEAD_LR, FinetuneConfig, finetune_image_encoder, predict
 from utils.training.loop import EPOCHS, LR, WARMUP, WEIGHT_DECAY
 from utils.training.towers import kept_frozen
+
+if TYPE_CHECKING:
+    from utils.data.splits import LoadedDataset
+    from utils.models.checkpoint import Checkpoint
+    from utils.models.loading import ModelBundle
+    from utils.prompts import Template
+
+# torchvision, open_clip and matplotlib are imported where used: --help imports torch alone (the fine-tuning
+# settings' owners are torch modules).
 
 MODES = ("zeroshot", "linear_probe", "skimage")
 FINETUNE = (EPOCHS, LR, HEAD_LR, WEIGHT_DECAY, WARMUP)  # --finetune's settings (the image encoder's learning rate)
@@ -92,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace, checkpoint: Checkpoint | None) -> ModelBundle:
+    from utils.models.loading import load_model
+
     return load_model(
         args.model, args.pretrained, checkpoint, resolve_device(args.device), args.model_cache_dir, args.seed
     )
@@ -123,6 +130,10 @@ def _folder(args: argparse.Namespace) -> Path:
 
 
 def run_zeroshot(args: argparse.Namespace, checkpoint: Checkpoint | None) -> dict[str, Any]:
+    from utils.features.images import image_features
+    from utils.plots import save_figure
+    from utils.plots.classification import confusion_matrix_figure
+
     templates = _templates(args, checkpoint)
     data = _data(args, "test")
     names = list(data.classnames)
@@ -153,6 +164,10 @@ def run_zeroshot(args: argparse.Namespace, checkpoint: Checkpoint | None) -> dic
 
 
 def run_linear_probe(args: argparse.Namespace, checkpoint: Checkpoint | None) -> dict[str, Any]:
+    from utils.features.images import image_features
+    from utils.plots import save_figure
+    from utils.plots.classification import confusion_matrix_figure
+
     train, test = _data(args, "train"), _data(args, "test")
     bundle = _load(args, checkpoint)
     if args.finetune:
@@ -175,6 +190,9 @@ def run_linear_probe(args: argparse.Namespace, checkpoint: Checkpoint | None) ->
 
 def _finetune(args: argparse.Namespace, bundle: ModelBundle, train: LoadedDataset, test: LoadedDataset,
               templates: tuple[Template, ...]) -> dict:  # fmt: skip
+    from utils.plots import save_figure
+    from utils.plots.classification import confusion_matrix_figure
+
     config = from_args(FinetuneConfig, args)
     head = None
     if bundle.has_text:  # start the head at the zero-shot classifier: the usual, stable start for CLIP
@@ -204,6 +222,10 @@ def _finetune(args: argparse.Namespace, bundle: ModelBundle, train: LoadedDatase
 
 @torch.no_grad()
 def run_skimage(args: argparse.Namespace, checkpoint: Checkpoint | None) -> dict[str, Any]:
+    from utils.features.images import DEFAULT_VIEW, VIEWS
+    from utils.plots import save_figure
+    from utils.plots.classification import similarity_heatmap, top_labels_figure
+
     names, images, descriptions = skimage_images(args.images)
     bundle = _load(args, checkpoint)
     _needs_text(bundle, args.mode)
@@ -251,6 +273,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             setting.parse(str(getattr(args, setting.name)))
         except ValueError as err:
             raise UserError(str(err)) from err
+    from utils.models.loading import check_model_name
+
     check_model_name(args.model)
     check_writable_dir(args.cache_dir, "--cache-dir")
     check_writable_dir(args.out_dir or "results", "--out-dir" if args.out_dir else "the default results folder")

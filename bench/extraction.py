@@ -21,7 +21,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from bench.common import median_seconds, parser, report
-from utils.data import load_dataset
+from utils.data.splits import load_dataset
 from utils.device import autocast
 from utils.features.images import extract, feature_key
 from utils.features.store import FeatureCache

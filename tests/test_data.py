@@ -8,8 +8,10 @@ import torch
 from PIL import Image
 
 from tests.conftest import write_images
-from utils.data import DATASETS, classnames, load_dataset
+from utils.data import classnames
 from utils.data.loaders import collate, make_loader, sample_name
+from utils.data.registry import DATASETS
+from utils.data.splits import load_dataset
 from utils.errors import UserError
 
 OFFLINE = ("digits", "digits_ood", "digits_aux")
@@ -159,7 +161,7 @@ def test_imagenet_tables():
 
 def test_published_subsets_prompt_with_mcms_released_names():
     """MCM's utils/common.py: ImageNet-10's hand-written names; ImageNet-100's from the Keras class index."""
-    from utils.data import get_spec
+    from utils.data.registry import get_spec
 
     assert sorted(classnames.IMAGENET10_MCM.values()) == sorted([
         "warplane", "sports car", "brambling bird", "Siamese cat", "antelope", "swiss mountain dog", "bull frog",
@@ -256,7 +258,7 @@ def test_few_shot_draws_k_per_class_seeded_and_keeps_small_classes_whole():
 
 
 def test_shots_apply_to_the_id_train_split_only_and_name_the_subset():
-    from utils.data import DataOptions
+    from utils.data.splits import DataOptions
 
     shots = DataOptions(shots=8, seed=2)
     train, test = shots.load_id_train("digits"), shots.load("digits", "test")
@@ -272,8 +274,9 @@ def test_shots_apply_to_the_id_train_split_only_and_name_the_subset():
 
 def test_ood_protocol_resizes_and_caps(tmp_path, monkeypatch):
     """CIFAR as ID: every OOD image 32 x 32 (squashed, bilinear), SVHN at its first 1,000 per class, recorded."""
-    from utils.data import DataOptions, get_spec
     from utils.data.benchmark import BenchmarkRequest, load_ood_sets
+    from utils.data.registry import get_spec
+    from utils.data.splits import DataOptions
 
     write_images(tmp_path / "big", 2, seed=0, size=64)
     options, big = DataOptions(), [f"folder:{tmp_path / 'big'}"]

@@ -17,6 +17,7 @@ from utils.evaluation.metrics import (
     fpr_at_tpr,
     ood_metrics,
 )  # fmt: skip
+from utils.features import text
 
 
 def test_perfect_separation():
@@ -316,7 +317,7 @@ def test_a_new_method_with_its_own_score_needs_no_resolver(experiment, monkeypat
                                         texts={"prototype_features": ("a photo of a digit.",)})  # fmt: skip
     assert inputs.enabled_by(experiment.contract) == ["prototype"]
     result = pipeline.evaluate(experiment, pipeline.plan(["prototype"], experiment))
-    prototype = inputs.text_embeddings(experiment.bundle, ["a photo of a digit."])
+    prototype = text.text_embeddings(experiment.bundle, ["a photo of a digit."])
     expected = (np.asarray(pipeline.encode(experiment, ["prototype"]).id_test["global"].features, np.float32)
                 @ prototype.T).max(axis=1)  # fmt: skip
     assert np.allclose(result.scores["prototype"]["faces"][0], expected, atol=1e-6)
@@ -407,9 +408,9 @@ def test_neglabel_mines_each_part_of_speech_with_the_released_prompts(experiment
     words = tmp_path / "pool.txt"
     words.write_text("\n".join([*nouns, *(f"{a}\tadj" for a in adjectives)]) + "\n")
     experiment.options.settings["neg_words"] = str(words)
-    calls, real = [], inputs.text_embeddings
+    calls, real = [], text.text_embeddings
     monkeypatch.setattr(
-        inputs, "text_embeddings", lambda b, names, t, *a: calls.append((list(names), t)) or real(b, names, t, *a)
+        text, "text_embeddings", lambda b, names, t, *a: calls.append((list(names), t)) or real(b, names, t, *a)
     )
     labels = inputs.RESOLVERS["negative_labels"].resolve(experiment, None)
     assert calls == [(list(experiment.id_test.classnames), ("the nice {}",)), (nouns, ("the nice {}",)),

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.data import load_dataset
+from utils.data.splits import load_dataset
 from utils.errors import UserError
 from utils.features.images import feature_key, image_features
 from utils.features.store import FeatureCache

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import write_images
-from utils.data import DATASETS, load_dataset
 from utils.data.fine_grained import flowers102_clip
+from utils.data.registry import DATASETS
+from utils.data.splits import load_dataset
 from utils.errors import UserError
 from utils.prompts import TEMPLATE_SETS
 

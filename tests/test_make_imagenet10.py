@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 import make_imagenet10
-from utils.data import classnames, load_dataset
+from utils.data import classnames
+from utils.data.splits import load_dataset
 
 DISTRACTORS = ["n01440764", "n01443537"]
 

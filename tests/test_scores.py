@@ -582,6 +582,7 @@ SIMILARITY_TOLERANCE = 3 * BANK_DIM * float(np.finfo(np.float32).eps) / 2
 KNN_IN_A_PROCESS = """
 import json, sys
 import numpy as np
+import torch  # the search imports it on first use: loaded before "before", so that only the search is measured
 from utils.scores import InDistribution, build_score
 bank = np.load(sys.argv[1], mmap_mode="r")
 queries = np.load(sys.argv[2])

@@ -11,9 +11,10 @@ import eval_ood_detection
 import play_with_clip
 from tests.conftest import write_images
 from tests.test_openood import TINY, _images, _write_list
-from utils.data import classnames, load_dataset
+from utils.data import classnames
 from utils.data import openood as oo
 from utils.data.full_spectrum import full_spectrum
+from utils.data.splits import load_dataset
 from utils.errors import UserError
 
 WNIDS = sorted(classnames.imagenet1k())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,6 +142,32 @@ def test_the_top_floor_rooms_never_import_each_other():
             continue
         others = {m for m in _imports(path) for room in TOP if room != own and (m == room or m.startswith(room + "."))}
         assert not others, f"{name} imports {others}"
+
+
+# What a script's --help and --list-* may import of the packages that take seconds to import: nothing for the two
+# that a user meets first; torch for the two whose settings' owners are torch modules (fine-tuning objectives).
+SLOW_IMPORTS = {"torch", "torchvision", "open_clip", "sklearn", "pytorch_ood", "matplotlib", "scipy", "timm"}
+QUICK_ANSWERS = [
+    ("eval_ood_detection.py", "--help", set()),
+    ("eval_ood_detection.py", "--list-scores", set()),
+    ("eval_ood_detection.py", "--list-presets", set()),
+    ("eval_ood_detection.py", "--list-datasets", set()),
+    ("make_imagenet10.py", "--help", set()),
+    ("finetune_clip.py", "--help", {"torch"}),
+    ("play_with_clip.py", "--help", {"torch"}),
+]
+
+
+@pytest.mark.parametrize(("script", "flag", "allowed"), QUICK_ANSWERS)
+def test_help_and_lists_answer_without_the_slow_imports(script: str, flag: str, allowed: set[str]):
+    code = ("import runpy, sys\nsys.argv = [sys.argv[1], sys.argv[2]]\ntry:\n    runpy.run_path(sys.argv[0], "
+            "run_name='__main__')\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('IMPORTED', *sorted({m.split('.')[0] for m in sys.modules}))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code, script, flag], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = set(done.stdout.rsplit("IMPORTED", 1)[1].split())
+    assert imported & SLOW_IMPORTS <= allowed, f"{script} {flag} imports {sorted(imported & SLOW_IMPORTS - allowed)}"
 
 
 def test_no_import_cycles():

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from utils.device import DEVICES
 from utils.errors import UserError
 from utils.features.store import DTYPES
-from utils.models.loading import DEFAULT_MODEL, DEFAULT_PRETRAINED, list_models_with_tags
+from utils.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from utils.settings import Setting, non_negative_int, positive_int
 
 T = TypeVar("T")
@@ -39,6 +39,12 @@ def list_action(lines: Callable[[], Iterable[str]]) -> type[argparse.Action]:
             parser.exit()
 
     return ListAndExit
+
+
+def _models() -> list[str]:
+    from utils.models.loading import list_models_with_tags  # open_clip's registry: the one slow --list-*
+
+    return list_models_with_tags()
 
 
 def _datasets() -> list[str]:
@@ -103,7 +109,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model-cache-dir", default=None, help="where downloaded weights live (default: the Hugging Face hub cache)"
     )
-    group.add_argument("--list-models", action=list_action(list_models_with_tags),
+    group.add_argument("--list-models", action=list_action(_models),
                        help="print every architecture and its tags, then exit")  # fmt: skip
 
 

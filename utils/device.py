@@ -1,19 +1,25 @@
-"""Device choice and mixed precision (autocast) for inference and training."""
+"""Device choice, mixed precision (autocast) for inference and training, and the image pipelines' names."""
 
 from __future__ import annotations
 
 import contextlib
-
-import torch
+from typing import TYPE_CHECKING
 
 from utils.errors import UserError
 
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used: the scripts' --help reads these names without it.
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = {"auto": None, "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # torch dtype names
+PIPELINES = ("auto", "pil", "tensor")  # how images reach the device: utils/features/images.py
 
 
 def resolve_device(name: str) -> torch.device:
     """Map `auto|cpu|cuda` (or `cuda:N`) to a torch device; asking for a missing GPU is an error."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -26,17 +32,21 @@ def resolve_device(name: str) -> torch.device:
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The autocast dtype on CUDA: `auto` = bf16 where supported, else fp16; `fp32` = none. CPU: none (full
     precision), whatever is asked: what a paper's GPU run rounds to is a CUDA matter."""
+    import torch
+
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
     if device.type != "cuda" or precision == "fp32":
         return None
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return PRECISIONS[precision]
+    return getattr(torch, PRECISIONS[precision])
 
 
 def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
     """Mixed precision for inference where it pays (CUDA), full precision elsewhere."""
+    import torch
+
     dtype = autocast_dtype(device, precision)
     return contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
 

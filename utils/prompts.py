@@ -2,20 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import cache
 from pathlib import Path
-
-import open_clip
 
 from utils.errors import UserError
 
 Template = str | Callable[[str], str]
 
+
+@cache
+def _openai_imagenet() -> tuple[Template, ...]:
+    import open_clip  # when first asked for: the scripts' --help lists the set names without importing open_clip
+
+    return tuple(open_clip.OPENAI_IMAGENET_TEMPLATES)
+
+
+class _TemplateSets(Mapping):
+    """Name -> templates; a set given as a function is read from it when first asked for."""
+
+    def __init__(self, sets: dict[str, tuple[Template, ...] | Callable[[], tuple[Template, ...]]]):
+        self._sets = sets
+
+    def __getitem__(self, name: str) -> tuple[Template, ...]:
+        value = self._sets[name]
+        return value() if callable(value) else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sets)
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+
 AS_IS: tuple[Template, ...] = ("{}",)  # whole prompts, encoded as they are
-TEMPLATE_SETS: dict[str, tuple[Template, ...]] = {
+TEMPLATE_SETS: Mapping[str, tuple[Template, ...]] = _TemplateSets({
     "single": ("a photo of a {}.",),  # CLIP's paper's prompt
     "mcm": ("a photo of a {}",),  # MCM's released code (utils/detection_util.py): no full stop
-    "ensemble": tuple(open_clip.OPENAI_IMAGENET_TEMPLATES),  # the 80 OpenAI ImageNet templates
+    "ensemble": _openai_imagenet,  # the 80 OpenAI ImageNet templates
     # CLIP's per-dataset templates (openai/CLIP d05afc4 data/prompts.md)
     "cars": ("a photo of a {}.", "a photo of the {}.", "a photo of my {}.", "i love my {}!", "a photo of my dirty {}.",
              "a photo of my clean {}.", "a photo of my new {}.", "a photo of my old {}."),
@@ -23,7 +47,7 @@ TEMPLATE_SETS: dict[str, tuple[Template, ...]] = {
     "pets": ("a photo of a {}, a type of pet.",),
     "flowers102": ("a photo of a {}, a type of flower.",),
     "aircraft": ("a photo of a {}, a type of aircraft.", "a photo of the {}, a type of aircraft."),
-}  # fmt: skip
+})  # fmt: skip
 
 
 # NegLabel's released prompts (XueJiang16/NegLabel: custom_config/clip.py prompt_idx_pos = prompt_idx_neg = 85,

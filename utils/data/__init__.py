@@ -1,6 +1,5 @@
-"""Datasets: the registry of names, building a split (class names, subsets, identity), and safe batched loading."""
+"""Datasets: the registry of names (registry), building a split (splits: class names, subsets, identity), and safe
+batched loading (loaders).
 
-from utils.data.splits import DataOptions, LoadedDataset, load_dataset
-from utils.data.registry import DATASETS, FOLDER_PREFIX, DatasetSpec, get_spec
-
-__all__ = ["DATASETS", "FOLDER_PREFIX", "DataOptions", "DatasetSpec", "LoadedDataset", "get_spec", "load_dataset"]
+Import the modules directly: this package stays light, so that the scripts' --help imports no torch.
+"""

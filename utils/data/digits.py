@@ -8,7 +8,6 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
 
 IMAGE_SIZE = 32
 TEST_FRACTION = 0.3
@@ -31,8 +30,9 @@ def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return images, data.target, is_test
 
 
-class Digits(Dataset):
-    """The chosen digits of one split, relabelled 0..len(digits)-1, upsampled to 32 x 32 RGB."""
+class Digits:
+    """The chosen digits of one split, relabelled 0..len(digits)-1, upsampled to 32 x 32 RGB (map-style, as
+    ImageFiles)."""
 
     def __init__(self, split: str, digits: Sequence[int]):
         images, targets, is_test = _digits()

@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch.utils.data import Dataset
 
 from utils.data.classnames import RESOURCES
 from utils.data.folder import ImageFiles
 from utils.errors import UserError
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset  # the datasets are map-style: this module imports no torch
 
 CUB = "CUB_200_2011"
 

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
-from torch.utils.data import Dataset
 
 from utils.errors import UserError
 
@@ -25,13 +24,16 @@ def _images_under(folder: Path) -> list[Path]:
     )  # fmt: skip
 
 
-class ImageFiles(Dataset):
+class ImageFiles:
     """(PIL RGB image, label) pairs from files on disk.
 
     With `classes` (sub-folder names, e.g. wnids) each listed sub-folder is a class, in the given order.
     Without, every sub-folder holding images is a class (sorted) when there are at least two; a flat folder, or
     one with a single image sub-folder (the benchmark tarballs: iNaturalist/images/, LSUN/test/,
     iSUN/iSUN_patches/), is one unlabelled set (label -1), as is any tree with `labelled=False`.
+
+    Map-style (`__getitem__`, `__len__`: all that DataLoader, Subset and ConcatDataset ask) without torch's Dataset
+    base, as the other datasets here: the registry (--list-datasets, --help) then imports no torch.
     """
 
     def __init__(self, root: str | Path, classes: Sequence[str] | None = None, labelled: bool = True):

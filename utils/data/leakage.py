@@ -12,7 +12,8 @@ from pathlib import Path
 
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from utils.data import LoadedDataset, get_spec, load_dataset
+from utils.data.splits import LoadedDataset, load_dataset
+from utils.data.registry import get_spec
 from utils.errors import UserError
 
 

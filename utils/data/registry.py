@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch.utils.data import ConcatDataset, Dataset
 
 from utils.data import classnames as names
 from utils.data import fine_grained, openood, shift, skimage
@@ -14,9 +14,12 @@ from utils.data.digits import Digits
 from utils.data.folder import ImageFiles
 from utils.errors import UserError
 
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset  # the datasets are map-style: this module imports no torch
+
 SPLITS = ("train", "test")
 FOLDER_PREFIX = "folder:"
-Builder = Callable[[Path, str, bool], Dataset]  # (data root, split, download) -> (PIL image, label) dataset
+Builder = Callable[[Path, str, bool], "Dataset"]  # (data root, split, download) -> (PIL image, label) dataset
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ def _torchvision(cls_name: str, folder: str, **kwargs) -> Builder:
 def _dtd(root: Path, split: str, download: bool) -> Dataset:
     """Textures: the whole DTD (all 5,640 images) is the OOD set, as in the MCM and MOS papers."""
     import torchvision.datasets as tvd
+    from torch.utils.data import ConcatDataset
 
     parts = [tvd.DTD(str(root / "dtd"), split=s, partition=1, download=download) for s in ("train", "val", "test")]
     joined = ConcatDataset(parts)

@@ -7,15 +7,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
 
 IMAGE_SIZE = 32
 PATCH, STRIDE = 32, 64
 TEXTURES = ("brick", "grass", "gravel")
 
 
-class ArrayImages(Dataset):
-    """Grey uint8 arrays [N, H, W] with labels, served as 32 x 32 RGB PIL images."""
+class ArrayImages:
+    """Grey uint8 arrays [N, H, W] with labels, served as 32 x 32 RGB PIL images (map-style, as ImageFiles)."""
 
     def __init__(self, arrays: np.ndarray, labels: Sequence[int], classes: Sequence[str], name: str):
         self.arrays, self.labels, self.classes, self.name = arrays, list(labels), list(classes), name

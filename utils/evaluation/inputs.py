@@ -12,21 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from utils.data.splits import LoadedDataset
 from utils.data.words import PARTS_OF_SPEECH, load_words
-from utils.distributed import World
 from utils.errors import UserError
 from utils.evaluation.options import EvalOptions
-from utils.features.store import CachedFeatures, FeatureCache
-from utils.features.text import learned_context, text_embeddings
 from utils.models import CLIP_LOGIT_SCALE
-from utils.models.checkpoint import ScoreContract
-from utils.models.loading import ModelBundle, has_patch_tokens, has_text_encoder
-from utils.models.logits import zero_shot_logit_scale
 from utils.prompts import NEGLABEL_PROMPTS, template_text
 from utils.scores import (
     NEG_FRACTION,
@@ -42,6 +35,16 @@ from utils.scores import (
     needs_text,
 )
 from utils.settings import Setting, collect
+
+if TYPE_CHECKING:
+    from utils.data.splits import LoadedDataset
+    from utils.distributed import World
+    from utils.features.store import CachedFeatures, FeatureCache
+    from utils.models.checkpoint import ScoreContract
+    from utils.models.loading import ModelBundle
+
+# The model and text modules (torch, open_clip) are imported where they are used: score_settings() builds the
+# scripts' flags, and --help answers without them.
 
 
 @dataclass
@@ -91,6 +94,8 @@ class Resolver:
 
 
 def _image_only(exp: Experiment) -> str | None:
+    from utils.models.loading import has_text_encoder
+
     if has_text_encoder(exp.model_name):
         return None
     usable = [name for name in SCORES if not needs_text(name)]
@@ -122,6 +127,8 @@ def _check_ks(exp: Experiment) -> None:
 
 def _ood_class_names(exp: Experiment, encoded: Encoded) -> PerSet:
     """Each OOD set's own class names through the run's templates; sets without names get a note."""
+    from utils.features.text import text_embeddings
+
     values = PerSet()
     for data in exp.ood_sets:
         if data.classnames:
@@ -141,6 +148,8 @@ def _negative_labels(exp: Experiment, encoded: Encoded) -> NegativeLabels:
     """NegLabel's mining as released: ID labels and nouns as "the nice {}", adjectives as "This is a {} photo"; the
     lowest share (--neg-fraction) of each part of speech by a percentile (--neg-percentile) of its similarities to the
     ID labels; nouns first. With a learned prompt context (--ckpt of coop/locoop), the ID labels are its prompts."""
+    from utils.features.text import learned_context, text_embeddings
+
     learned = learned_context(exp.options.templates) is not None
     id_features = text_embeddings(exp.bundle, exp.id_test.classnames,
                                   exp.options.templates if learned else NEGLABEL_PROMPTS["noun"])  # fmt: skip
@@ -162,6 +171,8 @@ def _negative_labels(exp: Experiment, encoded: Encoded) -> NegativeLabels:
 def _logit_scale(exp: Experiment) -> float:
     """The scale of the label-mass softmaxes: a fine-tuned checkpoint's learned one; a SigLIP-family model's own
     (its bias shifts every logit alike, so a softmax ignores it); else CLIP's 100 (OpenAI CLIP's learned value)."""
+    from utils.models.logits import zero_shot_logit_scale
+
     if exp.contract is not None:
         return exp.contract.logit_scale
     model = getattr(exp.bundle, "model", None)
@@ -171,6 +182,8 @@ def _logit_scale(exp: Experiment) -> float:
 def _pood_head(exp: Experiment, encoded: Encoded) -> Head:
     """The head pytorch-ood's detectors read: the zero-shot classifier (the run's class prompts at the label-mass
     scores' scale, 100 for CLIP, plus a SigLIP model's bias), or the linear probe of the lp_* scores (--pood-head)."""
+    from utils.features.text import text_embeddings
+
     if exp.options.value(POOD_HEAD) == "probe":
         return Head.probe(encoded.id_train.features, encoded.id_train.labels)
     text = encoded.text if encoded.text is not None else text_embeddings(exp.bundle, exp.id_test.classnames,
@@ -187,6 +200,8 @@ def _check_pood_head(exp: Experiment) -> None:
 
 
 def _pood_head_missing(exp: Experiment) -> str | None:
+    from utils.models.loading import has_text_encoder
+
     if exp.options.value(POOD_HEAD) == "probe" or has_text_encoder(exp.model_name):
         return None
     return (f"reads the zero-shot head (--pood-head zero_shot), which needs a text encoder; {exp.model_name} is "
@@ -267,6 +282,8 @@ def _from_checkpoint(name: str) -> Resolver:
         return f"needs {name}, which a checkpoint of {source} supplies: pass one with --ckpt{given}"
 
     def resolve(exp: Experiment, encoded: Encoded) -> Any:
+        from utils.features.text import text_embeddings
+
         _check_templates(exp)
         if name in exp.contract.texts:
             return text_embeddings(exp.bundle, exp.contract.texts[name])
@@ -290,6 +307,8 @@ def needs_train(scores: Sequence[str], options: EvalOptions) -> bool:
 
 def unavailable(score: str, exp: Experiment) -> str | None:
     """Why `score` cannot run in this experiment (its features' view, then its first missing requirement), or None."""
+    from utils.models.loading import has_patch_tokens
+
     if SCORES[score].view == "local" and not has_patch_tokens(exp.model_name):
         return f"needs patch tokens of an open_clip ViT (the local view); {exp.model_name} has none"
     return next((reason for name in requirements(score) if (reason := resolver(name).missing(exp))), None)

@@ -1,8 +1,6 @@
-"""Features: the on-disk cache, its resumable writer, image features by view, and the one text encoder."""
+"""Features: the on-disk cache (store), its resumable writer, image features by view (images), the one text encoder
+(text).
 
-from utils.features.images import DEFAULT_VIEW, VIEWS, image_features
-from utils.features.store import CachedFeatures, FeatureCache
-from utils.features.text import encode_texts, text_embeddings
-
-__all__ = ["DEFAULT_VIEW", "VIEWS", "CachedFeatures", "FeatureCache", "encode_texts", "image_features",
-           "text_embeddings"]  # fmt: skip
+Import the modules directly: this package stays light, so that the scripts' --help reads the cache's dtypes without
+importing torch.
+"""

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from utils.data.loaders import make_loader, sample_name
 from utils.data.raw import decode_batch, make_raw_loader
 from utils.data.splits import LoadedDataset
-from utils.device import autocast, precision_tag
+from utils.device import PIPELINES, autocast, precision_tag
 from utils.distributed import World
 from utils.errors import UserError
 from utils.features.store import CachedFeatures, FeatureCache, cache_key
@@ -155,9 +155,6 @@ def extract(
     with entry_writer(cache, key, spec, meta, world, f"the {view} features of {data.name}/{data.split}") as shard:
         if shard is not None:
             _encode(bundle, encoder, data, shard, batch_size, workers, show=world.main)
-
-
-PIPELINES = ("auto", "pil", "tensor")
 
 
 def pipeline_of(bundle: ModelBundle) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,9 +20,11 @@ from utils.distributed import World
 from utils.errors import UserError
 from utils.features.store import FeatureCache, cache_key
 from utils.features.writer import entry_writer
-from utils.models.loading import ModelBundle
 from utils.models.prompt_context import LearnedTemplate, PromptContext
 from utils.prompts import AS_IS, Template, render
+
+if TYPE_CHECKING:
+    from utils.models.loading import ModelBundle
 
 PROMPTS_PER_FORWARD = 1024  # text encoder batch: large enough to amortise overhead, small enough for any GPU
 NAMES_PER_ENTRY_WRITE = 4096  # names encoded between two writes into a cache entry

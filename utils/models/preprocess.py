@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-
-import torch
-from torchvision import transforms
-from torchvision.transforms import InterpolationMode
+from typing import TYPE_CHECKING
 
 from utils.errors import UserError
 
-INTERPOLATIONS = {"model": None, "bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+if TYPE_CHECKING:
+    import torch
+
+# torchvision is imported where used: eval_ood_detection.py's --help lists these names without it.
+INTERPOLATIONS = {"model": None, "bilinear": "BILINEAR", "bicubic": "BICUBIC"}  # torchvision InterpolationMode names
 
 
 def with_interpolation(preprocess: Callable, mode: str) -> Callable:
     """A copy of `preprocess` whose Resize steps use `mode` ("model": unchanged); everything else is kept."""
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
+
     if mode not in INTERPOLATIONS:
         raise UserError(f"unknown interpolation '{mode}'; known: {', '.join(INTERPOLATIONS)}")
     if INTERPOLATIONS[mode] is None:
@@ -27,7 +31,7 @@ def with_interpolation(preprocess: Callable, mode: str) -> Callable:
     changed = copy.deepcopy(preprocess)
     for step in changed.transforms:
         if isinstance(step, transforms.Resize):
-            step.interpolation = INTERPOLATIONS[mode]
+            step.interpolation = InterpolationMode[INTERPOLATIONS[mode]]
     return changed
 
 
@@ -42,6 +46,8 @@ class TensorPreprocess:
     its order, so no constant is copied. Raises ValueError for a step it cannot restate."""
 
     def __init__(self, preprocess: Callable):
+        from torchvision import transforms
+
         self.steps: list[tuple[str, object]] = []
         for step in getattr(preprocess, "transforms", None) or [preprocess]:
             name = getattr(step, "__name__", type(step).__name__)
@@ -60,6 +66,7 @@ class TensorPreprocess:
 
     def __call__(self, images: list[torch.Tensor]) -> torch.Tensor:
         """A float32 batch [B, 3, h, w] on the images' device, equal to the PIL transform up to resampling rounding."""
+        import torch
         from torchvision.transforms.v2 import functional as tf
 
         out = []

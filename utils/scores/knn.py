@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from utils.arrays import row_blocks
 from utils.scores.base import InDistribution, Score, as_array, l2_normalise
 from utils.settings import Setting, positive_int
+
+if TYPE_CHECKING:
+    import torch  # imported where searched: the score registry builds the scripts' flags, and --help skips torch
 
 BANK_CHUNK = 65536  # training rows read at once: the bank is streamed from disk, never held whole
 QUERY_CHUNK = 1024  # with BANK_CHUNK, bounds the similarity block to 256 MB of float32
@@ -35,6 +38,8 @@ def top_similarities(
     pass over the bank (a memory-mapped float16 file is fine): each block is read and normalised once and merged
     into every query's running top k, so memory is O(queries · k + one block), not O(bank).
     """
+    import torch
+
     device = torch.device(device)
     if resident is None:
         resident = fits_on_device(len(bank), as_array(bank[:1]).shape[1], device)
@@ -65,6 +70,8 @@ def top_similarities(
 
 def fits_on_device(rows: int, dim: int, device: str | torch.device) -> bool:
     """Whether a bank of rows x dim can be held on `device` (a GPU, with headroom) in float32 and half precision."""
+    import torch
+
     device = torch.device(device)
     if device.type != "cuda":
         return False
@@ -77,8 +84,10 @@ class ResidentBank:
     one half-precision matmul (tensor cores) and a top-(k + margin), whose candidates are re-ranked in float32, so
     the similarities returned are float32 ones (those of the streamed search, up to summation order)."""
 
-    def __init__(self, bank: object, device: str | torch.device, half: torch.dtype = torch.float16):
-        self.device, self.half = torch.device(device), half
+    def __init__(self, bank: object, device: str | torch.device, half: torch.dtype | None = None):
+        import torch
+
+        self.device, self.half = torch.device(device), half or torch.float16
         parts = []
         for block in row_blocks(bank, BANK_CHUNK):
             rows = torch.from_numpy(np.array(block, dtype=np.float32)).to(self.device)
@@ -86,10 +95,12 @@ class ResidentBank:
         if not parts:
             raise ValueError("the KNN bank is empty")
         self.rows = torch.cat(parts)
-        self.rows_half = self.rows.to(half)
+        self.rows_half = self.rows.to(self.half)
 
     def top(self, queries: np.ndarray, k: int) -> np.ndarray:
         """The k largest cosine similarities of each normalised query, descending: float32 [queries, k]."""
+        import torch
+
         n, dim = self.rows.shape
         k, wanted = min(k, n), min(k + RERANK_MARGIN, n)
         block = int(min(4096, max(1, RESIDENT_BLOCK_BYTES // (2 * n))))

@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from utils.arrays import as_array
+
+if TYPE_CHECKING:
+    import torch  # imported where fitted: the score registry builds the scripts' flags, and --help skips torch
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-3, 4, 8))
 HOLDOUT = 0.2
@@ -37,7 +39,7 @@ class LinearProbe:
         return float(np.mean(self.logits(features).argmax(axis=1) == np.asarray(labels)))
 
 
-Blocks = list[tuple[torch.Tensor, torch.Tensor]]  # (features in their stored dtype, int64 labels), on the device
+Blocks = list[tuple["torch.Tensor", "torch.Tensor"]]  # (features in their stored dtype, int64 labels), on the device
 SHOW_ROWS = 20_000  # a fit on this many training rows or more shows its progress
 
 
@@ -48,6 +50,8 @@ def to_blocks(
 
     `rows` (a boolean mask) keeps a subset. The bank is read once, block by block: never a float32 copy of it whole.
     """
+    import torch
+
     blocks: Blocks = []
     labels = np.asarray(labels, dtype=np.int64)
     for start in range(0, len(labels), ROW_CHUNK):
@@ -70,6 +74,9 @@ def train_logistic_regression(
     max_iter: int = 500,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimise mean CE + ‖W‖² / (2 C N), i.e. scikit-learn's objective divided by C·N, over all blocks' rows."""
+    import torch
+    import torch.nn.functional as F
+
     n, dim = sum(len(y) for _, y in blocks), blocks[0][0].shape[1]
     device = blocks[0][0].device
     weight = torch.zeros(classes, dim, dtype=torch.float32, device=device)
@@ -110,6 +117,8 @@ SMALL_PROBLEM = 5_000_000  # features.numel() below which one CPU thread beats s
 @contextmanager
 def _few_threads_if_small(entries: int, device: torch.device) -> Iterator[None]:
     """L-BFGS on a small CPU problem runs ~7x faster on one thread than on two (measured on a 2-core machine)."""
+    import torch
+
     threads = torch.get_num_threads()
     if device.type == "cpu" and entries < SMALL_PROBLEM:
         torch.set_num_threads(1)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from scipy.linalg import pinvh  # what sklearn.covariance.EmpiricalCovariance inverts with
 
 from utils.scores.base import CHUNK, InDistribution, Score, as_array, chunks
+
+if TYPE_CHECKING:
+    import torch  # imported where fitted: the score registry builds the scripts' flags, and --help skips torch
 
 
 @dataclass
@@ -28,6 +30,9 @@ def fit_class_gaussians(features: object, labels: np.ndarray, chunk: int = CHUNK
     does; the plain pseudo-inverse turned eigenvalues of ~1e-17 into precision entries of ~1e16 whenever
     N − C < D (fewer training images than dimensions).
     """
+    import torch
+    from scipy.linalg import pinvh  # what sklearn.covariance.EmpiricalCovariance inverts with
+
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0 or labels.min() < 0:
         raise ValueError("Mahalanobis scores need labelled training features (labels >= 0)")
@@ -83,10 +88,13 @@ class _GaussianScore(Score):
     inputs = ("device",)
 
     def __init__(self, device: str | torch.device = "cpu"):
+        import torch
+
         super().__init__()
         self.device = torch.device(device)
 
     def _fit(self, ind: InDistribution) -> None:
+
         if "gaussians" not in ind.shared:
             ind.shared["gaussians"] = fit_class_gaussians(ind.train_features, ind.train_labels)
         self.g: ClassGaussians = ind.shared["gaussians"]
@@ -105,6 +113,8 @@ class _GaussianScore(Score):
 def distances_on(store: dict, which: str, x: np.ndarray, means: np.ndarray, precision: np.ndarray,
                  device: torch.device) -> np.ndarray:  # fmt: skip
     """squared_distances in float64 torch on `device`, the (means, precision) pair kept in `store` across calls."""
+    import torch
+
     if which not in store:
         store[which] = (torch.from_numpy(means).to(device), torch.from_numpy(precision).to(device))
     means_t, precision_t = store[which]

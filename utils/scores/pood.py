@@ -13,10 +13,9 @@ import importlib
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from utils.arrays import CHUNK
 from utils.scores.base import InDistribution, Score, as_array
@@ -24,6 +23,9 @@ from utils.scores.knn import PAPER_K, K
 from utils.scores.linear_probe import ProbeScore
 from utils.scores.zero_shot import TEMPERATURE
 from utils.settings import Setting
+
+if TYPE_CHECKING:
+    import torch  # imported where fitted and scored: the score registry builds the scripts' flags, without torch
 
 PREFIX = "pood:"
 HEADS = ("zero_shot", "probe")  # where a detector's head comes from (--pood-head)
@@ -105,6 +107,8 @@ def _fit_she(detector: Any, x: torch.Tensor, y: torch.Tensor) -> None:
     """SHE's fit_features, except that a class without a correctly classified train feature (pytorch-ood raises
     there: a weak head, e.g. zero-shot on an unfamiliar domain) gets the mean of all its train features, with a
     warning."""
+    import torch
+
     with torch.no_grad():
         correct = detector.head(x).argmax(dim=1) == y
     missing = sorted(set(range(int(y.max()) + 1)) - set(y[correct].tolist()))
@@ -116,6 +120,12 @@ def _fit_she(detector: Any, x: torch.Tensor, y: torch.Tensor) -> None:
                   f"the means of all their train features", stacklevel=4)  # fmt: skip
     keep = correct | torch.isin(y, torch.tensor(missing))
     detector.patterns = torch.stack([x[(y == c) & keep].mean(dim=0) for c in range(int(y.max()) + 1)])
+
+
+def _tensor(array: object) -> torch.Tensor:
+    import torch
+
+    return torch.from_numpy(as_array(array))
 
 
 DETECTORS: dict[str, Detector] = {
@@ -161,7 +171,7 @@ DETECTORS: dict[str, Detector] = {
         Detector("KNN", "Deep nearest neighbours (Sun et al., ICML 2022): −‖x̂ − ẑ_(k)‖ (scikit-learn; k the largest "
                  "--k)", "features", "features", lambda p: {"k": p.given["k"]}, head=False, settings=(K,)),
         Detector("MCM", "MCM (Ming et al., NeurIPS 2022): max_c softmax(cos(x, t_c) / T)_c over the class prompts t",
-                 "features", args=lambda p: {"text_embeddings": torch.from_numpy(as_array(p.ind.text_features)),
+                 "features", args=lambda p: {"text_embeddings": _tensor(p.ind.text_features),
                                              "temperature": p.given["temperature"]},
                  head=False, needs=("text_features",), settings=(TEMPERATURE,)),
     ]
@@ -206,6 +216,8 @@ class PoodScore(Score):
         self.given = {"k": int(max(k) if isinstance(k, Sequence) else k), "temperature": float(temperature)}
 
     def _fit(self, ind: InDistribution) -> None:
+        import torch
+
         spec = self.spec
         train = spec.fit is not None
         x = torch.from_numpy(as_array(ind.train_features)) if train else None
@@ -233,6 +245,8 @@ class PoodScore(Score):
 
     def _linear(self, ind: InDistribution) -> torch.nn.Linear:
         """The head as a float32 module (what pytorch-ood's detectors call), its float64 weights kept for logits."""
+        import torch
+
         weight, bias = self.head.weight, self.head.bias
         if weight is None:
             if self.head.train_features is not None:
@@ -253,6 +267,8 @@ class PoodScore(Score):
         return x.double() @ self.w64.T + self.b64
 
     def _score(self, features: np.ndarray) -> np.ndarray:
+        import torch
+
         x = torch.from_numpy(features)
         out = []
         for start in range(0, len(x), self.rows):

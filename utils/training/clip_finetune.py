@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DistributedSampler
 
 from utils.atomic import atomic_path
 from utils.data.loaders import make_loader
-from utils.data.splits import LoadedDataset
-from utils.distributed import World
 from utils.errors import UserError
-from utils.models.loading import ModelBundle
 from utils.models.logits import logit_scale
 from utils.settings import Setting
 from utils.training.checkpoints import load_training_state, rng_state, save_final, set_rng_state
@@ -35,8 +32,13 @@ from utils.training.loop import (
     optimizer_steps,
     run_epoch,
 )
-from utils.training.objectives import Objective
 from utils.training.towers import FROZEN_TOWER, kept_frozen
+
+if TYPE_CHECKING:
+    from utils.data.splits import LoadedDataset
+    from utils.distributed import World
+    from utils.models.loading import ModelBundle
+    from utils.training.objectives import Objective
 
 RESUME_MUST_MATCH = ("method", "model", "id_name", "aux", "seed", "batch_size", "accumulate", "freeze", "epochs", "lr",
                      "weight_decay", "warmup", "shots", "optimizer", "schedule", "augment",

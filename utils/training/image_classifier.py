@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from utils.data.loaders import make_loader
-from utils.data.splits import LoadedDataset
 from utils.device import autocast
-from utils.models.loading import ModelBundle
 from utils.models.logits import zero_shot_logit_scale
 from utils.settings import Setting, positive_float
 from utils.training.loop import EPOCHS, LR, WARMUP, WEIGHT_DECAY, grad_scaler, run_epoch, warmup_cosine
 from utils.training.towers import freeze, image_tower, kept_frozen
+
+if TYPE_CHECKING:
+    from utils.data.splits import LoadedDataset
+    from utils.models.loading import ModelBundle
 
 HEAD_LR = Setting("head_lr", 1e-3, "the linear head's learning rate (--lr: the image encoder's)", "toolkit",
                   type=positive_float)  # fmt: skip

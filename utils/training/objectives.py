@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -20,11 +20,13 @@ import torch.nn.functional as F
 from utils.errors import UserError
 from utils.features.text import encode_texts
 from utils.models.checkpoint import ScoreContract
-from utils.models.loading import ModelBundle
 from utils.models.logits import logit_scale, model_logits
 from utils.prompts import TEMPLATE_SETS, Template, is_template, render, template_text
 from utils.settings import Setting, non_negative_float
 from utils.training.towers import freeze
+
+if TYPE_CHECKING:
+    from utils.models.loading import ModelBundle
 
 GROUPS_DIR = Path(__file__).resolve().parents[2] / "configs" / "groups"
 OOD_PROMPT = Setting("ood_prompt", "a photo of an unknown object.", "the OOD class's prompt", "toolkit")

@@ -9,22 +9,22 @@ lr 1e-5 then a per-epoch cosine, random resized crops (scale 0.08-1, bicubic) an
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torchvision import transforms
-from torchvision.transforms import InterpolationMode
 
 from utils.errors import UserError
 from utils.features.text import encode_texts
-from utils.models.checkpoint import ScoreContract
 from utils.models.local_tokens import global_and_patches
 from utils.models.logits import model_logits
 from utils.models.prompt_context import LearnedTemplate, PromptContext, initial_context
 from utils.settings import Setting, non_negative_float, positive_int
 from utils.training.objectives import Objective
 from utils.training.towers import freeze, image_tower
+
+if TYPE_CHECKING:
+    from utils.models.checkpoint import ScoreContract
 
 LOCOOP_TOP_K_SHARE = 0.2  # LoCoOp's K = 200 of ImageNet-1k's 1000 classes
 N_CTX = Setting("n_ctx", 16, "learned context tokens", "CoOp's scripts (KaiyangZhou/CoOp: NCTX=16)", type=positive_int)
@@ -47,8 +47,11 @@ def _rgb(image: Any) -> Any:
     return image.convert("RGB")  # a module-level function: loader workers started by spawn can pickle it
 
 
-def coop_train_transform(preprocess: Any, size: int) -> transforms.Compose:
+def coop_train_transform(preprocess: Any, size: int) -> Any:
     """Dassl's "random_resized_crop, random_flip, normalize" at the model's input size, with its normalisation."""
+    from torchvision import transforms  # here: finetune_clip.py's --help lists the methods without torchvision
+    from torchvision.transforms import InterpolationMode
+
     normalise = next((s for s in getattr(preprocess, "transforms", []) if isinstance(s, transforms.Normalize)), None)
     if normalise is None:
         raise UserError(f"the model's transform has no Normalize step to reuse for prompt learning ({preprocess})")
