@@ -5,7 +5,7 @@ OUT ?= results/demo
 SEED ?= 0
 TINY = --model tiny --pretrained none --seed $(SEED) --workers 0 --cache-dir $(OUT)/cache
 
-.PHONY: demo test methods-table bench
+.PHONY: demo test methods-table bench reproduce
 demo:
 	$(PYTHON) finetune_clip.py --in digits --method contrastive $(TINY) --epochs 30 --batch-size 64 --lr 3e-4 \
 		--weight-decay 0 --templates single --out-dir $(OUT)/train --overwrite
@@ -28,3 +28,8 @@ methods-table:
 # The benchmarks (bench/), full size, one after the other; each prints a markdown table (about 30 min on 2 cores)
 bench:
 	for name in extraction knn mahalanobis full_table cache_verify; do $(PYTHON) -m bench.$$name || exit 1; echo; done
+
+# Every paper preset whose data and weights are on this machine, one table beside the published numbers
+# (tools/reproduce.py): make reproduce ARGS="--data-root /data --device cuda"
+reproduce:
+	$(PYTHON) -m tools.reproduce $(ARGS)

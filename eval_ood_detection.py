@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from utils.cli import (
     add_data_args,
@@ -28,29 +29,25 @@ from utils.cli import (
     run_folder,
     run_metadata,
 )
-from utils.data.benchmark import Benchmark, BenchmarkRequest, parse_ood_splits, resolve_id, resolve_ood
-from utils.data.classnames import parse_labels
-from utils.data.openood import BENCHMARKS as OPENOOD_BENCHMARKS
-from utils.data.splits import DataOptions
-from utils.device import PRECISIONS, resolve_device
-from utils.distributed import World, close, init_world, local_device, main_first
+from utils.device import PIPELINES, PRECISIONS
 from utils.errors import UserError
-from utils.evaluation import inputs, openood_export, selection
+from utils.evaluation import inputs
 from utils.evaluation.metrics import EXTRA_METRICS, MIN_BOOTSTRAP
-from utils.evaluation.openood_export import write_openood
-from utils.evaluation.options import EvalOptions
-from utils.evaluation.pipeline import Evaluation, encode, evaluate, plan
 from utils.evaluation.presets import Preset, apply_preset, comparable, list_presets, load_preset, with_published
-from utils.evaluation.report import OWNED, markdown_table, table_rows, write_results
-from utils.features.images import PIPELINES
-from utils.features.store import FeatureCache
-from utils.models.checkpoint import Checkpoint, ScoreContract, class_templates, read_checkpoint
-from utils.models.compile import compile_image_tower
-from utils.models.loading import check_model_name, load_model
-from utils.models.preprocess import INTERPOLATIONS, with_interpolation
-from utils.prompts import TEMPLATE_SETS, Template
+from utils.models.preprocess import INTERPOLATIONS
+from utils.prompts import TEMPLATE_SETS
 from utils.scores import ALIASES, SCORES, listing
 from utils.settings import non_negative_int
+
+if TYPE_CHECKING:
+    from utils.data.benchmark import Benchmark, BenchmarkRequest
+    from utils.distributed import World
+    from utils.evaluation.pipeline import Evaluation
+    from utils.models.checkpoint import Checkpoint, ScoreContract
+    from utils.prompts import Template
+
+# What --help and --list-* need is imported above and imports no torch (tests/test_cli.py holds it); the run's
+# modules are imported where they are used, so that a user's first command answers at once.
 
 
 def _presets() -> list[str]:
@@ -178,6 +175,9 @@ def _selectable() -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from utils.device import resolve_device
+    from utils.distributed import close, init_world
+
     world = init_world(resolve_device(args.device))
     try:
         return _run(args, world)
@@ -188,6 +188,8 @@ def run(args: argparse.Namespace) -> dict:
 def class_prompts(args: argparse.Namespace, contract: ScoreContract | None) -> tuple[tuple[Template, ...], list[str]]:
     """The run's class-prompt templates and a note: a learned context (coop, locoop) wins over a preset's
     templates, not over --templates written on the command line."""
+    from utils.models.checkpoint import class_templates
+
     spec = args.templates
     if spec and contract and contract.context is not None and "templates" not in getattr(args, "given", []):
         note = (f"the class prompts are the checkpoint's learned ones, not the preset's --templates {spec} (write "
@@ -198,6 +200,17 @@ def class_prompts(args: argparse.Namespace, contract: ScoreContract | None) -> t
 
 def _run(args: argparse.Namespace, world: World) -> dict:
     """Under torchrun every rank encodes a shard of each dataset; rank 0 alone scores and reports."""
+    from utils.data.benchmark import resolve_id, resolve_ood
+    from utils.data.splits import DataOptions
+    from utils.device import resolve_device
+    from utils.distributed import local_device, main_first
+    from utils.evaluation import selection
+    from utils.evaluation.options import EvalOptions
+    from utils.evaluation.pipeline import encode, evaluate, plan
+    from utils.features.store import FeatureCache
+    from utils.models.checkpoint import read_checkpoint
+    from utils.models.loading import check_model_name
+
     preset = _with_preset(args)
     check_model_name(args.model)
     checkpoint = read_checkpoint(args.ckpt)
@@ -251,6 +264,8 @@ def _with_preset(args: argparse.Namespace) -> Preset | None:
 
 def _grid(args: argparse.Namespace, scores: list[str], exp: inputs.Experiment, declared: dict) -> dict | None:
     """--select's grid, each setting read by one of `scores`; a note for setting flags that no score reads."""
+    from utils.evaluation import selection
+
     read = selection.read_by(scores)
     given = getattr(args, "given", [])
     if unread := [s.flag for name, (s, _) in declared.items() if name in given and name not in read]:
@@ -265,12 +280,19 @@ def _grid(args: argparse.Namespace, scores: list[str], exp: inputs.Experiment, d
 
 
 def _request(args: argparse.Namespace, contract: ScoreContract | None) -> BenchmarkRequest:
+    from utils.data.benchmark import BenchmarkRequest, parse_ood_splits
+    from utils.data.classnames import parse_labels
+
     return BenchmarkRequest(args.id_name, args.out, parse_ood_splits(args.ood_split), args.shifted_id, args.ood_resize,
                             parse_labels(args.classnames) if args.classnames else None, args.select_ood,
                             args.select_holdout, contract.outliers if contract else (), args.allow_overlap)  # fmt: skip
 
 
 def _model(args: argparse.Namespace, checkpoint: Checkpoint | None, device: object) -> object:
+    from utils.models.compile import compile_image_tower
+    from utils.models.loading import load_model
+    from utils.models.preprocess import with_interpolation
+
     bundle = load_model(args.model, args.pretrained, checkpoint, device, args.model_cache_dir, args.seed)
     bundle = replace(bundle, preprocess=with_interpolation(bundle.preprocess, args.interpolation),
                      precision=args.precision, pipeline=args.pipeline)  # fmt: skip
@@ -281,6 +303,8 @@ def _model(args: argparse.Namespace, checkpoint: Checkpoint | None, device: obje
 
 def _choose(exp: inputs.Experiment, bench: Benchmark, scores: list[str], grid: dict[str, list]) -> dict:
     """Every score's setting chosen on the validation sets. Under torchrun every rank encodes them."""
+    from utils.evaluation import selection
+
     encoded = selection.encode_validation(exp, bench.validation, scores)
     choices = selection.choose(exp, bench.validation, encoded, scores, grid) if exp.world.main else {}
     for name, choice in choices.items():
@@ -290,6 +314,8 @@ def _choose(exp: inputs.Experiment, bench: Benchmark, scores: list[str], grid: d
 
 def _report(args: argparse.Namespace, evaluation: Evaluation, preset: Preset | None) -> list[dict]:
     """Print the accuracy line, the notes and the table (the preset's published numbers beside ours)."""
+    from utils.evaluation.report import markdown_table, table_rows
+
     accuracy = ", ".join(f"{k} {100 * v:.2f}%" if k.endswith("top1") else f"{k} {v:g}"
                          for k, v in evaluation.accuracy.items())  # fmt: skip
     print(f"\nID {args.id_name}: {evaluation.samples['ID']} test images" + (f"; {accuracy}" if accuracy else ""))
@@ -306,6 +332,10 @@ def _report(args: argparse.Namespace, evaluation: Evaluation, preset: Preset | N
 
 def _save(args: argparse.Namespace, evaluation: Evaluation, rows: list[dict], exp: inputs.Experiment,
           bench: Benchmark, choices: dict | None, preset: Preset | None) -> dict:  # fmt: skip
+    from utils.data.openood import BENCHMARKS as OPENOOD_BENCHMARKS
+    from utils.evaluation.openood_export import FOLDER, write_openood
+    from utils.evaluation.report import OWNED, write_results
+
     out_dir: Path = run_folder(args.out_dir, [args.id_name.replace("/", "_").replace(":", "_"),
                                               args.model.replace(":", "_")], args.overwrite, OWNED)  # fmt: skip
     metadata = {**run_metadata(args), "model_weights": exp.bundle.weights, "ood_protocol": bench.protocol,
@@ -319,9 +349,9 @@ def _save(args: argparse.Namespace, evaluation: Evaluation, rows: list[dict], ex
     write_results(out_dir, evaluation, metadata, rows=rows, plots=args.plots)
     exported = write_openood(out_dir, evaluation) if args.id_name in OPENOOD_BENCHMARKS else []
     print(f"\nsaved results.json, results.csv, results.md{', plots' if args.plots else ''}"
-          f"{f', {openood_export.FOLDER}/<score>.csv (OpenOOD layout)' if exported else ''} in {out_dir}")  # fmt: skip
+          f"{f', {FOLDER}/<score>.csv (OpenOOD layout)' if exported else ''} in {out_dir}")  # fmt: skip
     return {"metrics": evaluation.metrics, "accuracy": evaluation.accuracy, "samples": evaluation.samples,
-            "out_dir": str(out_dir)}  # fmt: skip
+            "out_dir": str(out_dir), "rows": rows, "notes": evaluation.notes}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -52,3 +52,29 @@ def assert_one_clear_error(call, capsys, expected: str, out: Path) -> str:
     assert expected in err and "Traceback" not in err
     assert not out.exists()
     return err
+
+
+def _fake_dtd(root):
+    for split, name in [("train", "a.jpg"), ("val", "b.jpg"), ("test", "c.jpg")]:
+        labels = root / "dtd" / "dtd" / "dtd" / "labels"
+        labels.mkdir(parents=True, exist_ok=True)
+        (labels / f"{split}1.txt").write_text(f"banded/{name}\nzigzagged/{name}\n")
+        for texture in ("banded", "zigzagged"):
+            write_images(root / "dtd" / "dtd" / "dtd" / "images" / texture, 1, seed=len(name), size=16, suffix=".jpg")
+            (root / "dtd" / "dtd" / "dtd" / "images" / texture / "img_000.jpg").rename(
+                root / "dtd" / "dtd" / "dtd" / "images" / texture / name
+            )
+
+
+@pytest.fixture
+def imagenet_benchmark(tmp_path):
+    """ImageNet-1k val (one tiny image per wnid), the MOS sets as their tarballs unpack, Textures as torchvision's."""
+    from utils.data import classnames
+
+    root = tmp_path / "data"
+    for k, wnid in enumerate(classnames.imagenet1k()):
+        write_images(root / "imagenet" / "val" / wnid, 1, seed=k, size=8)
+    for k, folder in enumerate(["iNaturalist", "SUN", "Places"]):
+        write_images(root / folder / "images", 4, seed=100 + k, size=16, suffix=".jpg")
+    _fake_dtd(root)
+    return root

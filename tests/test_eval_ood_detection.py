@@ -12,7 +12,7 @@ import pytest
 import eval_ood_detection
 import utils.features.images
 from tests.conftest import assert_one_clear_error, write_images
-from utils.data import DATASETS
+from utils.data.registry import DATASETS
 from utils.evaluation.inputs import RESOLVERS, requirements, score_settings
 from utils.evaluation.metrics import METRICS
 from utils.evaluation.presets import list_presets
@@ -455,30 +455,30 @@ def test_every_preset_is_well_formed(name):
         assert name in DATASETS
 
 
-def _fake_dtd(root):
-    for split, name in [("train", "a.jpg"), ("val", "b.jpg"), ("test", "c.jpg")]:
-        labels = root / "dtd" / "dtd" / "dtd" / "labels"
-        labels.mkdir(parents=True, exist_ok=True)
-        (labels / f"{split}1.txt").write_text(f"banded/{name}\nzigzagged/{name}\n")
-        for texture in ("banded", "zigzagged"):
-            write_images(root / "dtd" / "dtd" / "dtd" / "images" / texture, 1, seed=len(name), size=16, suffix=".jpg")
-            (root / "dtd" / "dtd" / "dtd" / "images" / texture / "img_000.jpg").rename(
-                root / "dtd" / "dtd" / "dtd" / "images" / texture / name
-            )
+@pytest.mark.parametrize("name", list_presets())
+def test_every_preset_follows_its_papers_pipeline(name):
+    """Every official code decodes and resizes with PIL; each preset fixes the precision its code ran in and stores
+    features at least as precise (fp32 arithmetic: float32 features); OpenOOD's FPR column is OpenOOD's reading."""
+    from utils.evaluation.presets import load_preset
+
+    settings = load_preset(name).settings
+    assert settings["pipeline"] == "pil"
+    assert settings.get("precision") in {"fp32", "fp16"}
+    if settings["precision"] == "fp32" or name == "neglabel-imagenet":  # NegLabel: float32 features, as its note says
+        assert settings.get("feature_dtype") == "float32"
+    if name.startswith("openood-"):
+        assert "FPR95_OPENOOD" in settings["extra_metrics"]
+        published = {m for per_set in load_preset(name).published.values() for v in per_set.values() for m in v}
+        assert "FPR95_OOD" not in published
 
 
-@pytest.fixture
-def imagenet_benchmark(tmp_path):
-    """ImageNet-1k val (one tiny image per wnid), the MOS sets as their tarballs unpack, Textures as torchvision's."""
-    from utils.data import classnames
-
-    root = tmp_path / "data"
-    for k, wnid in enumerate(classnames.imagenet1k()):
-        write_images(root / "imagenet" / "val" / wnid, 1, seed=k, size=8)
-    for k, folder in enumerate(["iNaturalist", "SUN", "Places"]):
-        write_images(root / folder / "images", 4, seed=100 + k, size=16, suffix=".jpg")
-    _fake_dtd(root)
-    return root
+def test_neg_groups_help_says_what_one_group_computes(capsys):
+    """--neg-groups 1 is the paper's one softmax; the release's ngroup = 1 branch computes something else."""
+    with pytest.raises(SystemExit):
+        eval_ood_detection.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "1 = the paper's one softmax over the ID labels and all negatives (the release's ngroup = 1 branch " \
+           "scores the sum of the ID logits instead" in help_text  # fmt: skip
 
 
 def test_preset_runs_offline_and_shows_published_numbers(tmp_path, imagenet_benchmark, capsys):

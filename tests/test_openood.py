@@ -10,9 +10,11 @@ import pytest
 
 import eval_ood_detection
 from tests.conftest import write_images
-from utils.data import DATASETS, classnames, load_dataset
+from utils.data import classnames
 from utils.data import openood as oo
 from utils.data.benchmark import mean_groups
+from utils.data.registry import DATASETS
+from utils.data.splits import load_dataset
 from utils.errors import UserError
 from utils.evaluation.metrics import ood_metrics
 from utils.evaluation.openood_export import COLUMNS, openood_csv, openood_metrics, openood_rows
@@ -260,6 +262,7 @@ def test_openood_fpr_skips_the_first_point_at_95_percent_recall_as_openood_does(
     ood_scores = np.array([-3] * 3 + [-2] * 4 + [-1] * 8 + [0] * 4 + [1, 2], dtype=np.float64)
     assert openood_metrics(id_scores, ood_scores)["FPR@95"] == pytest.approx(0.8)
     assert ood_metrics(id_scores, ood_scores)["FPR95_OOD"] == pytest.approx(0.6)
+    assert ood_metrics(id_scores, ood_scores, ["FPR95_OPENOOD"])["FPR95_OPENOOD"] == pytest.approx(0.8)
     is_ood = np.r_[np.zeros(5), np.ones(21)]
     fpr, tpr, _ = roc_curve(is_ood, -np.r_[id_scores, ood_scores], drop_intermediate=False)
     assert fpr[np.argmax(tpr >= 0.95)] == pytest.approx(0.6)
@@ -321,3 +324,21 @@ def test_imagenet_missing_is_one_clear_error(tmp_path):
     _write_list(home, bench, "test_imagenet.txt", [("imagenet_1k/val/ILSVRC2012_val_00000001.JPEG", 65)])
     with pytest.raises(UserError, match=r"ImageNet-1k is needed: put it under .*imagenet_1k/ as OpenOOD does"):
         load_dataset("openood_imagenet", "test", tmp_path, download=True)  # never downloaded, whatever the flag
+
+
+def test_fpr95_openood_is_roc_curves_reading_on_ties_and_on_continuous_scores():
+    """FPR95_OPENOOD restates scikit-learn's roc_curve (drop_intermediate) and OpenOOD's reading of it."""
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(1)
+    differ = 0
+    for case in range(600):
+        n, m = rng.integers(1, 40, 2)
+        tied = case % 2 == 0
+        i = rng.integers(-4, 5, n).astype(float) if tied else rng.normal(size=n)
+        o = rng.integers(-6, 3, m).astype(float) if tied else rng.normal(-0.5, 1, m)
+        fpr, tpr, _ = roc_curve(np.r_[np.zeros(n), np.ones(m)], -np.r_[i, o])
+        got = ood_metrics(i, o, ["FPR95_OPENOOD"])
+        assert got["FPR95_OPENOOD"] == pytest.approx(fpr[np.argmax(tpr >= 0.95)], abs=1e-12)
+        differ += got["FPR95_OPENOOD"] != got["FPR95_OOD"]
+    assert differ > 0  # some cases reach a point that roc_curve drops (the hand-built one above always does)

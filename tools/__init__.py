@@ -1,1 +1,2 @@
-"""Project tools that drive the entry scripts: the offline demo, the README layout."""
+"""Project tools that drive the entry scripts: the offline demo, every preset at once, NegLabel's released words,
+the README layout."""

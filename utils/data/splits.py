@@ -12,7 +12,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from utils.data.loaders import sample_name
 from utils.data.registry import DatasetSpec, get_spec
-from utils.errors import UserError
+from utils.errors import Missing, UserError
 
 
 @dataclass
@@ -167,7 +167,7 @@ def load_dataset(
         dataset = spec.build(root, split, download)
     except (UserError, OSError, RuntimeError, ValueError) as err:  # torchvision: URLError offline, RuntimeError if
         # absent, ValueError for a refused download or a damaged annotation file
-        raise UserError(
+        raise Missing(
             f"dataset '{name}' ({split}) is not available under {root}: {str(err).strip() or type(err).__name__}\n"
             f"  get it from: {spec.source}\n  expected under --data-root: {spec.layout}"
         ) from err

@@ -9,6 +9,16 @@ from utils.errors import UserError
 
 WORDNET_POOL = Path(__file__).parent / "resources" / "wordnet_pool.tsv.gz"
 PARTS_OF_SPEECH = ("noun", "adj")
+RELEASE_POOL_MARK = "# NegLabel release pool (tools/neglabel_words.py):"  # the first line of a converted release list
+
+
+def is_release_pool(path: str | Path | None) -> bool:
+    """Whether `path` is NegLabel's released word lists as converted by tools/neglabel_words.py."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline().startswith(RELEASE_POOL_MARK)
+    except (OSError, TypeError, UnicodeDecodeError):
+        return False
 
 
 def load_words(path: str | Path | None = None) -> list[tuple[str, str]]:

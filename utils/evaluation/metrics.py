@@ -16,7 +16,7 @@ METRICS = ("FPR95", "FPR95_OOD", "AUROC", "AUPR_IN", "AUPR_OUT")
 # on 25 of them, the count Efron & Tibshirani (An Introduction to the Bootstrap, 1993) advise for percentile
 # intervals; with fewer the ends are noise (one round: both ends are that round, an "interval" of one point).
 MIN_BOOTSTRAP = 1000
-LOWER_IS_BETTER = {"FPR95", "FPR95_OOD", "FPR95_MCM"}
+LOWER_IS_BETTER = {"FPR95", "FPR95_OOD", "FPR95_MCM", "FPR95_OPENOOD"}
 
 
 def _check(name: str, scores: np.ndarray) -> np.ndarray:
@@ -101,11 +101,28 @@ def aupr_trapezoid(positive: np.ndarray, negative: np.ndarray) -> float:
     return float(np.sum(np.diff(recall) * (precision[1:] + precision[:-1]) / 2))
 
 
+def fpr_openood(positive: np.ndarray, negative: np.ndarray, tpr: float = 0.95) -> float:
+    """OpenOOD v1.5's FPR@95 (openood/evaluators/metrics.py auc_and_fpr_recall, called with OOD as `positive`):
+    scikit-learn's roc_curve with its default drop_intermediate, read at its first point whose TPR reaches `tpr`.
+
+    roc_curve drops every point collinear with its neighbours, which may be the first one at 95% recall: the FPR is
+    then read further along the curve (0.8 where ours, FPR95_OOD, is 0.6 in tests/test_openood.py).
+    """
+    positive, negative = _check("OOD", positive), _check("ID", negative)
+    true_pos, false_pos = _curve(positive, negative)
+    if len(true_pos) > 2:  # scikit-learn's drop_intermediate: keep the ends and every point where the slope changes
+        kept = np.r_[True, np.logical_or(np.diff(false_pos, 2), np.diff(true_pos, 2)), True]
+        true_pos, false_pos = true_pos[kept], false_pos[kept]
+    true_pos, false_pos = np.r_[0, true_pos], np.r_[0, false_pos]
+    return float(false_pos[int(np.argmax(true_pos / positive.size >= tpr))] / negative.size)
+
+
 # Metrics that follow one codebase's definition, asked for by name (--extra-metrics, or a paper preset).
 EXTRA_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "FPR95_MCM": lambda i, o: fpr_at_closest_recall(i, o, 0.95),  # ID positive, MCM's/NegLabel's rule
     "AUPR_IN_OPENOOD": aupr_trapezoid,  # ID positive
     "AUPR_OUT_OPENOOD": lambda i, o: aupr_trapezoid(-o, -i),  # OOD positive
+    "FPR95_OPENOOD": lambda i, o: fpr_openood(-o, -i, 0.95),  # OOD positive, OpenOOD's roc_curve reading
 }
 
 

@@ -2,9 +2,10 @@
 
 OpenOOD's evaluator (openood/evaluation_api/evaluator.py, openood/evaluators/metrics.py) writes one table per
 method: rows near sets, `nearood`, far sets, `farood` (unweighted means), columns FPR@95, AUROC, AUPR_IN,
-AUPR_OUT, ACC, all x 100. FPR@95 treats OOD as positive (the share of ID flagged at 95% OOD recall: our
-FPR95_OOD), the AUPRs are trapezoid areas (scikit-learn's precision_recall_curve and auc), and ACC is the ID top-1
-of the model's classifier, the same on every row.
+AUPR_OUT, ACC, all x 100. FPR@95 treats OOD as positive and reads scikit-learn's roc_curve, which drops collinear
+points (our FPR95_OPENOOD; FPR95_OOD reads the first point at 95% OOD recall), the AUPRs are trapezoid areas
+(scikit-learn's precision_recall_curve and auc), and ACC is the ID top-1 of the model's classifier, the same on
+every row.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from utils.atomic import atomic_path
 from utils.data.openood import short_name
-from utils.evaluation.metrics import aupr_trapezoid, auroc
+from utils.evaluation.metrics import aupr_trapezoid, auroc, fpr_openood
 from utils.evaluation.pipeline import Evaluation
 from utils.evaluation.report import file_stem, with_group_means
 from utils.scores import SCORES
@@ -26,22 +27,11 @@ COLUMNS = ("FPR@95", "AUROC", "AUPR_IN", "AUPR_OUT", "ACC")
 FOLDER = "openood"
 
 
-def openood_fpr95(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
-    """OpenOOD's FPR@95: OOD positive, the first point of scikit-learn's roc_curve with TPR >= 0.95. roc_curve's
-    default drop_intermediate leaves out collinear points, so on tied scores this can be above FPR95_OOD (the first
-    threshold reaching 95%); the export follows OpenOOD."""
-    from sklearn.metrics import roc_curve
-
-    is_ood = np.r_[np.zeros(len(id_scores)), np.ones(len(ood_scores))]
-    fpr, tpr, _ = roc_curve(is_ood, -np.r_[id_scores, ood_scores])
-    return float(fpr[np.argmax(tpr >= 0.95)])
-
-
 def openood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
     """OpenOOD's four OOD metrics as fractions (`id_scores` higher = more ID, as everywhere here)."""
     id_scores, ood_scores = np.asarray(id_scores, np.float64), np.asarray(ood_scores, np.float64)
     return {
-        "FPR@95": openood_fpr95(id_scores, ood_scores),
+        "FPR@95": fpr_openood(-ood_scores, -id_scores),  # our FPR95_OPENOOD
         "AUROC": auroc(id_scores, ood_scores),
         "AUPR_IN": aupr_trapezoid(id_scores, ood_scores),
         "AUPR_OUT": aupr_trapezoid(-ood_scores, -id_scores),

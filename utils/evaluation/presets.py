@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from utils.data.words import is_release_pool
 from utils.errors import UserError
 from utils.scores import ALIASES, SCORES, canonical
 
@@ -88,7 +89,11 @@ def comparable(preset: Preset, values: dict[str, Any]) -> str | None:
     """Why this run's numbers cannot be compared with the published ones (another model, weights, data), or None."""
     pairs = preset.defaults.items()
     different = [f"{k} {values.get(k)} (published: {v})" for k, v in pairs if values.get(k) != v]
-    different += [why for key, why in NOT_COMPARABLE_WHEN_SET.items() if values.get(key) not in (None, [])]
+    different += [
+        why
+        for key, why in NOT_COMPARABLE_WHEN_SET.items()
+        if values.get(key) not in (None, []) and not (key == "neg_words" and is_release_pool(values[key]))
+    ]  # the paper's own pool
     return "; ".join(different) or None
 
 

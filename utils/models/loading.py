@@ -14,7 +14,8 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 
-from utils.errors import UserError
+from utils.errors import Missing, UserError
+from utils.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from utils.models.checkpoint import Checkpoint, read_checkpoint
 from utils.models.folders import check_name, folder_model_config, folder_tokenizer, is_folder_name, resolve
 from utils.models.weights import (
@@ -30,7 +31,6 @@ from utils.models.weights import (
 CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)  # registers `tiny` (and any other config shipped here)
 
-DEFAULT_MODEL, DEFAULT_PRETRAINED = "ViT-B-16", "openai"  # the MCM paper's backbone
 NO_WEIGHTS = ("none", "")
 HF_DEFAULT_FILE = "open_clip_pytorch_model.bin"
 TIMM_PREFIX = "timm:"
@@ -117,7 +117,7 @@ def fetch_pretrained(name: str, tag: str, cache_dir: str | None = None) -> str:
     try:
         return open_clip.download_pretrained(cfg, cache_dir=cache_dir)
     except Exception as err:
-        raise UserError(f"downloading weights for {name}/{tag} failed: {err}") from err
+        raise Missing(f"downloading weights for {name}/{tag} failed: {err}") from err
 
 
 def _tag_overrides(name: str, tag: str | None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from utils.errors import UserError
+from utils.errors import Missing, UserError
 
 NETWORK_PROBE_TIMEOUT_S = 3.0
 
@@ -56,7 +56,7 @@ def download_blocked(host: str) -> str | None:
 def ensure_can_download(what: str, host: str, cache_dir: str | None) -> None:
     """Fail in seconds, with what to do, when weights are not cached and cannot be downloaded."""
     if reason := download_blocked(host):
-        raise UserError(
+        raise Missing(
             f"pretrained weights {what} are not in the local cache ({cache_dir or default_cache_dir()}) and {reason}. "
             f"Either run once with network access to download them, copy the cache folder from a machine that has "
             f"them, or pass a local weights file with --ckpt PATH. (HF_HUB_OFFLINE=1 makes this check skip the "

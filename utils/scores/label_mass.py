@@ -20,7 +20,9 @@ _RELEASE = "NegLabel's release (XueJiang16/NegLabel custom_config/clip.py"
 NEG_GROUPS = Setting(
     "neg_groups",
     100,
-    "average the ID mass over G random groups of the negatives (1: one softmax over all)",
+    "average the ID mass over G random groups of the negatives; 1 = the paper's one softmax over the ID labels and "
+    "all negatives (the release's ngroup = 1 branch scores the sum of the ID logits instead, with no softmax and no "
+    "negatives: that is not offered)",
     f"{_RELEASE}: ngroup=100)",
     type=positive_int,
     select=("groups",),
@@ -110,7 +112,9 @@ class NegLabel(Score):
     `neg_groups` random groups of the negatives; ranked by the log-odds of that mean (see the module docstring).
 
     As XueJiang16/NegLabel (clip_ood.py): the last M mod G negatives are dropped, the rest permuted (seeded) and cut
-    into G equal groups. neg_groups = 1 is the ungrouped score lse(ID) − lse(all negatives).
+    into G equal groups. neg_groups = 1 is the paper's ungrouped score, lse(ID) − lse(all negatives); the release's
+    ngroup = 1 branch (clip_ood.py) returns Σ_c 100 · s_c over the ID labels instead (no softmax, no negatives),
+    which is a different score and is not offered here.
     """
 
     needs = ()

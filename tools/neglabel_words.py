@@ -1,0 +1,76 @@
+"""NegLabel's released word lists (its txtfiles/ folder) as a --neg-words file, parts of speech assigned as released.
+
+    python -m tools.neglabel_words path/to/NegLabel/txtfiles neglabel_release_words.tsv
+    python eval_ood_detection.py --preset neglabel-imagenet --neg-words neglabel_release_words.tsv
+
+As XueJiang16/NegLabel 3253db6 mmcls/models/classifiers/multi_modal.py reads the folder: every file in os.listdir
+order, its part of speech the name's first dot-separated part (adj.all, adj.pert, adj.ppl: adj; noun.*.txt: noun),
+its words the stripped lines, and one dictionary shared by all files, so a word in an adjective file and a noun file
+takes the part of speech of whichever file comes first (1,637 words do). That order is the filesystem's: the
+authors' dump (8,578 nouns, 1,921 adjectives selected) fits an unsorted order in which about ten noun files come
+before adj.all and adj.pert. `--order listdir` (the default) does what the release does on this machine; `--order
+sorted` is reproducible everywhere (adjective files first). The output records which, and the NegLabel preset
+counts a file written here as the release's pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from utils.atomic import atomic_path
+from utils.data.words import PARTS_OF_SPEECH, RELEASE_POOL_MARK
+from utils.errors import UserError
+
+ORDERS = ("listdir", "sorted")
+
+
+def release_words(folder: Path, order: str = "listdir") -> list[tuple[str, str]]:
+    """(word, part of speech) in the release's order, each word once (its first file's part of speech)."""
+    if not folder.is_dir():
+        raise UserError(f"NegLabel word folder not found: {folder} (the release's txtfiles/)")
+    names = os.listdir(folder) if order == "listdir" else sorted(os.listdir(folder))
+    unknown = [name for name in names if name.split(".")[0] not in PARTS_OF_SPEECH]
+    if unknown or not names:
+        raise UserError(f"{folder} is not NegLabel's txtfiles/ folder: every file's name starts with noun. or adj. "
+                        f"(found {', '.join(unknown[:5]) or 'no files'})")  # fmt: skip
+    words: dict[str, str] = {}
+    for name in names:
+        for line in (folder / name).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                words.setdefault(line.strip(), name.split(".")[0])
+    return list(words.items())
+
+
+def write_words(words: Sequence[tuple[str, str]], path: Path, folder: Path, order: str) -> None:
+    counts = {pos: sum(p == pos for _, p in words) for pos in PARTS_OF_SPEECH}
+    header = (f"{RELEASE_POOL_MARK} {folder.resolve()}, files in {order} order; "
+              f"{', '.join(f'{n} {pos}s' for pos, n in counts.items())}")  # fmt: skip
+    comments = [w for w, _ in words if w.startswith("#")]
+    if comments:
+        raise UserError(f"words starting with '#' would read as comments in a --neg-words file: {comments[:5]}")
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("\n".join([header, *(f"{w}\t{pos}" for w, pos in words)]) + "\n", encoding="utf-8")
+    print(f"{len(words)} words ({', '.join(f'{n} {pos}s' for pos, n in counts.items())}) in {path}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="the release's txtfiles/ folder")
+    parser.add_argument("out", type=Path, help="the --neg-words file to write")
+    parser.add_argument("--order", choices=ORDERS, default="listdir",
+                        help="file order: listdir = this filesystem's, as the release reads it; sorted = by name "
+                             "(default: listdir)")  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        write_words(release_words(args.folder, args.order), args.out, args.folder, args.order)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
