@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from utils.evaluation.metrics import METRICS
 from utils.evaluation.presets import list_presets
 from utils.scores import SCORES
 
+ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--model", "tiny", "--pretrained", "none", "--workers", "0", "--batch-size", "128"]
 WORDS = [
     "tree",
@@ -95,8 +97,9 @@ def test_every_score_one_extraction(tmp_path, words, monkeypatch):
     assert sorted(calls) == sorted(["digits", "digits", "digits_ood", noise])  # ID: train and test
     run_supplied = {*RESOLVERS, *score_settings()}
     without_checkpoint = [s for s in SCORES if set(requirements(s)) <= run_supplied]  # all but kplus1 and group
-    labels = [s for s in without_checkpoint if s != "knn"] + ["knn@5", "knn@20"]
-    assert len(labels) == len(SCORES) - 1
+    in_all = [s for s in without_checkpoint if not SCORES[s].not_in_all]  # all but csp and eoe (by name only)
+    labels = [s for s in in_all if s != "knn"] + ["knn@5", "knn@20"]
+    assert len(labels) == len(SCORES) - 3
     assert set(summary["metrics"]) == set(labels)
     for label in labels:
         expected = {"digits_ood"} if label == "oracle" else {"digits_ood", noise}  # the noise folder has no names
@@ -113,6 +116,35 @@ def test_every_score_one_extraction(tmp_path, words, monkeypatch):
     assert mined == [[w, "noun"] for w in nouns] + [[w, "adj"] for w in adjectives]  # nouns first, as released
     assert set(nouns) <= set(WORDS) and len(nouns) == int(0.15 * len(WORDS))  # 15 % of each, floored
     assert set(adjectives) <= set(ADJECTIVES) and len(adjectives) == int(0.15 * len(ADJECTIVES))
+
+
+def test_eoe_and_csp_run_by_name_with_their_files(tmp_path):
+    """EOE with the demo's envisioned names (and the release's JSON layout), CSP with a small pool: each scores every
+    set and saves what it used; neither is part of `--score all`."""
+    names = ROOT / "configs" / "eoe" / "digits_far.txt"
+    out = run(tmp_path, "--in", "digits", "--score", "eoe", "csp", "--eoe-names", str(names), "--csp-words",
+              str(_csp_pool(tmp_path)), "--no-plots")  # fmt: skip
+    assert set(out["metrics"]) == {"eoe", "csp"}
+    assert set(out["metrics"]["eoe"]) == set(out["metrics"]["csp"]) == {"digits_ood", "faces", "skimage_textures"}
+    saved = (tmp_path / "out" / "eoe_words.txt").read_text().splitlines()
+    assert len(saved) == 30 and saved[:2] == ["letter o", "letter l"]
+    assert len((tmp_path / "out" / "csp_words.txt").read_text().splitlines()) == int(0.15 * 30) + int(0.15 * 20)
+    release = tmp_path / "ImageNet_gpt_0.json"
+    release.write_text(json.dumps({"far": ["River", "Digit One", "ring"]}))  # the release's layout
+    again = run(tmp_path, "--in", "digits", "--score", "eoe", "--eoe-names", str(release), "--no-plots", out="json")
+    assert (tmp_path / "json" / "eoe_words.txt").read_text().splitlines() == ["river", "ring"]  # ID name dropped
+    assert set(again["metrics"]["eoe"]) == {"digits_ood", "faces", "skimage_textures"}
+
+
+def _csp_pool(tmp_path):
+    pool = tmp_path / "csp.tsv"
+    pool.write_text("\n".join([*(f"thing{i}" for i in range(30)), *(f"odd{i} area\tadj" for i in range(20))]) + "\n")
+    return pool
+
+
+def test_eoe_without_names_is_one_clear_error(tmp_path, capsys):
+    assert_one_clear_error(lambda: run(tmp_path, "--in", "digits", "--score", "eoe"), capsys,
+                           "eoe needs --eoe-names FILE", tmp_path / "out")  # fmt: skip
 
 
 def test_rerun_with_other_score_does_no_forward_pass(tmp_path, monkeypatch):
@@ -437,14 +469,14 @@ def test_every_preset_is_well_formed(name):
     """Each setting is an argument of the script, each published row a score of the preset on one of its sets; every
     setting its scores read is fixed by the preset, or marks a run that changes it not comparable."""
     from utils.evaluation.inputs import settings_read
-    from utils.evaluation.presets import NOT_COMPARABLE_WHEN_SET, load_preset
+    from utils.evaluation.presets import NOT_COMPARABLE_WHEN_SET, USER_FILES, load_preset
     from utils.scores import canonical
 
     preset = load_preset(name)
     dests = {a.dest for a in eval_ood_detection.build_parser()._actions}
     assert set(preset.settings) <= dests and set(preset.defaults) <= dests
     read = {s.name for score in preset.settings["score"] for s in settings_read(canonical(score))}
-    assert read <= {*preset.settings, *NOT_COMPARABLE_WHEN_SET}
+    assert read <= {*preset.settings, *NOT_COMPARABLE_WHEN_SET, *USER_FILES}
     assert preset.paper and preset.source
     for score, per_set in preset.published.items():
         assert score in preset.settings["score"]
@@ -522,7 +554,8 @@ def test_list_presets(capsys):
     with pytest.raises(SystemExit):
         eval_ood_detection.main(["--preset", "nope"])
     assert (
-        "unknown preset 'nope'; known: glmcm-imagenet, knn-cifar10-clip, knn-cifar100-clip" in capsys.readouterr().err
+        "unknown preset 'nope'; known: csp-imagenet, eoe-imagenet, glmcm-imagenet, knn-cifar10-clip"
+        in capsys.readouterr().err
     )
 
 

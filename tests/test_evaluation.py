@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from tests.conftest import write_images
@@ -18,6 +21,8 @@ from utils.evaluation.metrics import (
     ood_metrics,
 )  # fmt: skip
 from utils.features import text
+from utils.scores.base import l2_normalise as _unit
+from utils.scores.label_mass import id_probability
 
 
 def test_perfect_separation():
@@ -200,12 +205,15 @@ def test_plan_skips_under_all_and_refuses_when_named(experiment, capsys):
     from utils.scores import SCORES
 
     planned = plan(["all"], experiment)
-    assert "kplus1" not in planned and "group" not in planned and set(planned) == set(SCORES) - {"kplus1", "group"}
-    assert "skipping kplus1: needs ood_prompt_features" in capsys.readouterr().err
+    assert "kplus1" not in planned and "group" not in planned
+    assert set(planned) == set(SCORES) - {"kplus1", "group", "csp", "eoe"}  # csp, eoe: only when named
+    printed = capsys.readouterr().err
+    assert "skipping kplus1: needs ood_prompt_features" in printed
+    assert "--score all leaves out csp, eoe (name them to run them): csp: its pool's 416k prompts" in printed
     with pytest.raises(UserError, match=r"finetune_clip\.py --method kplus1"):
         plan(["mcm", "kplus1"], experiment)
     experiment.model_name = "RN50"  # a CLIP without patch tokens: everything but the local view
-    assert set(plan(["all"], experiment)) == set(SCORES) - {"kplus1", "group", "l_mcm", "gl_mcm"}
+    assert set(plan(["all"], experiment)) == set(SCORES) - {"kplus1", "group", "csp", "eoe", "l_mcm", "gl_mcm"}
     assert "skipping l_mcm, gl_mcm: needs patch tokens of an open_clip ViT" in capsys.readouterr().err
     with pytest.raises(UserError, match=r"gl_mcm needs patch tokens of an open_clip ViT \(the local view\); RN50"):
         plan(["gl_mcm"], experiment)
@@ -399,6 +407,63 @@ def test_ood_split_must_name_an_ood_set(tmp_path):
         load_ood_sets(BenchmarkRequest("digits", ["digits_ood"], ood_splits={"faces": "train"}), DataOptions())
 
 
+def _released_csp(bundle, classnames, nouns, labels, fraction=0.15, quantile=0.95):
+    """MengyuanChen21/NeurIPS2024-CSP 3a7bdab multi_modal.py restated in torch: ID labels and nouns the mean of the
+    raw embeddings of 8 prompts, conjugated labels of 4, then normalised; each part ranked by torch.quantile of its
+    similarities to the ID labels, a candidate above 0.95 cosine to one of them ranked 1.0; int(15%) of each kept,
+    nouns first."""
+    noun_templates = ["a close-up photo of the nice {}.", "a photo with the nice {}.", "a good photo with the nice {}.",
+                      "a photo of the nice {}.", "{}", "the {}", "the good {}", "the nice {}"]  # fmt: skip
+    adj_templates = ["{}", "a nice photo of {}", "a good photo of {}", "a close-up photo of {}"]
+
+    def encode(prompts):
+        with torch.no_grad():
+            return bundle.model.encode_text(bundle.tokenizer(prompts)).float()
+
+    id_prompts = [t.format(c) for t, c in itertools.product(noun_templates, classnames)]  # template-major, as released
+    positive = encode(id_prompts).view(-1, len(classnames), bundle.embed_dim).mean(dim=0)
+    positive /= positive.norm(dim=-1, keepdim=True)
+    picked = []
+    for words, templates in ((nouns, noun_templates), (labels, adj_templates)):
+        prompts = [t.format(w) for w in words for t in templates]  # word-major, as released
+        negative = encode(prompts).view(-1, len(templates), bundle.embed_dim).mean(dim=1)
+        negative /= negative.norm(dim=-1, keepdim=True)
+        similarity = negative @ positive.T
+        rank = torch.quantile(similarity, q=quantile, dim=-1)
+        rank[torch.max(similarity, dim=1)[0] > 0.95] = 1.0
+        picked.append(negative[torch.argsort(rank)[: int(len(words) * fraction)]])
+    return positive.numpy(), torch.cat(picked).numpy()
+
+
+def test_csp_mining_is_the_releases(experiment, tmp_path):
+    """The csp_labels resolver against the release restated: the same ID prompts and negatives, in the same order; a
+    noun that is an ID label (cosine 1 to it) is never kept, and the mined list is saved."""
+    from utils.evaluation import inputs
+    from utils.scores import build_score
+
+    nouns = [f"thing{i}" for i in range(34)] + list(experiment.id_test.classnames[:2])
+    labels = [f"word{i} {superclass}" for i, superclass in enumerate(["area", "vista", "creature", "scene"] * 5)]
+    pool = tmp_path / "csp.tsv"
+    pool.write_text("\n".join([*nouns, *(f"{label}\tadj" for label in labels)]) + "\n")
+    experiment.options.settings.update(csp_words=str(pool), neg_fraction=0.15, neg_percentile=95.0)
+    got = inputs.RESOLVERS["csp_labels"].resolve(experiment, None)
+    positive, negatives = _released_csp(experiment.bundle, list(experiment.id_test.classnames), nouns, labels)
+    assert np.allclose(got.id_features, positive, atol=1e-5)
+    assert got.negatives.shape == negatives.shape == (int(0.15 * 36) + int(0.15 * 20), experiment.bundle.embed_dim)
+    assert np.allclose(got.negatives, negatives, atol=2**-10)  # the candidates' cache stores float16
+    saved = [line.split("\t") for line in experiment.artifacts["csp_words"]]
+    assert [pos for _, pos in saved] == ["noun"] * 5 + ["adj"] * 3
+    assert not {w for w, _ in saved} & set(experiment.id_test.classnames)
+    rng = np.random.default_rng(0)  # images halfway between an ID label and a negative: unsaturated masses
+    feats = _unit(positive[rng.integers(0, len(positive), 30)] + negatives[rng.integers(0, len(negatives), 30)]
+                  + 0.02 * rng.normal(size=(30, experiment.bundle.embed_dim)))  # fmt: skip
+    one_group = build_score("csp", csp_labels=got, neg_groups=1).fit(None)(feats)
+    joint = torch.softmax(torch.from_numpy(100.0 * feats @ np.r_[positive, negatives].T), dim=1).numpy()
+    released = joint[:, : len(positive)].sum(1)  # CSP's ngroup <= 1 branch: the softmax's ID mass
+    assert ((released > 0.01) & (released < 0.99)).sum() >= 5  # rows where the probabilities say something
+    assert np.allclose(id_probability(one_group), released, atol=1e-3)
+
+
 def test_neglabel_mines_each_part_of_speech_with_the_released_prompts(experiment, tmp_path, monkeypatch):
     """ID labels and nouns "the nice {}", adjectives "This is a {} photo"; 15 % of each kept, nouns first."""
     from utils.evaluation import inputs
@@ -410,7 +475,9 @@ def test_neglabel_mines_each_part_of_speech_with_the_released_prompts(experiment
     experiment.options.settings["neg_words"] = str(words)
     calls, real = [], text.text_embeddings
     monkeypatch.setattr(
-        text, "text_embeddings", lambda b, names, t, *a: calls.append((list(names), t)) or real(b, names, t, *a)
+        text,
+        "text_embeddings",
+        lambda b, names, t, *a, **k: calls.append((list(names), t)) or real(b, names, t, *a, **k),
     )
     labels = inputs.RESOLVERS["negative_labels"].resolve(experiment, None)
     assert calls == [(list(experiment.id_test.classnames), ("the nice {}",)), (nouns, ("the nice {}",)),

@@ -64,6 +64,16 @@ def test_presets_with_their_data_run_in_one_process_and_resume_from_the_cache(
     assert calls == [] and again["mcm-imagenet"]["rows"] == mcm["rows"]
 
 
+def test_a_preset_whose_user_file_is_missing_is_skipped_saying_so(tmp_path, imagenet_benchmark):
+    """EOE's preset needs envisioned names only the user has: with the data there but no --eoe-names, it is skipped
+    (not failed), before anything is encoded."""
+    report = reproduce.main(["--preset", "eoe-imagenet", "--data-root", str(imagenet_benchmark), "--out-dir",
+                             str(tmp_path / "rep"), "--cache-dir", str(tmp_path / "cache"), *TINY])  # fmt: skip
+    assert report["eoe-imagenet"]["status"] == "skipped"
+    assert report["eoe-imagenet"]["reason"].startswith("eoe needs --eoe-names FILE")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("features.npy"))
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [(["--in", "digits"], "--in: fixed by preset mcm-imagenet"),
@@ -137,3 +147,23 @@ def test_a_folder_that_is_not_the_releases_is_one_clear_error(tmp_path, capsys):
         neglabel_words.main([str(tmp_path / "words"), str(tmp_path / "out.tsv")])
     assert info.value.code == 2 and "is not NegLabel's txtfiles/ folder" in capsys.readouterr().err
     assert not (tmp_path / "out.tsv").exists()
+
+
+def test_csp_release_words_leave_out_its_files_and_conjugate_in_file_order(txtfiles, tmp_path):
+    import random
+
+    from utils.data.words import CSP_SUPERCLASSES
+
+    (txtfiles / "adj.pert").write_text("solar\n")
+    (txtfiles / "noun.person.txt").write_text("baker\n")
+    words = neglabel_words.release_words(txtfiles, "sorted", csp=True)
+    random.seed(0)
+    drawn = [random.choice([f"{{}} {s}" for s in CSP_SUPERCLASSES]).format(a) for a in ("good", "red", "[odd")]
+    assert words == [*((label, "adj") for label in drawn), ("cat", "noun"), ("apple", "noun")]
+    out = tmp_path / "csp.tsv"
+    neglabel_words.main([str(txtfiles), str(out), "--order", "sorted", "--csp"])
+    assert is_release_pool(out, "csp") and not is_release_pool(out, "neglabel")
+    preset = load_preset("csp-imagenet")
+    assert comparable(preset, {**preset.defaults, "csp_words": str(out)}) is None
+    assert comparable(preset, {**preset.defaults, "csp_words": str(txtfiles / "adj.all")}) == \
+        "another word pool (--csp-words)"  # fmt: skip

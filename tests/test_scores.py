@@ -70,12 +70,15 @@ def toy():
         "logit_scale": 100.0,
         "ood_text_features": eye[4:6],  # the OOD set's class names sit where the OOD images are
         "negative_labels": NegativeLabels(eye[:CLASSES], eye[4:8]),  # the ID labels' own prompts and the negatives
+        "csp_labels": NegativeLabels(eye[:CLASSES], eye[4:8]),  # CSP's: the same kind of input, its own mining
         "neg_groups": 2,
         "ood_prompt_features": _unit(eye[4:5] + eye[5:6]),  # the "OOD" prompt too
         "groups": [["c0", "c1"], ["c2", "c3"]],
         "classnames": ["c0", "c1", "c2", "c3"],
         "others_features": _unit(np.stack([eye[4] + eye[5], eye[4] + eye[5]])),
         "gl_lambda": 1.0,
+        "envisioned_features": eye[4:6],  # EOE's envisioned outlier names, where the OOD images are
+        "eoe_beta": 0.25,
         # pytorch-ood's detectors read a linear head: the zero-shot one, at 5x since the toy's prompts are orthogonal
         # (cosine gaps ~0.9 where CLIP's are ~0.1), so its softmaxes saturate no more than CLIP's at 100x
         "head": Head.zero_shot(text, 5.0),
@@ -350,6 +353,64 @@ def test_mine_negative_labels_matches_the_rule():
     assert eta[picked].max() <= np.sort(eta)[30]
 
 
+def test_csp_mining_never_keeps_a_candidate_above_095_to_an_id_label():
+    """CSP's rule (sim[maximum > 0.95] = 1.0): a candidate almost equal to one ID label but far from the other 39
+    has the lowest 95th percentile, and is the first kept without the rule, never with it."""
+    rng = np.random.default_rng(2)
+    id_text = np.eye(64)[:40]  # 40 ID labels; the candidates below sit in the same 64 dimensions
+    near = _unit(np.eye(64)[:1] + 0.05 * np.eye(64)[63:])  # cosine 0.999 to ID label 0, 0 to the others
+    candidates = np.r_[near, _unit(np.c_[rng.uniform(0.1, 1, (39, 40)), rng.normal(size=(39, 24))])]
+    assert (candidates[0] @ id_text.T).max() > 0.95
+    plain = mine_negative_labels(candidates, id_text, fraction=0.1, percentile=95)
+    csp = mine_negative_labels(candidates, id_text, fraction=0.1, percentile=95, exclude_above=0.95)
+    assert plain[0] == 0 and 0 not in csp
+    fifth = int(np.argsort([np.percentile(c @ id_text.T, 95) for c in candidates])[4])
+    assert list(csp) == [*plain[1:], fifth]
+
+
+def _released_eoe(feats, id_text, envisioned, temperature, beta):
+    """tmlr-group/EOE 20fa95e detection_util.py get_ood_scores_clip restated: one softmax of cos / T over the ID and
+    envisioned prompts; max ID probability − β · max envisioned probability."""
+    total = torch.from_numpy(np.r_[id_text, envisioned]).double()
+    total /= total.norm(dim=-1, keepdim=True)
+    output = torch.from_numpy(feats).double() @ total.T
+    smax = torch.softmax(output / temperature, dim=1).numpy()
+    return np.max(smax[:, : len(id_text)], axis=1) - beta * np.max(smax[:, len(id_text) :], axis=1)
+
+
+@pytest.mark.parametrize(("temperature", "beta"), [(1.0, 0.25), (0.05, 1.0), (3.0, 0.0)])
+def test_eoe_is_the_released_score(temperature, beta):
+    rng = np.random.default_rng(12)
+    id_text, envisioned = _unit(rng.normal(size=(6, DIM))), _unit(rng.normal(size=(9, DIM)))
+    feats = _unit(rng.normal(size=(50, DIM))).astype(np.float64)
+    score = build_score("eoe", envisioned_features=envisioned, temperature=temperature, eoe_beta=beta)
+    got = score.fit(InDistribution(text_features=id_text))(feats)
+    expected = _released_eoe(feats, id_text, envisioned, temperature, beta)
+    assert np.allclose(got, expected, rtol=0, atol=1e-6)  # float32 unit vectors, renormalised in float64 there
+    assert score.details() == {"envisioned": 9}
+
+
+def test_eoe_names_are_cleaned_as_released():
+    """Lowercased, each once, ID class names (in any case) removed; order of first appearance kept."""
+    from utils.scores import envisioned_names
+
+    lines = ["# from an LLM", "Black Stone", "river ", "", "black stone", "Tabby cat", "RIVER", "ginkgo tree"]
+    assert envisioned_names(lines, ["tabby cat", "Husky"]) == ["black stone", "river", "ginkgo tree"]
+    with pytest.raises(ValueError, match="envisioned_features"):
+        build_score("eoe")
+
+
+def test_csp_is_neglabels_grouped_mass_over_its_own_labels():
+    rng = np.random.default_rng(8)
+    id_text, negatives = _unit(rng.normal(size=(5, DIM))), _unit(rng.normal(size=(23, DIM)))
+    feats = _unit(id_text[rng.integers(0, 5, 40)] + 3.0 * rng.normal(size=(40, DIM)))
+    labels = NegativeLabels(id_text, negatives)
+    csp = build_score("csp", csp_labels=labels, neg_groups=3, seed=4).fit(InDistribution())(feats)
+    assert np.array_equal(csp, build_score("neglabel", negative_labels=labels, neg_groups=3, seed=4).fit(None)(feats))
+    with pytest.raises(ValueError, match="csp_labels"):
+        build_score("csp")
+
+
 @pytest.mark.parametrize("k", [1, 7, 50])
 def test_knn_matches_brute_force(toy, k):
     ind, id_feats, ood_feats, _, _ = toy
@@ -561,7 +622,8 @@ def test_probe_scores_share_one_fit(toy, monkeypatch):
 
 def test_names_and_errors(toy):
     assert resolve_scores(["MCM", "maxlogit", "mcm", "Mahalanobis"]) == ["mcm", "mis", "maha"]
-    assert resolve_scores(["all"]) == list(SCORES)
+    assert resolve_scores(["all"]) == [name for name in SCORES if name not in {"csp", "eoe"}]  # those: by name
+    assert resolve_scores(["all", "eoe"])[-1] == "eoe"
     assert needs_text("mcm") and needs_text("oracle") and not needs_text("knn") and not needs_text("lp_msp")
     with pytest.raises(ValueError, match=r"known: .*mcm"):
         build_score("nope")

@@ -88,6 +88,45 @@ def test_wordnet_pool_follows_the_released_recipe(tmp_path):
     assert load_words(out) == pool
 
 
+def test_csp_pool_leaves_out_its_files_and_conjugates_the_adjectives_in_order(tmp_path):
+    """CSP's recipe on top of NegLabel's: noun.person, noun.quantity, noun.group and adj.pert left out; each adjective,
+    in the pool's order, "<adjective> <superclass>" with the superclasses Python's random(0) draws, as released."""
+    import random
+
+    from tools import wordnet_pool
+    from utils.data.words import CSP_SUPERCLASSES, load_words
+
+    (tmp_path / "lexnames").write_text("00\tadj.all\t3\n01\tadj.pert\t3\n06\tnoun.artifact\t1\n"
+                                       "18\tnoun.person\t1\n14\tnoun.group\t1\n")  # fmt: skip
+    (tmp_path / "data.noun").write_text("00000002 06 n 01 hammer 0 000 | x\n00000003 18 n 01 baker 0 000 | x\n"
+                                        "00000004 14 n 01 team 0 000 | x\n")  # fmt: skip
+    (tmp_path / "data.adj").write_text("00000010 00 a 01 able 0 000 | x\n00000011 01 a 01 solar 0 000 | x\n"
+                                       "00000012 00 a 01 lively 0 000 | x\n")  # fmt: skip
+    pool = wordnet_pool.build_csp_pool(tmp_path, tmp_path / "lexnames")
+    random.seed(0)  # the release's draw: random.choice(csp_templates) per adjective
+    drawn = [random.choice([f"{{}} {s}" for s in CSP_SUPERCLASSES]).format(a) for a in ("able", "lively")]
+    assert pool == [(drawn[0], "adj"), (drawn[1], "adj"), ("hammer", "noun")]
+    out = tmp_path / "csp.tsv.gz"
+    wordnet_pool.main(["--csp", "--dict", str(tmp_path), "--out", str(out), "--source", "test files"])
+    assert load_words(out) == pool
+
+
+def test_shipped_csp_pool_is_what_its_header_says():
+    import gzip
+
+    from utils.data.words import CSP_POOL, CSP_SUPERCLASSES, load_words
+
+    pool = load_words(CSP_POOL)
+    with gzip.open(CSP_POOL, "rt") as handle:
+        header = "".join(line for line in handle if line.startswith("#"))
+    nouns, labels = [w for w, p in pool if p == "noun"], [w for w, p in pool if p == "adj"]
+    assert f"{len(nouns)} nouns, {len(labels)} CSP labels" in header and len(pool) > 55_000
+    assert all(label.rsplit(" ", 1)[1] in CSP_SUPERCLASSES for label in labels)
+    assert not {"surgeon", "committee", "kilogram"} & set(nouns)  # noun.person, noun.group, noun.quantity left out
+    neglabel = load_words()  # CSP's nouns are NegLabel's words from fewer files (adj.pert's now count as nouns)
+    assert set(nouns) < {w for w, _ in neglabel} and "ritual" in nouns and ("ritual", "adj") in neglabel
+
+
 def test_shipped_pool_is_what_its_header_says():
     import gzip
 

@@ -91,6 +91,8 @@ NOT_SCORE_NAMES = {
     "utils/training/methods.py": {"kplus1", "group"},  # the fine-tuning methods' own registry names
     "utils/data/imagenet_subsets.py": {"mcm"},  # the class list published with the MCM paper (`--variant mcm`)
     "utils/prompts.py": {"mcm"},  # the template set of MCM's released code (`--templates mcm`)
+    "utils/data/words.py": {"neglabel", "csp"},  # whose released word lists a converted file is
+    "utils/evaluation/presets.py": {"neglabel", "csp"},  # the same, for a pool flag's comparability
 }
 
 
@@ -228,6 +230,9 @@ CITED_DEFAULTS = {
     "neg_words": None,  # NegLabel's WordNet pool, shipped (utils/data/resources)
     "neg_fraction": 0.15,  # NegLabel custom_config/clip.py: neg_topk=0.15
     "neg_percentile": 95.0,  # NegLabel custom_config/clip.py: pencentile=0.95
+    "csp_words": None,  # CSP's pool rebuilt from WordNet 3.1, shipped (utils/data/resources)
+    "eoe_beta": 0.25,  # EOE's eval.sh: --beta 0.25
+    "eoe_names": None,  # EOE: the user's envisioned names (none shipped)
     "k": None,  # KNN (Sun et al., ICML 2022): the ID set's knn_k, 50 for CIFAR-10, 1000 for ImageNet-1k
     "pood_head": "zero_shot",  # toolkit
     # fine-tuning methods (finetune_clip.py)

@@ -2,6 +2,8 @@
 
     python -m tools.neglabel_words path/to/NegLabel/txtfiles neglabel_release_words.tsv
     python eval_ood_detection.py --preset neglabel-imagenet --neg-words neglabel_release_words.tsv
+    python -m tools.neglabel_words --csp path/to/txtfiles csp_release_words.tsv      # CSP's pool (same txtfiles/)
+    python eval_ood_detection.py --preset csp-imagenet --csp-words csp_release_words.tsv
 
 As XueJiang16/NegLabel 3253db6 mmcls/models/classifiers/multi_modal.py reads the folder: every file in os.listdir
 order, its part of speech the name's first dot-separated part (adj.all, adj.pert, adj.ppl: adj; noun.*.txt: noun),
@@ -11,6 +13,10 @@ authors' dump (8,578 nouns, 1,921 adjectives selected) fits an unsorted order in
 before adj.all and adj.pert. `--order listdir` (the default) does what the release does on this machine; `--order
 sorted` is reproducible everywhere (adjective files first). The output records which, and the NegLabel preset
 counts a file written here as the release's pool.
+
+With --csp, as MengyuanChen21/NeurIPS2024-CSP 3a7bdab reads the same files: noun.person, noun.quantity, noun.group
+and adj.pert left out, and each adjective, in that order, replaced by "<adjective> <superclass>" with the
+superclass drawn by Python's random seeded with 0 (so the labels, too, depend on the order).
 """
 
 from __future__ import annotations
@@ -22,17 +28,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from utils.atomic import atomic_path
-from utils.data.words import PARTS_OF_SPEECH, RELEASE_POOL_MARK
+from utils.data.words import CSP_LEFT_OUT, PARTS_OF_SPEECH, RELEASE_POOL_MARKS, conjugated
 from utils.errors import UserError
 
 ORDERS = ("listdir", "sorted")
 
 
-def release_words(folder: Path, order: str = "listdir") -> list[tuple[str, str]]:
-    """(word, part of speech) in the release's order, each word once (its first file's part of speech)."""
+def release_words(folder: Path, order: str = "listdir", csp: bool = False) -> list[tuple[str, str]]:
+    """(word, part of speech) in the release's order, each word once (its first file's part of speech); with `csp`,
+    CSP's files and its conjugated labels in place of the adjectives."""
     if not folder.is_dir():
         raise UserError(f"NegLabel word folder not found: {folder} (the release's txtfiles/)")
     names = os.listdir(folder) if order == "listdir" else sorted(os.listdir(folder))
+    if csp:
+        names = [name for name in names if name.removesuffix(".txt") not in CSP_LEFT_OUT]
     unknown = [name for name in names if name.split(".")[0] not in PARTS_OF_SPEECH]
     if unknown or not names:
         raise UserError(f"{folder} is not NegLabel's txtfiles/ folder: every file's name starts with noun. or adj. "
@@ -42,12 +51,15 @@ def release_words(folder: Path, order: str = "listdir") -> list[tuple[str, str]]
         for line in (folder / name).read_text(encoding="utf-8").splitlines():
             if line.strip():
                 words.setdefault(line.strip(), name.split(".")[0])
-    return list(words.items())
+    if not csp:
+        return list(words.items())
+    labels = iter(conjugated([word for word, pos in words.items() if pos == "adj"]))
+    return [(next(labels) if pos == "adj" else word, pos) for word, pos in words.items()]
 
 
-def write_words(words: Sequence[tuple[str, str]], path: Path, folder: Path, order: str) -> None:
+def write_words(words: Sequence[tuple[str, str]], path: Path, folder: Path, order: str, csp: bool = False) -> None:
     counts = {pos: sum(p == pos for _, p in words) for pos in PARTS_OF_SPEECH}
-    header = (f"{RELEASE_POOL_MARK} {folder.resolve()}, files in {order} order; "
+    header = (f"{RELEASE_POOL_MARKS['csp' if csp else 'neglabel']} {folder.resolve()}, files in {order} order; "
               f"{', '.join(f'{n} {pos}s' for pos, n in counts.items())}")  # fmt: skip
     comments = [w for w, _ in words if w.startswith("#")]
     if comments:
@@ -64,9 +76,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--order", choices=ORDERS, default="listdir",
                         help="file order: listdir = this filesystem's, as the release reads it; sorted = by name "
                              "(default: listdir)")  # fmt: skip
+    parser.add_argument("--csp", action="store_true", help="CSP's pool from the same folder (--csp-words)")
     args = parser.parse_args(argv)
     try:
-        write_words(release_words(args.folder, args.order), args.out, args.folder, args.order)
+        write_words(release_words(args.folder, args.order, args.csp), args.out, args.folder, args.order, args.csp)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -10,18 +10,22 @@ from the fine-tuned checkpoint's ScoreContract, so a fine-tuning method with its
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from utils.data.words import PARTS_OF_SPEECH, load_words
-from utils.errors import UserError
+from utils.data.words import CSP_POOL, PARTS_OF_SPEECH, WORDNET_POOL, load_words
+from utils.errors import Missing, UserError
 from utils.evaluation.options import EvalOptions
 from utils.models import CLIP_LOGIT_SCALE
-from utils.prompts import NEGLABEL_PROMPTS, template_text
+from utils.prompts import CSP_PROMPTS, NEGLABEL_PROMPTS, Template, template_text
 from utils.scores import (
+    CSP_WORDS,
+    EOE_NAMES,
     NEG_FRACTION,
     NEG_PERCENTILE,
     NEG_WORDS,
@@ -31,6 +35,7 @@ from utils.scores import (
     Head,
     K,
     NegativeLabels,
+    envisioned_names,
     mine_negative_labels,
     needs_text,
 )
@@ -80,14 +85,14 @@ class PerSet(dict):
 
 
 Check = Callable[[Experiment], None]
-Missing = Callable[[Experiment], str | None]
+WhyMissing = Callable[[Experiment], str | None]
 
 
 @dataclass(frozen=True)
 class Resolver:
     resolve: Callable[[Experiment, Encoded], Any]
     check: Check = lambda exp: None  # before any image is encoded; raises UserError
-    missing: Missing = lambda exp: None  # why this input cannot be had in this run; None if it can
+    missing: WhyMissing = lambda exp: None  # why this input cannot be had in this run; None if it can
     uses_train: bool | Callable[[EvalOptions], bool] = False  # reads the ID train split (its features or labels),
     # always or under these options: the run loads and encodes it
     settings: tuple[Setting, ...] = ()  # the settings it reads
@@ -139,33 +144,94 @@ def _ood_class_names(exp: Experiment, encoded: Encoded) -> PerSet:
     return values
 
 
-def _check_words_and_names(exp: Experiment) -> None:
+@dataclass(frozen=True)
+class Mining:
+    """How a negative-label method mines its negatives from a word pool, as its release does."""
+
+    words: Setting  # the pool's flag
+    pool: Path  # the pool without the flag
+    prompts: dict[str, tuple[Template, ...]]  # part of speech -> templates; "noun"'s also render the ID labels
+    artifact: str  # the mined list, saved as ARTIFACT.txt
+    average: str = "unit"  # how the templates' embeddings are averaged (utils/features/text.py)
+    exclude_above: float | None = None  # a candidate this close to an ID label is never kept
+
+
+# NegLabel: ID labels and nouns "the nice {}", adjectives "This is a {} photo". CSP: 8 and 4 templates, raw means,
+# conjugated labels in place of the adjectives, and candidates above 0.95 cosine to an ID label left out.
+NEGLABEL_MINING = Mining(NEG_WORDS, WORDNET_POOL, NEGLABEL_PROMPTS, "neglabel_words")
+CSP_MINING = Mining(CSP_WORDS, CSP_POOL, CSP_PROMPTS, "csp_words", average="raw", exclude_above=0.95)
+
+
+def _words_checked(mining: Mining) -> Check:
+    def check(exp: Experiment) -> None:
+        _check_classnames(exp)
+        load_words(exp.options.value(mining.words) or mining.pool)  # a missing or empty list fails now
+
+    return check
+
+
+def _mined(mining: Mining) -> Callable[[Experiment, Encoded], NegativeLabels]:
+    """The release's mining: the lowest share (--neg-fraction) of each part of speech by a percentile
+    (--neg-percentile) of its similarities to the ID labels; nouns first. With a learned prompt context (--ckpt of
+    coop/locoop), the ID labels are its prompts."""
+
+    def resolve(exp: Experiment, encoded: Encoded) -> NegativeLabels:
+        from utils.features.text import learned_context, text_embeddings
+
+        learned = learned_context(exp.options.templates) is not None
+        id_features = text_embeddings(exp.bundle, exp.id_test.classnames,
+                                      exp.options.templates if learned else mining.prompts["noun"],
+                                      average="unit" if learned else mining.average)  # fmt: skip
+        pool = load_words(exp.options.value(mining.words) or mining.pool)
+        share, percentile = exp.options.value(NEG_FRACTION), exp.options.value(NEG_PERCENTILE)
+        picked_words, picked = [], []
+        for pos in PARTS_OF_SPEECH:
+            words = [word for word, tag in pool if tag == pos]
+            if not words:
+                continue
+            candidates = text_embeddings(exp.bundle, words, mining.prompts[pos], exp.cache, mining.average)  # cached
+            rows = mine_negative_labels(candidates, id_features, share, percentile, mining.exclude_above)
+            picked_words += [f"{words[i]}\t{pos}" for i in rows]
+            picked.append(candidates[rows])
+        exp.artifacts[mining.artifact] = picked_words
+        return NegativeLabels(id_features, np.concatenate(picked))
+
+    return resolve
+
+
+def _envisioned_lines(exp: Experiment) -> list[str]:
+    path = exp.options.value(EOE_NAMES)
+    if path is None:
+        raise Missing(
+            "eoe needs --eoe-names FILE: the outlier class names an LLM envisioned for this ID set, one per "
+            "line (README: EOE's prompts; or the names of one of its envisioned_classes/ JSON files)"
+        )
+    if not Path(path).is_file():
+        raise UserError(f"--eoe-names file not found: {path}")
+    text = Path(path).read_text(encoding="utf-8")
+    if Path(path).suffix != ".json":
+        return text.splitlines()
+    try:  # the release's envisioned_classes/*.json: {task or ID class: [names]}, every list joined
+        lists = json.loads(text).values()
+        return [str(name) for names in lists for name in names]
+    except (ValueError, AttributeError, TypeError) as err:
+        raise UserError(f"--eoe-names {path} is not EOE's JSON layout ({{key: [names]}}): {err}") from err
+
+
+def _check_envisioned(exp: Experiment) -> None:
     _check_classnames(exp)
-    load_words(exp.options.value(NEG_WORDS))  # a missing or empty list fails now, not after extraction
+    if not envisioned_names(_envisioned_lines(exp), list(exp.id_test.classnames)):
+        raise UserError(f"--eoe-names {exp.options.value(EOE_NAMES)}: no name left that is not an ID class name")
 
 
-def _negative_labels(exp: Experiment, encoded: Encoded) -> NegativeLabels:
-    """NegLabel's mining as released: ID labels and nouns as "the nice {}", adjectives as "This is a {} photo"; the
-    lowest share (--neg-fraction) of each part of speech by a percentile (--neg-percentile) of its similarities to the
-    ID labels; nouns first. With a learned prompt context (--ckpt of coop/locoop), the ID labels are its prompts."""
-    from utils.features.text import learned_context, text_embeddings
+def _envisioned(exp: Experiment, encoded: Encoded) -> np.ndarray:
+    """EOE's envisioned names, cleaned as released, through the run's templates (as the ID names); saved as
+    eoe_words.txt."""
+    from utils.features.text import text_embeddings
 
-    learned = learned_context(exp.options.templates) is not None
-    id_features = text_embeddings(exp.bundle, exp.id_test.classnames,
-                                  exp.options.templates if learned else NEGLABEL_PROMPTS["noun"])  # fmt: skip
-    pool = load_words(exp.options.value(NEG_WORDS))
-    share, percentile = exp.options.value(NEG_FRACTION), exp.options.value(NEG_PERCENTILE)
-    picked_words, picked = [], []
-    for pos in PARTS_OF_SPEECH:
-        words = [word for word, tag in pool if tag == pos]
-        if not words:
-            continue
-        candidates = text_embeddings(exp.bundle, words, NEGLABEL_PROMPTS[pos], exp.cache)  # cached per word list
-        rows = mine_negative_labels(candidates, id_features, share, percentile)
-        picked_words += [f"{words[i]}\t{pos}" for i in rows]
-        picked.append(candidates[rows])
-    exp.artifacts["neglabel_words"] = picked_words
-    return NegativeLabels(id_features, np.concatenate(picked))
+    names = envisioned_names(_envisioned_lines(exp), list(exp.id_test.classnames))
+    exp.artifacts["eoe_words"] = names
+    return text_embeddings(exp.bundle, names, exp.options.templates)
 
 
 def _logit_scale(exp: Experiment) -> float:
@@ -219,11 +285,18 @@ RESOLVERS: dict[str, Resolver] = {
     "device": Resolver(lambda exp, enc: exp.bundle.device),
     "ood_text_features": Resolver(_ood_class_names),
     "negative_labels": Resolver(
-        _negative_labels,
-        check=_check_words_and_names,
+        _mined(NEGLABEL_MINING),
+        check=_words_checked(NEGLABEL_MINING),
         missing=_image_only,
         settings=(NEG_WORDS, NEG_FRACTION, NEG_PERCENTILE),
     ),
+    "csp_labels": Resolver(
+        _mined(CSP_MINING),
+        check=_words_checked(CSP_MINING),
+        missing=_image_only,
+        settings=(CSP_WORDS, NEG_FRACTION, NEG_PERCENTILE),
+    ),
+    "envisioned_features": Resolver(_envisioned, check=_check_envisioned, missing=_image_only, settings=(EOE_NAMES,)),
     "logit_scale": Resolver(lambda exp, enc: _logit_scale(exp)),
     "head": Resolver(
         _pood_head,

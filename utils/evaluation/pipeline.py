@@ -66,6 +66,9 @@ def plan(requested: Sequence[str], exp: Experiment) -> list[str]:
     declared = score_settings()
     if unknown := sorted(set(exp.options.settings) - set(declared)):
         raise UserError(f"unknown settings {', '.join(unknown)}; known: {', '.join(declared)}")
+    if any(name.lower() == "all" for name in requested) and (left := [k for k in SCORES if k not in scores]):
+        why = "; ".join(f"{k}: {SCORES[k].not_in_all}" for k in left)
+        print(f"--score all leaves out {', '.join(left)} (name them to run them): {why}", file=sys.stderr)
     skipped: dict[str, list[str]] = {}
     for score in scores:
         reason = unavailable(score, exp)

@@ -22,10 +22,14 @@ PRESETS_DIR = Path(__file__).parents[2] / "configs" / "presets"
 # Arguments that, when set, make a run's numbers differ from the paper's whatever the preset fixes.
 NOT_COMPARABLE_WHEN_SET = {"ckpt": "other weights (--ckpt)", "limit": "a subset of the data (--limit)",
                            "neg_words": "another word pool (--neg-words)",
+                           "csp_words": "another word pool (--csp-words)",
                            "shots": "a few-shot train split (--shots)",
                            "classnames": "other class names (--classnames)",
                            "select": "hyper-parameters chosen on validation data (--select)",
                            "shifted_id": "shifted sets counted as ID (--shifted-id)"}  # fmt: skip
+# Settings a preset cannot fix, a file only the user can supply; its `differences` say which file the paper used.
+USER_FILES = {"eoe_names": "the envisioned outlier names (--eoe-names)"}
+RELEASE_POOLS = {"neg_words": "neglabel", "csp_words": "csp"}  # flag -> whose released lists it may name
 UNORDERED = {"score", "out", "extra_metrics", "ood_split"}  # list arguments whose order does not matter
 
 
@@ -89,12 +93,14 @@ def comparable(preset: Preset, values: dict[str, Any]) -> str | None:
     """Why this run's numbers cannot be compared with the published ones (another model, weights, data), or None."""
     pairs = preset.defaults.items()
     different = [f"{k} {values.get(k)} (published: {v})" for k, v in pairs if values.get(k) != v]
-    different += [
-        why
-        for key, why in NOT_COMPARABLE_WHEN_SET.items()
-        if values.get(key) not in (None, []) and not (key == "neg_words" and is_release_pool(values[key]))
-    ]  # the paper's own pool
+    different += [why for key, why in NOT_COMPARABLE_WHEN_SET.items()
+                  if values.get(key) not in (None, []) and not _release_pool(key, values[key])]  # fmt: skip
     return "; ".join(different) or None
+
+
+def _release_pool(key: str, value: Any) -> bool:
+    """A word-pool flag naming the paper's own lists, as tools/neglabel_words.py converts them."""
+    return key in RELEASE_POOLS and is_release_pool(value, RELEASE_POOLS[key])
 
 
 def with_published(rows: list[dict[str, Any]], preset: Preset) -> list[dict[str, Any]]:

@@ -16,8 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from utils.scores.base import InDistribution, Score
+from utils.scores.envisioned import EOE, EOE_BETA, EOE_NAMES, envisioned_names
 from utils.scores.knn import KNN, PAPER_K, K
 from utils.scores.label_mass import (
+    CSP,
+    CSP_WORDS,
     NEG_FRACTION,
     NEG_PERCENTILE,
     NEG_WORDS,
@@ -44,6 +47,8 @@ SCORES: dict[str, type[Score]] = {
     "var": SoftmaxVariance,
     "oracle": Oracle,
     "neglabel": NegLabel,
+    "csp": CSP,
+    "eoe": EOE,  # needs --eoe-names, a file of LLM-envisioned outlier names
     "knn": KNN,
     "maha": Mahalanobis,
     "rmd": RelativeMahalanobis,
@@ -89,10 +94,11 @@ def listing() -> list[tuple[str, str]]:
 
 
 def resolve_scores(names: Sequence[str]) -> list[str]:
-    """Registry names for user-given names, `all` expanded, duplicates dropped, order kept."""
+    """Registry names for user-given names, `all` expanded (to the scores without `not_in_all`), duplicates dropped,
+    order kept."""
     resolved: list[str] = []
     for name in names:
-        for key in SCORES if name.lower() == "all" else [canonical(name)]:
+        for key in [k for k, c in SCORES.items() if not c.not_in_all] if name.lower() == "all" else [canonical(name)]:
             if key not in resolved:
                 resolved.append(key)
     return resolved
@@ -100,6 +106,9 @@ def resolve_scores(names: Sequence[str]) -> list[str]:
 
 __all__ = [
     "ALIASES",
+    "CSP_WORDS",
+    "EOE_BETA",
+    "EOE_NAMES",
     "HEADS",
     "NEG_FRACTION",
     "NEG_PERCENTILE",
@@ -116,6 +125,7 @@ __all__ = [
     "ZeroShotScore",
     "build_score",
     "canonical",
+    "envisioned_names",
     "listing",
     "mine_negative_labels",
     "needs_text",

@@ -39,7 +39,8 @@ class Score:
     - `supplied_by`: the fine-tuning method (finetune_clip.py --method) whose checkpoint supplies its own inputs;
     - `view`: which image features it scores (utils/features/images.py VIEWS);
     - `classifier`: scores that also classify name their classifier and give its `logits`;
-    - `reads_text`: compares images with text through its inputs rather than `needs` (so needs a text encoder).
+    - `reads_text`: compares images with text through its inputs rather than `needs` (so needs a text encoder);
+    - `not_in_all`: why `--score all` leaves it out ("": it is in), e.g. inputs that take minutes to build.
     """
 
     needs: tuple[str, ...] = ()
@@ -50,6 +51,7 @@ class Score:
     view: str = "global"
     classifier: str | None = None
     reads_text: bool = False
+    not_in_all: str = ""
 
     def __init__(self) -> None:
         self._fitted = False

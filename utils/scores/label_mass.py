@@ -36,6 +36,16 @@ NEG_WORDS = Setting(
     metavar="FILE",
     default_text="the released pool's WordNet noun and adjective head lemmas",
 )
+CSP_WORDS = Setting(
+    "csp_words",
+    None,
+    "CSP's candidates, one per line as LABEL or LABEL<TAB>noun|adj, adjectives already conjugated ('lively area'; "
+    "python -m tools.neglabel_words --csp converts the release's txtfiles/)",
+    "CSP's release (MengyuanChen21/NeurIPS2024-CSP 3a7bdab custom_config/clip-ViT-B16.py: NegLabel's txtfiles "
+    "without txt_exclude)",
+    metavar="FILE",
+    default_text="the shipped CSP pool, rebuilt from WordNet 3.1 (tools/wordnet_pool.py --csp)",
+)
 NEG_FRACTION = Setting(
     "neg_fraction",
     0.15,
@@ -150,6 +160,25 @@ class NegLabel(Score):
         return {"neg_groups": self.groups, "negatives": len(self.negatives), "mined": self.mined}
 
 
+class CSP(NegLabel):
+    """CSP (Chen et al., NeurIPS 2024) as released: NegLabel's grouped ID mass over negatives mined from the
+    conjugated semantic pool: WordNet nouns and "<adjective> <superclass>" labels, prompt-ensembled.
+
+    As MengyuanChen21/NeurIPS2024-CSP 3a7bdab: ID labels and nouns are the mean of 8 raw prompt embeddings, the
+    conjugated labels of 4; each part of speech keeps its lowest 15% by the 95th-percentile similarity to the ID
+    labels, a candidate above 0.95 cosine to any ID label never; then NegLabel's 100 groups at scale 100.
+    """
+
+    inputs = ("csp_labels", "seed", "logit_scale")
+    not_in_all = "its pool's 416k prompts take minutes to encode on a CPU (once; then cached)"
+
+    def __init__(self, csp_labels: NegativeLabels | None = None, neg_groups: int = NEG_GROUPS.default,
+                 seed: int = 0, logit_scale: float = CLIP_LOGIT_SCALE):  # fmt: skip
+        if csp_labels is None:
+            raise ValueError("CSP needs csp_labels (ID label prompts and the negatives mined from its pool)")
+        super().__init__(csp_labels, neg_groups, seed, logit_scale)
+
+
 def mean_probability_log_odds(log_odds: np.ndarray) -> np.ndarray:
     """logit(mean_g σ(z_g)) per row, in log space: = z when there is one column; never rounds to ±inf or ties."""
     log_p = logsumexp(-np.logaddexp(0.0, -log_odds))  # log Σ_g σ(z_g)
@@ -162,20 +191,24 @@ def mine_negative_labels(
     id_text_features: object,
     fraction: float = NEG_FRACTION.default,
     percentile: float = NEG_PERCENTILE.default,
+    exclude_above: float | None = None,
 ) -> np.ndarray:
     """NegLabel's selection: the `fraction` of candidates whose `percentile`-th similarity to the ID labels is lowest.
 
-    Returns candidate indices, most distant first.
+    With `exclude_above` (CSP: 0.95), a candidate whose largest similarity to an ID label exceeds it ranks as 1.0,
+    last (the release's `sim[maximum > 0.95] = 1.0`). Returns candidate indices, most distant first.
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     id_text = l2_normalise(as_array(id_text_features))
-    eta = np.concatenate(
-        [
-            np.percentile(l2_normalise(block) @ id_text.T, percentile, axis=1)
-            for block in chunks(candidate_text_features)
-        ]
-    )
+    eta = []
+    for block in chunks(candidate_text_features):
+        similarity = l2_normalise(block) @ id_text.T
+        stat = np.percentile(similarity, percentile, axis=1)
+        if exclude_above is not None:
+            stat[similarity.max(axis=1) > exclude_above] = 1.0
+        eta.append(stat)
+    eta = np.concatenate(eta)
     keep = max(1, int(fraction * len(eta)))  # floor, as the release
     return np.argsort(eta, kind="stable")[:keep]
 
