@@ -97,9 +97,9 @@ def test_every_score_one_extraction(tmp_path, words, monkeypatch):
     assert sorted(calls) == sorted(["digits", "digits", "digits_ood", noise])  # ID: train and test
     run_supplied = {*RESOLVERS, *score_settings()}
     without_checkpoint = [s for s in SCORES if set(requirements(s)) <= run_supplied]  # all but kplus1 and group
-    in_all = [s for s in without_checkpoint if not SCORES[s].not_in_all]  # all but csp and eoe (by name only)
+    in_all = [s for s in without_checkpoint if not SCORES[s].not_in_all]  # all but csp, eoe, negrefine (by name)
     labels = [s for s in in_all if s != "knn"] + ["knn@5", "knn@20"]
-    assert len(labels) == len(SCORES) - 3
+    assert len(labels) == len(SCORES) - 4
     assert set(summary["metrics"]) == set(labels)
     for label in labels:
         expected = {"digits_ood"} if label == "oracle" else {"digits_ood", noise}  # the noise folder has no names
@@ -118,14 +118,16 @@ def test_every_score_one_extraction(tmp_path, words, monkeypatch):
     assert set(adjectives) <= set(ADJECTIVES) and len(adjectives) == int(0.15 * len(ADJECTIVES))
 
 
-def test_eoe_and_csp_run_by_name_with_their_files(tmp_path):
-    """EOE with the demo's envisioned names (and the release's JSON layout), CSP with a small pool: each scores every
-    set and saves what it used; neither is part of `--score all`."""
+def test_eoe_csp_negrefine_run_by_name_with_their_files(tmp_path):
+    """EOE with the demo's envisioned names (and the release's JSON layout), CSP with a small pool, NegRefine with a
+    small list: each scores every set and saves what it used."""
     names = ROOT / "configs" / "eoe" / "digits_far.txt"
-    out = run(tmp_path, "--in", "digits", "--score", "eoe", "csp", "--eoe-names", str(names), "--csp-words",
-              str(_csp_pool(tmp_path)), "--no-plots")  # fmt: skip
-    assert set(out["metrics"]) == {"eoe", "csp"}
-    assert set(out["metrics"]["eoe"]) == set(out["metrics"]["csp"]) == {"digits_ood", "faces", "skimage_textures"}
+    pool = str(_csp_pool(tmp_path))
+    out = run(tmp_path, "--in", "digits", "--score", "eoe", "csp", "negrefine", "--eoe-names", str(names),
+              "--csp-words", pool, "--negrefine-words", pool, "--no-plots")  # fmt: skip
+    assert set(out["metrics"]) == {"eoe", "csp", "negrefine"}
+    assert all(set(per_set) == {"digits_ood", "faces", "skimage_textures"} for per_set in out["metrics"].values())
+    assert len((tmp_path / "out" / "negrefine_words.txt").read_text().splitlines()) == 50  # the list as given
     saved = (tmp_path / "out" / "eoe_words.txt").read_text().splitlines()
     assert len(saved) == 30 and saved[:2] == ["letter o", "letter l"]
     assert len((tmp_path / "out" / "csp_words.txt").read_text().splitlines()) == int(0.15 * 30) + int(0.15 * 20)

@@ -206,14 +206,15 @@ def test_plan_skips_under_all_and_refuses_when_named(experiment, capsys):
 
     planned = plan(["all"], experiment)
     assert "kplus1" not in planned and "group" not in planned
-    assert set(planned) == set(SCORES) - {"kplus1", "group", "csp", "eoe"}  # csp, eoe: only when named
+    by_name = {"csp", "eoe", "negrefine"}  # only when named
+    assert set(planned) == set(SCORES) - {"kplus1", "group", *by_name}
     printed = capsys.readouterr().err
     assert "skipping kplus1: needs ood_prompt_features" in printed
-    assert "--score all leaves out csp, eoe (name them to run them): csp: its pool's 416k prompts" in printed
+    assert "--score all leaves out csp, eoe, negrefine (name them to run them): csp: its pool's 416k prompts" in printed
     with pytest.raises(UserError, match=r"finetune_clip\.py --method kplus1"):
         plan(["mcm", "kplus1"], experiment)
     experiment.model_name = "RN50"  # a CLIP without patch tokens: everything but the local view
-    assert set(plan(["all"], experiment)) == set(SCORES) - {"kplus1", "group", "csp", "eoe", "l_mcm", "gl_mcm"}
+    assert set(plan(["all"], experiment)) == set(SCORES) - {"kplus1", "group", *by_name, "l_mcm", "gl_mcm"}
     assert "skipping l_mcm, gl_mcm: needs patch tokens of an open_clip ViT" in capsys.readouterr().err
     with pytest.raises(UserError, match=r"gl_mcm needs patch tokens of an open_clip ViT \(the local view\); RN50"):
         plan(["gl_mcm"], experiment)
@@ -462,6 +463,74 @@ def test_csp_mining_is_the_releases(experiment, tmp_path):
     released = joint[:, : len(positive)].sum(1)  # CSP's ngroup <= 1 branch: the softmax's ID mass
     assert ((released > 0.01) & (released < 0.99)).sum() >= 5  # rows where the probabilities say something
     assert np.allclose(id_probability(one_group), released, atol=1e-3)
+
+
+def _released_negrefine(bundle, classnames, nouns, adjectives, image_features, groups, seed, scale=100.0):
+    """ah-ansari/NegRefine 72e4b82 src/clip_ood.py restated, one image at a time as its eval.py scores: NegLabel's
+    grouped ID mass over the list (our seeded permutation of the groups) + 2 · the multi-matching score, whose 25
+    "p and n" texts are embedded per image with the 8 noun templates (raw mean, then normalised). `scale`: the
+    release's 100, or another to reach values that do not saturate with the tiny model."""
+    noun_templates = ["a close-up photo of the nice {}.", "a photo with the nice {}.", "a good photo with the nice {}.",
+                      "a photo of the nice {}.", "{}", "the {}", "the good {}", "the nice {}"]  # fmt: skip
+    adj_templates = ["{}", "a nice photo of {}", "a good photo of {}", "a close-up photo of {}"]
+
+    def embed(labels, templates):
+        prompts = [t.format(c) for t, c in itertools.product(templates, labels)]
+        with torch.no_grad():
+            raw = bundle.model.encode_text(bundle.tokenizer(prompts)).float()
+        mean = raw.view(len(templates), len(labels), -1).mean(dim=0)
+        return mean / mean.norm(dim=-1, keepdim=True)
+
+    positive = embed(classnames, noun_templates)
+    negative = torch.cat([embed(nouns, noun_templates), embed(adjectives, adj_templates)])
+    labels = [*nouns, *adjectives]
+    kept = len(negative) - len(negative) % groups
+    shuffled = negative[:kept][np.random.default_rng(seed).permutation(kept)]
+    scores = []
+    for x in torch.from_numpy(image_features).float()[:, None, :]:
+        pos_sim, neg_sim = scale * x @ positive.T, scale * x @ negative.T
+        masses = [torch.cat([pos_sim, scale * x @ g.T], dim=-1).softmax(dim=-1)[:, : len(classnames)].sum(dim=-1)
+                  for g in shuffled.reshape(groups, -1, shuffled.shape[1])]  # fmt: skip
+        neg_label_score = torch.stack(masses).mean()
+        _, top_pos = torch.topk(pos_sim, min(5, len(classnames)))
+        vals, top_neg = torch.topk(neg_sim, 5)
+        texts = [f"{classnames[p]} and {labels[n]}" for p in top_pos[0].tolist() for n in top_neg[0].tolist()]
+        neg_sims = torch.tensor([vals[0, i] for _ in range(len(top_pos[0])) for i in range(5)])
+        sim = scale * x @ embed(texts, noun_templates).T
+        multi_matching = torch.max(torch.exp(sim) / (torch.exp(sim) + torch.exp(neg_sims)))
+        scores.append(neg_label_score.item() + 2 * multi_matching.item())
+    return np.array(scores)
+
+
+def test_negrefine_is_the_releases_score_one_image_at_a_time(experiment, tmp_path):
+    """The negrefine_labels resolver and score against the release restated: the same scores on the ID test images
+    and an OOD set; the pair table holds exactly the pairs those images read."""
+    from utils.evaluation import inputs, pipeline
+    from utils.features.store import FeatureCache
+    from utils.scores import build_score
+
+    nouns, adjectives = [f"thing{i}" for i in range(24)], [f"odd{i} vista" for i in range(8)]
+    words = tmp_path / "refined.tsv"
+    words.write_text("\n".join([*nouns, *(f"{a}\tadj" for a in adjectives)]) + "\n")
+    experiment.cache = FeatureCache(tmp_path / "cache32", "float32")  # the pair prompts' embeddings as computed
+    experiment.options.settings.update(negrefine_words=str(words), negrefine_top_k=5)
+    experiment.ood_sets = experiment.ood_sets[:1]
+    encoded = pipeline.encode(experiment, ["negrefine"])
+    labels = inputs.RESOLVERS["negrefine_labels"].resolve(experiment, encoded)
+    names = list(experiment.id_test.classnames)
+    for scale in (100.0, 2.0):  # the release's, and one where the tiny model's multi-matching does not saturate
+        score = build_score("negrefine", negrefine_labels=labels, neg_groups=4, seed=3, logit_scale=scale).fit(None)
+        for features in (encoded.id_test["global"].features, encoded.ood["digits_ood"]["global"].features):
+            features = np.array(features)
+            expected = _released_negrefine(experiment.bundle, names, nouns, adjectives, features, 4, 3, scale)
+            assert np.allclose(score(features), expected, rtol=0, atol=1e-4)
+            if scale == 2.0:  # both terms vary: the comparison sees each of them
+                assert (
+                    np.ptp(score.multi_matching(features)) > 1e-3
+                    and np.ptp(score(features) - 2 * score.multi_matching(features)) > 1e-3
+                )
+    assert 25 <= len(labels.pairs) <= 25 * (len(encoded.id_test["global"].index) + 40)
+    assert experiment.artifacts["negrefine_words"][:1] == ["thing0\tnoun"]
 
 
 def test_neglabel_mines_each_part_of_speech_with_the_released_prompts(experiment, tmp_path, monkeypatch):

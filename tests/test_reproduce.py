@@ -167,3 +167,18 @@ def test_csp_release_words_leave_out_its_files_and_conjugate_in_file_order(txtfi
     assert comparable(preset, {**preset.defaults, "csp_words": str(out)}) is None
     assert comparable(preset, {**preset.defaults, "csp_words": str(txtfiles / "adj.all")}) == \
         "another word pool (--csp-words)"  # fmt: skip
+
+
+def test_negrefine_release_lists_become_one_file_nouns_first(tmp_path):
+    seed = tmp_path / "seed_0"
+    seed.mkdir()
+    (seed / "neg_labels_noun.txt").write_text("tractor\nfog\n")
+    (seed / "neg_labels_adj.txt").write_text("gooey landscape\n")
+    out = tmp_path / "negrefine.tsv"
+    neglabel_words.main(["--negrefine", str(seed), str(out)])
+    assert load_words(out) == [("tractor", "noun"), ("fog", "noun"), ("gooey landscape", "adj")]
+    preset = load_preset("negrefine-imagenet")
+    assert comparable(preset, {**preset.defaults, "negrefine_words": str(out)}) is None
+    (seed / "neg_labels_adj.txt").unlink()
+    with pytest.raises(SystemExit):
+        neglabel_words.main(["--negrefine", str(seed), str(tmp_path / "other.tsv")])

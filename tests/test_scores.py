@@ -16,6 +16,7 @@ from sklearn.neighbors import NearestNeighbors
 from utils.scores import (
     SCORES,
     InDistribution,
+    MultiMatching,
     NegativeLabels,
     Score,
     build_score,
@@ -72,12 +73,20 @@ def toy():
         "negative_labels": NegativeLabels(eye[:CLASSES], eye[4:8]),  # the ID labels' own prompts and the negatives
         "csp_labels": NegativeLabels(eye[:CLASSES], eye[4:8]),  # CSP's: the same kind of input, its own mining
         "neg_groups": 2,
+        "negrefine_top_k": 2,
+        "negrefine_weight": 2.0,
         "ood_prompt_features": _unit(eye[4:5] + eye[5:6]),  # the "OOD" prompt too
         "groups": [["c0", "c1"], ["c2", "c3"]],
         "classnames": ["c0", "c1", "c2", "c3"],
         "others_features": _unit(np.stack([eye[4] + eye[5], eye[4] + eye[5]])),
         "gl_lambda": 1.0,
         "envisioned_features": eye[4:6],  # EOE's envisioned outlier names, where the OOD images are
+        # NegRefine: NegLabel's labels, and a prompt for every (ID label, negative) pair, "c and n" halfway between
+        "negrefine_labels": MultiMatching(
+            NegativeLabels(eye[:CLASSES], eye[4:8]),
+            {(i, j): 4 * i + j for i in range(CLASSES) for j in range(4)},
+            _unit(np.repeat(eye[:CLASSES], 4, axis=0) + np.tile(eye[4:8], (CLASSES, 1))),
+        ),
         "eoe_beta": 0.25,
         # pytorch-ood's detectors read a linear head: the zero-shot one, at 5x since the toy's prompts are orthogonal
         # (cosine gaps ~0.9 where CLIP's are ~0.1), so its softmaxes saturate no more than CLIP's at 100x
@@ -400,6 +409,17 @@ def test_eoe_names_are_cleaned_as_released():
         build_score("eoe")
 
 
+def test_negrefine_without_a_pair_prompt_is_one_clear_error():
+    eye = np.eye(DIM, dtype=np.float32)
+    labels = MultiMatching(NegativeLabels(eye[:3], eye[3:9]), {(0, 0): 0}, eye[:1])
+    score = build_score("negrefine", negrefine_labels=labels, neg_groups=2, negrefine_top_k=1).fit(None)
+    assert np.isfinite(score(_unit(eye[:1] + eye[3:4])))  # its top pair is (ID 0, negative 0): in the table
+    with pytest.raises(ValueError, match=r"no prompt for the pair \(1, 0\)"):
+        score(_unit(eye[1:2] + eye[3:4]))
+    with pytest.raises(ValueError, match="negrefine_labels"):
+        build_score("negrefine")
+
+
 def test_csp_is_neglabels_grouped_mass_over_its_own_labels():
     rng = np.random.default_rng(8)
     id_text, negatives = _unit(rng.normal(size=(5, DIM))), _unit(rng.normal(size=(23, DIM)))
@@ -622,7 +642,7 @@ def test_probe_scores_share_one_fit(toy, monkeypatch):
 
 def test_names_and_errors(toy):
     assert resolve_scores(["MCM", "maxlogit", "mcm", "Mahalanobis"]) == ["mcm", "mis", "maha"]
-    assert resolve_scores(["all"]) == [name for name in SCORES if name not in {"csp", "eoe"}]  # those: by name
+    assert resolve_scores(["all"]) == [name for name in SCORES if name not in {"csp", "eoe", "negrefine"}]  # by name
     assert resolve_scores(["all", "eoe"])[-1] == "eoe"
     assert needs_text("mcm") and needs_text("oracle") and not needs_text("knn") and not needs_text("lp_msp")
     with pytest.raises(ValueError, match=r"known: .*mcm"):

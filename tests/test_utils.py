@@ -91,8 +91,8 @@ NOT_SCORE_NAMES = {
     "utils/training/methods.py": {"kplus1", "group"},  # the fine-tuning methods' own registry names
     "utils/data/imagenet_subsets.py": {"mcm"},  # the class list published with the MCM paper (`--variant mcm`)
     "utils/prompts.py": {"mcm"},  # the template set of MCM's released code (`--templates mcm`)
-    "utils/data/words.py": {"neglabel", "csp"},  # whose released word lists a converted file is
-    "utils/evaluation/presets.py": {"neglabel", "csp"},  # the same, for a pool flag's comparability
+    "utils/data/words.py": {"neglabel", "csp", "negrefine"},  # whose released word lists a converted file is
+    "utils/evaluation/presets.py": {"neglabel", "csp", "negrefine"},  # the same, for a pool flag's comparability
 }
 
 
@@ -233,6 +233,9 @@ CITED_DEFAULTS = {
     "csp_words": None,  # CSP's pool rebuilt from WordNet 3.1, shipped (utils/data/resources)
     "eoe_beta": 0.25,  # EOE's eval.sh: --beta 0.25
     "eoe_names": None,  # EOE: the user's envisioned names (none shipped)
+    "negrefine_words": None,  # NegRefine: the user's refined list (the release's seed-0 ImageNet one)
+    "negrefine_top_k": 5,  # NegRefine src/clip_ood.py: k_pos = min(5, classes), k_neg = 5
+    "negrefine_weight": 2.0,  # NegRefine src/clip_ood.py: neg_label_score + 2 * multi_matching_score
     "k": None,  # KNN (Sun et al., ICML 2022): the ID set's knn_k, 50 for CIFAR-10, 1000 for ImageNet-1k
     "pood_head": "zero_shot",  # toolkit
     # fine-tuning methods (finetune_clip.py)

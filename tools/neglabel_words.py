@@ -4,6 +4,8 @@
     python eval_ood_detection.py --preset neglabel-imagenet --neg-words neglabel_release_words.tsv
     python -m tools.neglabel_words --csp path/to/txtfiles csp_release_words.tsv      # CSP's pool (same txtfiles/)
     python eval_ood_detection.py --preset csp-imagenet --csp-words csp_release_words.tsv
+    python -m tools.neglabel_words --negrefine NegRefine/output/imagenet/seed_0 negrefine_seed0.tsv
+    python eval_ood_detection.py --preset negrefine-imagenet --negrefine-words negrefine_seed0.tsv
 
 As XueJiang16/NegLabel 3253db6 mmcls/models/classifiers/multi_modal.py reads the folder: every file in os.listdir
 order, its part of speech the name's first dot-separated part (adj.all, adj.pert, adj.ppl: adj; noun.*.txt: noun),
@@ -17,6 +19,10 @@ counts a file written here as the release's pool.
 With --csp, as MengyuanChen21/NeurIPS2024-CSP 3a7bdab reads the same files: noun.person, noun.quantity, noun.group
 and adj.pert left out, and each adjective, in that order, replaced by "<adjective> <superclass>" with the
 superclass drawn by Python's random seeded with 0 (so the labels, too, depend on the order).
+
+With --negrefine, the folder is one of NegRefine's output/<set>/seed_<n>/ (ah-ansari/NegRefine 72e4b82): its refined
+lists neg_labels_noun.txt then neg_labels_adj.txt, one label per line, in their order (as src/eval.py
+--load_saved_labels reads the same lists from their .pkl copies).
 """
 
 from __future__ import annotations
@@ -57,9 +63,21 @@ def release_words(folder: Path, order: str = "listdir", csp: bool = False) -> li
     return [(next(labels) if pos == "adj" else word, pos) for word, pos in words.items()]
 
 
-def write_words(words: Sequence[tuple[str, str]], path: Path, folder: Path, order: str, csp: bool = False) -> None:
+NEGREFINE_FILES = {"noun": "neg_labels_noun.txt", "adj": "neg_labels_adj.txt"}
+
+
+def negrefine_words(folder: Path) -> list[tuple[str, str]]:
+    """NegRefine's refined negatives: its noun list, then its adjective list (labels with their CSP suffix)."""
+    missing = [name for name in NEGREFINE_FILES.values() if not (folder / name).is_file()]
+    if missing:
+        raise UserError(f"{folder} is not a NegRefine output/<set>/seed_<n>/ folder: {', '.join(missing)} missing")
+    return [(line.strip(), pos) for pos, name in NEGREFINE_FILES.items()
+            for line in (folder / name).read_text(encoding="utf-8").splitlines() if line.strip()]  # fmt: skip
+
+
+def write_words(words: Sequence[tuple[str, str]], path: Path, folder: Path, order: str, release: str) -> None:
     counts = {pos: sum(p == pos for _, p in words) for pos in PARTS_OF_SPEECH}
-    header = (f"{RELEASE_POOL_MARKS['csp' if csp else 'neglabel']} {folder.resolve()}, files in {order} order; "
+    header = (f"{RELEASE_POOL_MARKS[release]} {folder.resolve()}, files in {order} order; "
               f"{', '.join(f'{n} {pos}s' for pos, n in counts.items())}")  # fmt: skip
     comments = [w for w, _ in words if w.startswith("#")]
     if comments:
@@ -76,10 +94,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--order", choices=ORDERS, default="listdir",
                         help="file order: listdir = this filesystem's, as the release reads it; sorted = by name "
                              "(default: listdir)")  # fmt: skip
-    parser.add_argument("--csp", action="store_true", help="CSP's pool from the same folder (--csp-words)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--csp", action="store_true", help="CSP's pool from the same folder (--csp-words)")
+    which.add_argument(
+        "--negrefine",
+        action="store_true",
+        help="NegRefine's refined lists from an output/<set>/seed_<n>/ folder (--negrefine-words)",
+    )
     args = parser.parse_args(argv)
     try:
-        write_words(release_words(args.folder, args.order, args.csp), args.out, args.folder, args.order, args.csp)
+        if args.negrefine:
+            write_words(negrefine_words(args.folder), args.out, args.folder, "the release's", "negrefine")
+        else:
+            words = release_words(args.folder, args.order, args.csp)
+            write_words(words, args.out, args.folder, args.order, "csp" if args.csp else "neglabel")
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

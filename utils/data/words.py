@@ -21,6 +21,7 @@ PARTS_OF_SPEECH = ("noun", "adj")
 RELEASE_POOL_MARKS = {  # the first line of a release's word lists converted by tools/neglabel_words.py
     "neglabel": "# NegLabel release pool (tools/neglabel_words.py):",
     "csp": "# CSP release pool (tools/neglabel_words.py --csp):",
+    "negrefine": "# NegRefine release list (tools/neglabel_words.py --negrefine):",
 }
 
 
@@ -32,7 +33,8 @@ def conjugated(adjectives: Sequence[str], seed: int = 0) -> list[str]:
 
 
 def is_release_pool(path: str | Path | None, method: str = "neglabel") -> bool:
-    """Whether `path` is `method`'s (neglabel, csp) released word lists as converted by tools/neglabel_words.py."""
+    """Whether `path` is `method`'s (neglabel, csp, negrefine) released lists as converted by
+    tools/neglabel_words.py."""
     try:
         with open(path, encoding="utf-8") as handle:
             return handle.readline().startswith(RELEASE_POOL_MARKS[method])

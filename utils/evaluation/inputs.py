@@ -29,14 +29,18 @@ from utils.scores import (
     NEG_FRACTION,
     NEG_PERCENTILE,
     NEG_WORDS,
+    NEGREFINE_TOP_K,
+    NEGREFINE_WORDS,
     PAPER_K,
     POOD_HEAD,
     SCORES,
     Head,
     K,
+    MultiMatching,
     NegativeLabels,
     envisioned_names,
     mine_negative_labels,
+    needed_pairs,
     needs_text,
 )
 from utils.settings import Setting, collect
@@ -234,6 +238,42 @@ def _envisioned(exp: Experiment, encoded: Encoded) -> np.ndarray:
     return text_embeddings(exp.bundle, names, exp.options.templates)
 
 
+def _negrefine_pool(exp: Experiment) -> list[tuple[str, str]]:
+    path = exp.options.value(NEGREFINE_WORDS)
+    if path is None:
+        raise Missing("negrefine needs --negrefine-words FILE: the refined negative labels (an LLM's filtering of "
+                      "CSP's; the release's output/imagenet/seed_0/neg_labels_{noun,adj}.txt through python -m "
+                      "tools.neglabel_words --negrefine)")  # fmt: skip
+    return load_words(path)
+
+
+def _check_negrefine(exp: Experiment) -> None:
+    _check_classnames(exp)
+    _negrefine_pool(exp)
+
+
+def _negrefine(exp: Experiment, encoded: Encoded) -> MultiMatching:
+    """NegRefine's labels as released: ID labels and nouns the mean of 8 raw prompt embeddings, adjectives (already
+    with their CSP suffix) of 4, nouns first, no mining; and the prompt "<ID label> and <negative>" (8 templates)
+    of every pair that multi-matching reads for an image of this run's sets."""
+    from utils.features.images import DEFAULT_VIEW
+    from utils.features.text import text_embeddings
+
+    names, pool = list(exp.id_test.classnames), _negrefine_pool(exp)
+    words = [[word for word, tag in pool if tag == pos] for pos in PARTS_OF_SPEECH]
+    id_features = text_embeddings(exp.bundle, names, CSP_PROMPTS["noun"], average="raw")
+    negatives = np.concatenate([text_embeddings(exp.bundle, part, CSP_PROMPTS[pos], exp.cache, "raw")
+                                for part, pos in zip(words, PARTS_OF_SPEECH, strict=True) if part])  # fmt: skip
+    labels, flat = NegativeLabels(id_features, negatives), [word for part in words for word in part]
+    sets = [encoded.id_test[DEFAULT_VIEW].features, *(views[DEFAULT_VIEW].features for views in encoded.ood.values())]
+    keys = needed_pairs(sets, labels, exp.options.value(NEGREFINE_TOP_K))
+    texts = [f"{names[i]} and {flat[j]}" for i, j in keys]
+    exp.artifacts["negrefine_words"] = [f"{word}\t{pos}" for part, pos in zip(words, PARTS_OF_SPEECH, strict=True)
+                                        for word in part]  # fmt: skip
+    pair_features = text_embeddings(exp.bundle, texts, CSP_PROMPTS["noun"], exp.cache, "raw")
+    return MultiMatching(labels, {key: row for row, key in enumerate(keys)}, pair_features)
+
+
 def _logit_scale(exp: Experiment) -> float:
     """The scale of the label-mass softmaxes: a fine-tuned checkpoint's learned one; a SigLIP-family model's own
     (its bias shifts every logit alike, so a softmax ignores it); else CLIP's 100 (OpenAI CLIP's learned value)."""
@@ -297,6 +337,9 @@ RESOLVERS: dict[str, Resolver] = {
         settings=(CSP_WORDS, NEG_FRACTION, NEG_PERCENTILE),
     ),
     "envisioned_features": Resolver(_envisioned, check=_check_envisioned, missing=_image_only, settings=(EOE_NAMES,)),
+    "negrefine_labels": Resolver(
+        _negrefine, check=_check_negrefine, missing=_image_only, settings=(NEGREFINE_WORDS, NEGREFINE_TOP_K)
+    ),
     "logit_scale": Resolver(lambda exp, enc: _logit_scale(exp)),
     "head": Resolver(
         _pood_head,

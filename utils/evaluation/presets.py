@@ -23,13 +23,15 @@ PRESETS_DIR = Path(__file__).parents[2] / "configs" / "presets"
 NOT_COMPARABLE_WHEN_SET = {"ckpt": "other weights (--ckpt)", "limit": "a subset of the data (--limit)",
                            "neg_words": "another word pool (--neg-words)",
                            "csp_words": "another word pool (--csp-words)",
+                           "negrefine_words": "another refined list (--negrefine-words)",
                            "shots": "a few-shot train split (--shots)",
                            "classnames": "other class names (--classnames)",
                            "select": "hyper-parameters chosen on validation data (--select)",
                            "shifted_id": "shifted sets counted as ID (--shifted-id)"}  # fmt: skip
 # Settings a preset cannot fix, a file only the user can supply; its `differences` say which file the paper used.
 USER_FILES = {"eoe_names": "the envisioned outlier names (--eoe-names)"}
-RELEASE_POOLS = {"neg_words": "neglabel", "csp_words": "csp"}  # flag -> whose released lists it may name
+# a list flag -> the release whose own lists it may name (tools/neglabel_words.py): the paper's, so comparable
+RELEASE_POOLS = {"neg_words": "neglabel", "csp_words": "csp", "negrefine_words": "negrefine"}
 UNORDERED = {"score", "out", "extra_metrics", "ood_split"}  # list arguments whose order does not matter
 
 

@@ -34,6 +34,7 @@ from utils.scores.label_mass import (
 from utils.scores.linear_probe import ProbeEnergy, ProbeMaxLogit, ProbeMSP
 from utils.scores.local import GLMCM, LocalMCM
 from utils.scores.mahalanobis import Mahalanobis, RelativeMahalanobis
+from utils.scores.multi_matching import NEGREFINE_TOP_K, NEGREFINE_WORDS, MultiMatching, NegRefine, needed_pairs
 from utils.scores.pood import HEADS, POOD_HEAD, POOD_SCORES, POOD_UNAVAILABLE, Head
 from utils.scores.zero_shot import MCM, Energy, MaxLogit, NegEntropy, SoftmaxVariance, ZeroShotScore
 
@@ -49,6 +50,7 @@ SCORES: dict[str, type[Score]] = {
     "neglabel": NegLabel,
     "csp": CSP,
     "eoe": EOE,  # needs --eoe-names, a file of LLM-envisioned outlier names
+    "negrefine": NegRefine,  # needs --negrefine-words, a refined negative list
     "knn": KNN,
     "maha": Mahalanobis,
     "rmd": RelativeMahalanobis,
@@ -110,6 +112,8 @@ __all__ = [
     "EOE_BETA",
     "EOE_NAMES",
     "HEADS",
+    "NEGREFINE_TOP_K",
+    "NEGREFINE_WORDS",
     "NEG_FRACTION",
     "NEG_PERCENTILE",
     "NEG_WORDS",
@@ -120,6 +124,7 @@ __all__ = [
     "Head",
     "InDistribution",
     "K",
+    "MultiMatching",
     "NegativeLabels",
     "Score",
     "ZeroShotScore",
@@ -128,6 +133,7 @@ __all__ = [
     "envisioned_names",
     "listing",
     "mine_negative_labels",
+    "needed_pairs",
     "needs_text",
     "resolve_scores",
 ]  # fmt: skip
