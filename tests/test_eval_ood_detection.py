@@ -97,9 +97,9 @@ def test_every_score_one_extraction(tmp_path, words, monkeypatch):
     assert sorted(calls) == sorted(["digits", "digits", "digits_ood", noise])  # ID: train and test
     run_supplied = {*RESOLVERS, *score_settings()}
     without_checkpoint = [s for s in SCORES if set(requirements(s)) <= run_supplied]  # all but kplus1 and group
-    in_all = [s for s in without_checkpoint if not SCORES[s].not_in_all]  # all but csp, eoe, negrefine (by name)
+    in_all = [s for s in without_checkpoint if not SCORES[s].not_in_all]  # csp, eoe, negrefine, adaneg: by name
     labels = [s for s in in_all if s != "knn"] + ["knn@5", "knn@20"]
-    assert len(labels) == len(SCORES) - 4
+    assert len(labels) == len(SCORES) - 5
     assert set(summary["metrics"]) == set(labels)
     for label in labels:
         expected = {"digits_ood"} if label == "oracle" else {"digits_ood", noise}  # the noise folder has no names
@@ -136,6 +136,18 @@ def test_eoe_csp_negrefine_run_by_name_with_their_files(tmp_path):
     again = run(tmp_path, "--in", "digits", "--score", "eoe", "--eoe-names", str(release), "--no-plots", out="json")
     assert (tmp_path / "json" / "eoe_words.txt").read_text().splitlines() == ["river", "ring"]  # ID name dropped
     assert set(again["metrics"]["eoe"]) == {"digits_ood", "faces", "skimage_textures"}
+
+
+def test_adaneg_streams_id_with_each_ood_set_and_records_the_order(tmp_path, words):
+    """AdaNeg through the script: each OOD set streamed with the ID set (so the ID scores differ per set), and the
+    stream's seed and batch in results.json."""
+    out = run(tmp_path, "--in", "digits", "--score", "adaneg", "--neg-words", str(words), "--adaneg-negatives", "10",
+              "--adaneg-batch", "32", "--seed", "3", "--no-plots")  # fmt: skip
+    assert set(out["metrics"]["adaneg"]) == {"digits_ood", "faces", "skimage_textures"}
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["ran"]["adaneg"] == {"stream_seed": 3, "stream_batch": 32, "images_per_label": 9}
+    scores = np.load(tmp_path / "out" / "scores.npz")
+    assert not np.array_equal(scores["adaneg/digits_ood/id"], scores["adaneg/faces/id"])  # other company, other scores
 
 
 def _csp_pool(tmp_path):
@@ -556,7 +568,7 @@ def test_list_presets(capsys):
     with pytest.raises(SystemExit):
         eval_ood_detection.main(["--preset", "nope"])
     assert (
-        "unknown preset 'nope'; known: csp-imagenet, eoe-imagenet, glmcm-imagenet, knn-cifar10-clip"
+        "unknown preset 'nope'; known: adaneg-imagenet, csp-imagenet, eoe-imagenet, glmcm-imagenet"
         in capsys.readouterr().err
     )
 

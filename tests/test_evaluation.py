@@ -206,11 +206,11 @@ def test_plan_skips_under_all_and_refuses_when_named(experiment, capsys):
 
     planned = plan(["all"], experiment)
     assert "kplus1" not in planned and "group" not in planned
-    by_name = {"csp", "eoe", "negrefine"}  # only when named
+    by_name = {"csp", "eoe", "negrefine", "adaneg"}  # only when named
     assert set(planned) == set(SCORES) - {"kplus1", "group", *by_name}
     printed = capsys.readouterr().err
     assert "skipping kplus1: needs ood_prompt_features" in printed
-    assert "--score all leaves out csp, eoe, negrefine (name them to run them): csp: its pool's 416k prompts" in printed
+    assert "--score all leaves out csp, eoe, negrefine, adaneg (name them to run them): csp: its pool" in printed
     with pytest.raises(UserError, match=r"finetune_clip\.py --method kplus1"):
         plan(["mcm", "kplus1"], experiment)
     experiment.model_name = "RN50"  # a CLIP without patch tokens: everything but the local view
@@ -531,6 +531,38 @@ def test_negrefine_is_the_releases_score_one_image_at_a_time(experiment, tmp_pat
                 )
     assert 25 <= len(labels.pairs) <= 25 * (len(encoded.id_test["global"].index) + 40)
     assert experiment.artifacts["negrefine_words"][:1] == ["thing0\tnoun"]
+
+
+def test_adaneg_mining_is_the_releases(experiment, tmp_path):
+    """AdaNeg's negatives (OpenOOD-VLM 694592a clip_fixed_ood_prompt.py) restated: ID names left out, "The nice {}."
+    and "This is a {} photo.", the count shared as int(N · n_adj / n) adjectives, ranked by the int(C · 0.95)-th
+    smallest cosine to the ID prompts, adjectives first."""
+    from utils.evaluation import inputs
+
+    names = list(experiment.id_test.classnames)
+    nouns, adjectives = [f"thing{i}" for i in range(20)] + names[:2], [f"odd{i}" for i in range(10)]
+    pool = tmp_path / "pool.tsv"
+    pool.write_text("\n".join([*nouns, *(f"{a}\tadj" for a in adjectives)]) + "\n")
+    experiment.options.settings.update(neg_words=str(pool), neg_percentile=95.0, adaneg_negatives=6)
+    got = inputs.RESOLVERS["adaneg_labels"].resolve(experiment, None)
+
+    def encode(prompts):
+        with torch.no_grad():
+            raw = experiment.bundle.model.encode_text(experiment.bundle.tokenizer(prompts)).float()
+        return raw / raw.norm(dim=-1, keepdim=True)
+
+    positive = encode([f"The nice {c}." for c in names])
+    candidates = {"adj": adjectives, "noun": nouns[:20]}  # the ID names left out
+    counts = {"adj": int(6 * 10 / 30), "noun": 6 - int(6 * 10 / 30)}
+    picked = []
+    for pos, template in (("adj", "This is a {} photo."), ("noun", "The nice {}.")):
+        negative = encode([template.format(w) for w in candidates[pos]])
+        selected = (negative @ positive.T).sort(1)[0][:, int(len(names) * 0.95)]
+        picked.append(negative[torch.argsort(selected)[: counts[pos]]])
+    assert np.allclose(got.id_features, positive.numpy(), atol=1e-6)
+    assert np.allclose(got.negatives, torch.cat(picked).numpy(), atol=2**-10)  # the word cache stores float16
+    saved = [line.split("\t") for line in experiment.artifacts["adaneg_words"]]
+    assert [pos for _, pos in saved] == ["adj"] * 2 + ["noun"] * 4 and not {w for w, _ in saved} & set(names)
 
 
 def test_neglabel_mines_each_part_of_speech_with_the_released_prompts(experiment, tmp_path, monkeypatch):

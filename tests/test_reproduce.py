@@ -182,3 +182,14 @@ def test_negrefine_release_lists_become_one_file_nouns_first(tmp_path):
     (seed / "neg_labels_adj.txt").unlink()
     with pytest.raises(SystemExit):
         neglabel_words.main(["--negrefine", str(seed), str(tmp_path / "other.tsv")])
+
+
+def test_adaneg_release_words_keep_a_word_of_both_parts_as_a_noun(txtfiles, tmp_path):
+    out = tmp_path / "adaneg.tsv"
+    neglabel_words.main([str(txtfiles), str(out), "--adaneg"])
+    assert load_words(out) == [("cat", "noun"), ("red", "noun"), ("apple", "noun"), ("good", "adj"), ("[odd", "adj")]
+    preset = load_preset("adaneg-imagenet")
+    assert comparable(preset, {**preset.defaults, "neg_words": str(out)}) is None
+    neglabels = tmp_path / "neglabel.tsv"
+    neglabel_words.main([str(txtfiles), str(neglabels), "--order", "sorted"])  # NegLabel's reading: not AdaNeg's
+    assert comparable(preset, {**preset.defaults, "neg_words": str(neglabels)}) == "another word pool (--neg-words)"

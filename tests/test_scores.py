@@ -72,6 +72,15 @@ def toy():
         "ood_text_features": eye[4:6],  # the OOD set's class names sit where the OOD images are
         "negative_labels": NegativeLabels(eye[:CLASSES], eye[4:8]),  # the ID labels' own prompts and the negatives
         "csp_labels": NegativeLabels(eye[:CLASSES], eye[4:8]),  # CSP's: the same kind of input, its own mining
+        "adaneg_labels": NegativeLabels(eye[:CLASSES], eye[4:8]),  # AdaNeg's too
+        "adaneg_groups": 2,
+        "adaneg_memory": 10,
+        "adaneg_threshold": 0.5,
+        "adaneg_gap": 0.5,
+        "adaneg_lambda": 0.1,
+        "adaneg_beta": 5,
+        "adaneg_proxy": "task",
+        "adaneg_batch": 16,
         "neg_groups": 2,
         "negrefine_top_k": 2,
         "negrefine_weight": 2.0,
@@ -409,6 +418,95 @@ def test_eoe_names_are_cleaned_as_released():
         build_score("eoe")
 
 
+def _released_adaneg(stream, id_text, negatives, order, groups, length, proxy, batch, scale=100.0, lam=0.1, beta=5,
+                     high=0.75, low=0.25):  # fmt: skip
+    """YBZh/OpenOOD-VLM 694592a ttaprompt_postprocessor.py TTAPromptPostprocessor_noadagap restated in torch, batch by
+    batch over `stream` (rows already in stream order): static grouped score, per-sample writes (ID gate, then the
+    negative gate) with the entropy replacement, then the proxies, the grouped score on them, S_ada + λ S_nl."""
+    text = torch.from_numpy(np.r_[id_text, negatives]).double()
+    classes = len(id_text)
+    feat_memory = torch.cat([text[:, None, :], torch.zeros(len(text), length, text.shape[1], dtype=torch.float64)], 1)
+    indice_memory, entropy_memory = torch.ones(len(text)), torch.zeros(len(text), length + 1, dtype=torch.float64)
+    columns = torch.from_numpy(order)
+
+    def grouping(output):
+        pos, neg = output[:, :classes], output[:, classes:][:, columns].reshape(len(output), groups, -1)
+        masses = [
+            torch.cat([pos, neg[:, i, :]], dim=-1).softmax(dim=-1)[:, :classes].sum(dim=-1) for i in range(groups)
+        ]
+        return torch.stack(masses, dim=-1).mean(dim=-1)
+
+    def write(cate, feature, probabilities):
+        current = -(probabilities * torch.log(probabilities + 1e-8)).sum()
+        if indice_memory[cate] == length:
+            if (current < entropy_memory[cate]).sum() == 0:
+                return
+            replace = torch.argmax(entropy_memory[cate])
+            feat_memory[cate][replace], entropy_memory[cate][replace] = feature, current
+        else:
+            feat_memory[cate][indice_memory[cate].long()] = feature
+            entropy_memory[cate][indice_memory[cate].long()] = current
+            indice_memory[cate] += 1
+
+    scores = []
+    for start in range(0, len(stream), batch):
+        x = torch.from_numpy(stream[start : start + batch]).double()
+        output_vanilla = scale * x @ text.T
+        conf_in_vanilla = grouping(output_vanilla)
+        for i in torch.nonzero(conf_in_vanilla > high).flatten().tolist():
+            write(int(torch.argmax(output_vanilla[i, :classes])), x[i], torch.softmax(output_vanilla[i, :classes], 0))
+        for i in torch.nonzero(conf_in_vanilla < low).flatten().tolist():
+            negative = output_vanilla[i, classes:]
+            write(classes + int(torch.argmax(negative)), x[i], torch.softmax(negative, 0))
+        if proxy == "task":
+            proxies = feat_memory.mean(1)
+            proxies = proxies / proxies.norm(dim=-1, keepdim=True)
+            output = scale * x @ proxies.T
+        else:
+            weights = torch.exp(-beta * (1 - torch.einsum("lpd,bd->blp", feat_memory, x)))
+            proxies = torch.einsum("blp,lpd->bld", weights, feat_memory)
+            proxies = proxies / proxies.norm(dim=-1, keepdim=True)
+            output = scale * torch.einsum("bd,bld->bl", x, proxies)
+        scores.append(grouping(output) + lam * conf_in_vanilla)
+    return torch.cat(scores).numpy(), int((indice_memory == length).sum())
+
+
+@pytest.mark.parametrize("proxy", ["task", "sample"])
+def test_adaneg_is_the_released_stream(proxy):
+    """90 images streamed in batches of 16 against 6 ID labels and 20 negatives, memory length 4: slots fill and
+    replace; our scores equal the release's loop on the same stream order."""
+    rng = np.random.default_rng(21)
+    id_text, negatives = _unit(rng.normal(size=(6, DIM))), _unit(rng.normal(size=(20, DIM)))
+    near_id = _unit(id_text[rng.integers(0, 6, 60)] + 0.35 * rng.normal(size=(60, DIM)))
+    near_negative = _unit(negatives[rng.integers(0, 20, 30)] + 0.35 * rng.normal(size=(30, DIM)))
+    score = build_score("adaneg", adaneg_labels=NegativeLabels(id_text, negatives), adaneg_groups=5, adaneg_memory=4,
+                        adaneg_batch=16, adaneg_proxy=proxy, seed=7).fit(InDistribution())  # fmt: skip
+    got_id, got_ood = score.stream([near_id, near_negative])
+    rows = np.r_[near_id, near_negative].astype(np.float64)
+    order = np.random.default_rng(7).permutation(len(rows))
+    columns = np.random.default_rng(7).permutation(20)
+    released, full = _released_adaneg(rows[order], id_text, negatives, columns, 5, 4, proxy, 16)
+    expected = np.empty(len(rows))
+    expected[order] = released
+    assert full >= 3  # the stream fills slots, so that replacement is exercised
+    assert np.allclose(np.r_[got_id, got_ood], expected, rtol=0, atol=1e-6)
+    assert np.array_equal(score.stream([near_id, near_negative])[0], got_id)  # the same order, the same scores
+
+
+def test_adaneg_scores_depend_on_the_order_and_the_company():
+    rng = np.random.default_rng(22)
+    labels = NegativeLabels(_unit(rng.normal(size=(6, DIM))), _unit(rng.normal(size=(20, DIM))))
+    images = _unit(labels.id_features[rng.integers(0, 6, 80)] + 0.35 * rng.normal(size=(80, DIM)))
+    others = _unit(labels.negatives[rng.integers(0, 20, 40)] + 0.35 * rng.normal(size=(40, DIM)))
+    one, two = (build_score("adaneg", adaneg_labels=labels, adaneg_groups=5, adaneg_batch=8, seed=s).fit(None)
+                for s in (1, 2))  # fmt: skip
+    alone = one(images)
+    assert not np.allclose(alone, two(images))  # another order, other scores
+    assert not np.allclose(alone, one.stream([images, others])[0])  # other images in the stream, other scores
+    assert np.array_equal(alone, one(images))
+    assert one.details() == {"stream_seed": 1, "stream_batch": 8, "images_per_label": 9}
+
+
 def test_negrefine_without_a_pair_prompt_is_one_clear_error():
     eye = np.eye(DIM, dtype=np.float32)
     labels = MultiMatching(NegativeLabels(eye[:3], eye[3:9]), {(0, 0): 0}, eye[:1])
@@ -642,7 +740,8 @@ def test_probe_scores_share_one_fit(toy, monkeypatch):
 
 def test_names_and_errors(toy):
     assert resolve_scores(["MCM", "maxlogit", "mcm", "Mahalanobis"]) == ["mcm", "mis", "maha"]
-    assert resolve_scores(["all"]) == [name for name in SCORES if name not in {"csp", "eoe", "negrefine"}]  # by name
+    by_name = {"csp", "eoe", "negrefine", "adaneg"}
+    assert resolve_scores(["all"]) == [name for name in SCORES if name not in by_name]
     assert resolve_scores(["all", "eoe"])[-1] == "eoe"
     assert needs_text("mcm") and needs_text("oracle") and not needs_text("knn") and not needs_text("lp_msp")
     with pytest.raises(ValueError, match=r"known: .*mcm"):

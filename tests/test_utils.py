@@ -91,8 +91,13 @@ NOT_SCORE_NAMES = {
     "utils/training/methods.py": {"kplus1", "group"},  # the fine-tuning methods' own registry names
     "utils/data/imagenet_subsets.py": {"mcm"},  # the class list published with the MCM paper (`--variant mcm`)
     "utils/prompts.py": {"mcm"},  # the template set of MCM's released code (`--templates mcm`)
-    "utils/data/words.py": {"neglabel", "csp", "negrefine"},  # whose released word lists a converted file is
-    "utils/evaluation/presets.py": {"neglabel", "csp", "negrefine"},  # the same, for a pool flag's comparability
+    "utils/data/words.py": {"neglabel", "csp", "negrefine", "adaneg"},  # whose released word lists a converted file is
+    "utils/evaluation/presets.py": {
+        "neglabel",
+        "csp",
+        "negrefine",
+        "adaneg",
+    },  # the same, for a pool flag's comparability
 }
 
 
@@ -236,6 +241,9 @@ CITED_DEFAULTS = {
     "negrefine_words": None,  # NegRefine: the user's refined list (the release's seed-0 ImageNet one)
     "negrefine_top_k": 5,  # NegRefine src/clip_ood.py: k_pos = min(5, classes), k_neg = 5
     "negrefine_weight": 2.0,  # NegRefine src/clip_ood.py: neg_label_score + 2 * multi_matching_score
+    # AdaNeg: OpenOOD-VLM scripts/ood/adaneg/imagenet.sh (beta=5.5, run as int: 5; samada False; ood_number 10000)
+    "adaneg_groups": 5, "adaneg_memory": 10, "adaneg_threshold": 0.5, "adaneg_gap": 0.5, "adaneg_lambda": 0.1,
+    "adaneg_beta": 5, "adaneg_proxy": "task", "adaneg_batch": 256, "adaneg_negatives": 10000,
     "k": None,  # KNN (Sun et al., ICML 2022): the ID set's knn_k, 50 for CIFAR-10, 1000 for ImageNet-1k
     "pood_head": "zero_shot",  # toolkit
     # fine-tuning methods (finetune_clip.py)

@@ -20,6 +20,9 @@ With --csp, as MengyuanChen21/NeurIPS2024-CSP 3a7bdab reads the same files: noun
 and adj.pert left out, and each adjective, in that order, replaced by "<adjective> <superclass>" with the
 superclass drawn by Python's random seeded with 0 (so the labels, too, depend on the order).
 
+With --adaneg, as YBZh/OpenOOD-VLM 694592a clip_for_wordnet_prepare.py reads them: every file, each part of speech
+deduplicated, a word that is both kept as a noun only (its selection ranks by similarity, so order is moot).
+
 With --negrefine, the folder is one of NegRefine's output/<set>/seed_<n>/ (ah-ansari/NegRefine 72e4b82): its refined
 lists neg_labels_noun.txt then neg_labels_adj.txt, one label per line, in their order (as src/eval.py
 --load_saved_labels reads the same lists from their .pkl copies).
@@ -63,6 +66,19 @@ def release_words(folder: Path, order: str = "listdir", csp: bool = False) -> li
     return [(next(labels) if pos == "adj" else word, pos) for word, pos in words.items()]
 
 
+def adaneg_words(folder: Path) -> list[tuple[str, str]]:
+    """AdaNeg's candidates from the same files (OpenOOD-VLM 694592a clip_for_wordnet_prepare.py): every adj*.txt and
+    noun*.txt, each part deduplicated, and a word in both parts kept as a noun only; nouns, then adjectives."""
+    release_words(folder, "sorted")  # the folder is the release's
+    parts: dict[str, list[str]] = {pos: [] for pos in PARTS_OF_SPEECH}
+    for name in sorted(os.listdir(folder)):
+        lines = (folder / name).read_text(encoding="utf-8").splitlines()
+        parts[name.split(".")[0]] += [line.strip() for line in lines if line.strip()]
+    nouns = list(dict.fromkeys(parts["noun"]))
+    adjectives = [word for word in dict.fromkeys(parts["adj"]) if word not in set(nouns)]
+    return [*((w, "noun") for w in nouns), *((w, "adj") for w in adjectives)]
+
+
 NEGREFINE_FILES = {"noun": "neg_labels_noun.txt", "adj": "neg_labels_adj.txt"}
 
 
@@ -96,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "(default: listdir)")  # fmt: skip
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--csp", action="store_true", help="CSP's pool from the same folder (--csp-words)")
+    which.add_argument("--adaneg", action="store_true", help="AdaNeg's candidates from the same folder (--neg-words)")
     which.add_argument(
         "--negrefine",
         action="store_true",
@@ -105,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if args.negrefine:
             write_words(negrefine_words(args.folder), args.out, args.folder, "the release's", "negrefine")
+        elif args.adaneg:
+            write_words(adaneg_words(args.folder), args.out, args.folder, "sorted", "adaneg")
         else:
             words = release_words(args.folder, args.order, args.csp)
             write_words(words, args.out, args.folder, args.order, "csp" if args.csp else "neglabel")

@@ -53,6 +53,8 @@ TEMPLATE_SETS: Mapping[str, tuple[Template, ...]] = _TemplateSets({
 # NegLabel's released prompts (XueJiang16/NegLabel: custom_config/clip.py prompt_idx_pos = prompt_idx_neg = 85,
 # multi_modal.py): ID labels and negative nouns "the nice {}", negative adjectives "This is a {} photo".
 NEGLABEL_PROMPTS: dict[str, tuple[Template, ...]] = {"noun": ("the nice {}",), "adj": ("This is a {} photo",)}
+# AdaNeg's released prompts (YBZh/OpenOOD-VLM 694592a openood/networks/clip_fixed_ood_prompt.py, prompt=nice).
+ADANEG_PROMPTS: dict[str, tuple[Template, ...]] = {"noun": ("The nice {}.",), "adj": ("This is a {} photo.",)}
 # CSP's released prompts (MengyuanChen21/NeurIPS2024-CSP mmcls/models/classifiers/class_names.py): ID labels and
 # nouns as the mean of 8 (preset_noun_prompt_templates), its conjugated labels of 4 (preset_adj_prompt_templates),
 # raw embeddings averaged.

@@ -22,6 +22,7 @@ RELEASE_POOL_MARKS = {  # the first line of a release's word lists converted by 
     "neglabel": "# NegLabel release pool (tools/neglabel_words.py):",
     "csp": "# CSP release pool (tools/neglabel_words.py --csp):",
     "negrefine": "# NegRefine release list (tools/neglabel_words.py --negrefine):",
+    "adaneg": "# AdaNeg release pool (tools/neglabel_words.py --adaneg):",
 }
 
 
@@ -33,7 +34,7 @@ def conjugated(adjectives: Sequence[str], seed: int = 0) -> list[str]:
 
 
 def is_release_pool(path: str | Path | None, method: str = "neglabel") -> bool:
-    """Whether `path` is `method`'s (neglabel, csp, negrefine) released lists as converted by
+    """Whether `path` is `method`'s (neglabel, csp, negrefine, adaneg) released lists as converted by
     tools/neglabel_words.py."""
     try:
         with open(path, encoding="utf-8") as handle:

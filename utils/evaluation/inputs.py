@@ -22,8 +22,9 @@ from utils.data.words import CSP_POOL, PARTS_OF_SPEECH, WORDNET_POOL, load_words
 from utils.errors import Missing, UserError
 from utils.evaluation.options import EvalOptions
 from utils.models import CLIP_LOGIT_SCALE
-from utils.prompts import CSP_PROMPTS, NEGLABEL_PROMPTS, Template, template_text
+from utils.prompts import ADANEG_PROMPTS, CSP_PROMPTS, NEGLABEL_PROMPTS, Template, template_text
 from utils.scores import (
+    ADANEG_NEGATIVES,
     CSP_WORDS,
     EOE_NAMES,
     NEG_FRACTION,
@@ -158,12 +159,31 @@ class Mining:
     artifact: str  # the mined list, saved as ARTIFACT.txt
     average: str = "unit"  # how the templates' embeddings are averaged (utils/features/text.py)
     exclude_above: float | None = None  # a candidate this close to an ID label is never kept
+    parts: tuple[str, ...] = PARTS_OF_SPEECH  # the parts of speech in the order the negatives list them
+    total: Setting | None = None  # a count of negatives shared by the parts as their candidates are (else a share)
+    order_statistic: bool = False  # the percentile as the int(C·q)-th smallest similarity, not interpolated
+    without_id_names: bool = False  # candidates that are ID class names left out first
 
 
 # NegLabel: ID labels and nouns "the nice {}", adjectives "This is a {} photo". CSP: 8 and 4 templates, raw means,
-# conjugated labels in place of the adjectives, and candidates above 0.95 cosine to an ID label left out.
+# conjugated labels in place of the adjectives, and candidates above 0.95 cosine to an ID label left out. AdaNeg
+# (OpenOOD-VLM clip_fixed_ood_prompt.py): "The nice {}." and "This is a {} photo.", ID names left out, 10,000
+# negatives shared in proportion, ranked by value_cos.sort(1)[:, int(1000 * 0.95)], adjectives first.
 NEGLABEL_MINING = Mining(NEG_WORDS, WORDNET_POOL, NEGLABEL_PROMPTS, "neglabel_words")
 CSP_MINING = Mining(CSP_WORDS, CSP_POOL, CSP_PROMPTS, "csp_words", average="raw", exclude_above=0.95)
+ADANEG_MINING = Mining(NEG_WORDS, WORDNET_POOL, ADANEG_PROMPTS, "adaneg_words", parts=("adj", "noun"),
+                       total=ADANEG_NEGATIVES, order_statistic=True, without_id_names=True)  # fmt: skip
+
+
+def _counts(mining: Mining, pool: list[tuple[str, str]], exp: Experiment) -> dict[str, int]:
+    """Negatives per part of speech where a total is shared (AdaNeg: adj = int(T · n_adj / n), nouns the rest)."""
+    if mining.total is None:
+        return {}
+    total, sizes = exp.options.value(mining.total), {pos: sum(tag == pos for _, tag in pool) for pos in mining.parts}
+    if total > sum(sizes.values()):
+        raise UserError(f"{mining.total.flag} {total}: the word pool has only {sum(sizes.values())} candidates")
+    first = int(total * sizes[mining.parts[0]] / sum(sizes.values()))
+    return {mining.parts[0]: first, mining.parts[1]: total - first}
 
 
 def _words_checked(mining: Mining) -> Check:
@@ -187,14 +207,18 @@ def _mined(mining: Mining) -> Callable[[Experiment, Encoded], NegativeLabels]:
                                       exp.options.templates if learned else mining.prompts["noun"],
                                       average="unit" if learned else mining.average)  # fmt: skip
         pool = load_words(exp.options.value(mining.words) or mining.pool)
+        if mining.without_id_names:
+            pool = [(word, tag) for word, tag in pool if word not in set(exp.id_test.classnames)]
         share, percentile = exp.options.value(NEG_FRACTION), exp.options.value(NEG_PERCENTILE)
+        counts = _counts(mining, pool, exp)
         picked_words, picked = [], []
-        for pos in PARTS_OF_SPEECH:
+        for pos in mining.parts:
             words = [word for word, tag in pool if tag == pos]
             if not words:
                 continue
             candidates = text_embeddings(exp.bundle, words, mining.prompts[pos], exp.cache, mining.average)  # cached
-            rows = mine_negative_labels(candidates, id_features, share, percentile, mining.exclude_above)
+            rows = mine_negative_labels(candidates, id_features, share, percentile, mining.exclude_above,
+                                        counts.get(pos), mining.order_statistic)  # fmt: skip
             picked_words += [f"{words[i]}\t{pos}" for i in rows]
             picked.append(candidates[rows])
         exp.artifacts[mining.artifact] = picked_words
@@ -329,6 +353,12 @@ RESOLVERS: dict[str, Resolver] = {
         check=_words_checked(NEGLABEL_MINING),
         missing=_image_only,
         settings=(NEG_WORDS, NEG_FRACTION, NEG_PERCENTILE),
+    ),
+    "adaneg_labels": Resolver(
+        _mined(ADANEG_MINING),
+        check=_words_checked(ADANEG_MINING),
+        missing=_image_only,
+        settings=(NEG_WORDS, NEG_PERCENTILE, ADANEG_NEGATIVES),
     ),
     "csp_labels": Resolver(
         _mined(CSP_MINING),

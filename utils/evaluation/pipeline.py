@@ -146,9 +146,14 @@ def _build(name: str, exp: Experiment, encoded: Encoded, resolved: dict, shared:
 
 
 def _scores_of(fitted: _Fitted, id_features: object, ood: dict[str, dict[str, CachedFeatures]]) -> dict[str, Pairs]:
-    """ID and OOD scores of one fitted instance: a sweep scores all sets in one call (one pass over a KNN bank),
-    any other score streams each (memory-mapped) set on its own."""
+    """ID and OOD scores of one fitted instance: a sweep scores all sets in one call (one pass over a KNN bank), an
+    order-dependent score (`streams`) the ID set with each OOD set as one stream (so its ID scores differ per set),
+    any other score each (memory-mapped) set on its own."""
     parts = [id_features, *(ood[s][fitted.score.view].features for s in fitted.sets)]
+    if fitted.score.streams:  # order-dependent (AdaNeg): ID ∪ each OOD set, one stream each
+        pairs = {s: tuple(fitted.score.stream([id_features, part])) for s, part in zip(fitted.sets, parts[1:],
+                                                                                       strict=True)}  # fmt: skip
+        return {fitted.label: pairs}
     if fitted.sweep:
         joined, ends = np.concatenate([as_array(p) for p in parts]), np.cumsum([len(p) for p in parts])[:-1]
         values = {value: np.split(scored, ends) for value, scored in fitted.score.sweep(joined, fitted.sweep).items()}

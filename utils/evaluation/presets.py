@@ -30,7 +30,8 @@ NOT_COMPARABLE_WHEN_SET = {"ckpt": "other weights (--ckpt)", "limit": "a subset 
                            "shifted_id": "shifted sets counted as ID (--shifted-id)"}  # fmt: skip
 # Settings a preset cannot fix, a file only the user can supply; its `differences` say which file the paper used.
 USER_FILES = {"eoe_names": "the envisioned outlier names (--eoe-names)"}
-# a list flag -> the release whose own lists it may name (tools/neglabel_words.py): the paper's, so comparable
+# a list flag -> the release whose own lists it may name (tools/neglabel_words.py): the paper's, so comparable;
+# --neg-words names AdaNeg's for a preset of adaneg, which reads NegLabel's files its own way
 RELEASE_POOLS = {"neg_words": "neglabel", "csp_words": "csp", "negrefine_words": "negrefine"}
 UNORDERED = {"score", "out", "extra_metrics", "ood_split"}  # list arguments whose order does not matter
 
@@ -96,13 +97,14 @@ def comparable(preset: Preset, values: dict[str, Any]) -> str | None:
     pairs = preset.defaults.items()
     different = [f"{k} {values.get(k)} (published: {v})" for k, v in pairs if values.get(k) != v]
     different += [why for key, why in NOT_COMPARABLE_WHEN_SET.items()
-                  if values.get(key) not in (None, []) and not _release_pool(key, values[key])]  # fmt: skip
+                  if values.get(key) not in (None, []) and not _release_pool(key, values[key], preset)]  # fmt: skip
     return "; ".join(different) or None
 
 
-def _release_pool(key: str, value: Any) -> bool:
+def _release_pool(key: str, value: Any, preset: Preset) -> bool:
     """A word-pool flag naming the paper's own lists, as tools/neglabel_words.py converts them."""
-    return key in RELEASE_POOLS and is_release_pool(value, RELEASE_POOLS[key])
+    method = "adaneg" if key == "neg_words" and "adaneg" in preset.settings.get("score", []) else RELEASE_POOLS.get(key)
+    return method is not None and is_release_pool(value, method)
 
 
 def with_published(rows: list[dict[str, Any]], preset: Preset) -> list[dict[str, Any]]:

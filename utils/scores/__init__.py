@@ -15,6 +15,7 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+from utils.scores.adaptive import ADANEG_NEGATIVES, AdaNeg
 from utils.scores.base import InDistribution, Score
 from utils.scores.envisioned import EOE, EOE_BETA, EOE_NAMES, envisioned_names
 from utils.scores.knn import KNN, PAPER_K, K
@@ -51,6 +52,7 @@ SCORES: dict[str, type[Score]] = {
     "csp": CSP,
     "eoe": EOE,  # needs --eoe-names, a file of LLM-envisioned outlier names
     "negrefine": NegRefine,  # needs --negrefine-words, a refined negative list
+    "adaneg": AdaNeg,  # order-dependent: streams ID with each OOD set
     "knn": KNN,
     "maha": Mahalanobis,
     "rmd": RelativeMahalanobis,
@@ -107,6 +109,7 @@ def resolve_scores(names: Sequence[str]) -> list[str]:
 
 
 __all__ = [
+    "ADANEG_NEGATIVES",
     "ALIASES",
     "CSP_WORDS",
     "EOE_BETA",

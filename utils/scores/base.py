@@ -40,7 +40,9 @@ class Score:
     - `view`: which image features it scores (utils/features/images.py VIEWS);
     - `classifier`: scores that also classify name their classifier and give its `logits`;
     - `reads_text`: compares images with text through its inputs rather than `needs` (so needs a text encoder);
-    - `not_in_all`: why `--score all` leaves it out ("": it is in), e.g. inputs that take minutes to build.
+    - `not_in_all`: why `--score all` leaves it out ("": it is in), e.g. inputs that take minutes to build;
+    - `streams`: an image's score depends on the images scored before it (AdaNeg's test-time memory): it gives
+      `stream(parts)`, and a run streams the ID set with each OOD set, in a seeded order the score records.
     """
 
     needs: tuple[str, ...] = ()
@@ -52,6 +54,7 @@ class Score:
     classifier: str | None = None
     reads_text: bool = False
     not_in_all: str = ""
+    streams: bool = False
 
     def __init__(self) -> None:
         self._fitted = False

@@ -151,10 +151,9 @@ class NegLabel(Score):
         self.logit_scale = float(logit_scale)
 
     def _score(self, features: np.ndarray) -> np.ndarray:
-        id_lse = logsumexp(self.logit_scale * (features @ self.id_text.T).astype(np.float64))
-        negative = self.logit_scale * (features @ self.negatives.T).astype(np.float64)
-        log_odds = id_lse[:, None] - logsumexp(negative.reshape(len(features), self.groups, -1), axis=2)
-        return mean_probability_log_odds(log_odds)
+        id_logits = self.logit_scale * (features @ self.id_text.T).astype(np.float64)
+        return grouped_log_odds(id_logits, self.logit_scale * (features @ self.negatives.T).astype(np.float64),
+                                self.groups)  # fmt: skip
 
     def details(self) -> dict[str, float]:
         return {"neg_groups": self.groups, "negatives": len(self.negatives), "mined": self.mined}
@@ -179,6 +178,13 @@ class CSP(NegLabel):
         super().__init__(csp_labels, neg_groups, seed, logit_scale)
 
 
+def grouped_log_odds(id_logits: np.ndarray, negative_logits: np.ndarray, groups: int) -> np.ndarray:
+    """NegLabel's grouping, ranked: logit of the mean over G consecutive groups of the negative columns of the ID
+    mass of softmax([ID logits, the group's logits])."""
+    negative = negative_logits.reshape(len(id_logits), groups, -1)
+    return mean_probability_log_odds(logsumexp(id_logits)[:, None] - logsumexp(negative, axis=2))
+
+
 def mean_probability_log_odds(log_odds: np.ndarray) -> np.ndarray:
     """logit(mean_g σ(z_g)) per row, in log space: = z when there is one column; never rounds to ±inf or ties."""
     log_p = logsumexp(-np.logaddexp(0.0, -log_odds))  # log Σ_g σ(z_g)
@@ -192,11 +198,16 @@ def mine_negative_labels(
     fraction: float = NEG_FRACTION.default,
     percentile: float = NEG_PERCENTILE.default,
     exclude_above: float | None = None,
+    keep: int | None = None,
+    order_statistic: bool = False,
 ) -> np.ndarray:
-    """NegLabel's selection: the `fraction` of candidates whose `percentile`-th similarity to the ID labels is lowest.
+    """NegLabel's selection: the `fraction` of candidates (or `keep` of them) whose `percentile`-th similarity to the
+    ID labels is lowest.
 
     With `exclude_above` (CSP: 0.95), a candidate whose largest similarity to an ID label exceeds it ranks as 1.0,
-    last (the release's `sim[maximum > 0.95] = 1.0`). Returns candidate indices, most distant first.
+    last (the release's `sim[maximum > 0.95] = 1.0`). `order_statistic` (AdaNeg's release): the percentile is the
+    int(C · percentile / 100)-th smallest of the C similarities, not numpy's interpolated one. Returns candidate
+    indices, most distant first.
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
@@ -204,12 +215,15 @@ def mine_negative_labels(
     eta = []
     for block in chunks(candidate_text_features):
         similarity = l2_normalise(block) @ id_text.T
-        stat = np.percentile(similarity, percentile, axis=1)
+        if order_statistic:
+            stat = np.sort(similarity, axis=1)[:, min(int(similarity.shape[1] * percentile / 100), len(id_text) - 1)]
+        else:
+            stat = np.percentile(similarity, percentile, axis=1)
         if exclude_above is not None:
             stat[similarity.max(axis=1) > exclude_above] = 1.0
         eta.append(stat)
     eta = np.concatenate(eta)
-    keep = max(1, int(fraction * len(eta)))  # floor, as the release
+    keep = max(1, int(fraction * len(eta))) if keep is None else keep  # floor, as the release
     return np.argsort(eta, kind="stable")[:keep]
 
 

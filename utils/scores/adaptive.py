@@ -1,0 +1,181 @@
+"""AdaNeg (Zhang & Zhang, NeurIPS 2024): negative proxies adapted at test time from a memory of test features.
+
+As YBZh/OpenOOD-VLM 694592a openood/postprocessors/ttaprompt_postprocessor.py (TTAPromptPostprocessor_noadagap,
+"the adopted one") with scripts/ood/adaneg/imagenet.sh. Every label, ID class or negative, has a memory slot whose
+position 0 is its text embedding. The test images come as a stream in batches; for each batch:
+
+1. S_nl = NegLabel's grouped ID mass on the static text logits (100 · cosines, 5 groups);
+2. writes, one image at a time, ID-confident ones first: S_nl > γ + g(1 − γ) into the slot of the image's top ID
+   class, S_nl < γ − gγ into that of its top negative; a full slot replaces its highest-entropy image when the new
+   one's entropy (of the softmax over the ID, or the negative, logits) is lower than some stored one's;
+3. reads: each label's proxy is its slot's normalised mean (task-adaptive), or per image the normalised sum of its
+   slot weighted by exp(−β(1 − cos)) (sample-adaptive);
+4. S = S_grouped(100 · cosines to the proxies) + λ · S_nl.
+
+An image's score so depends on the images before it: a run streams ID ∪ one OOD set in a seeded random order (the
+release: a DataLoader shuffle without a seed), batch by batch, the memory reset for each OOD set, and records the
+order's seed. The release's memory length L stores L − 1 images (a slot counts as full at index L); kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from utils.arrays import log_softmax
+from utils.models import CLIP_LOGIT_SCALE
+from utils.scores.base import InDistribution, Score, as_array, l2_normalise
+from utils.scores.label_mass import NegativeLabels, grouped_log_odds, id_probability
+from utils.settings import Setting, fraction, non_negative_float, non_negative_int, positive_int
+
+_RELEASE = "AdaNeg's release (YBZh/OpenOOD-VLM 694592a scripts/ood/adaneg/imagenet.sh"
+ADANEG_GROUPS = Setting(
+    "adaneg_groups", 5, "groups of the negatives in both grouped scores", f"{_RELEASE}: group_num=5)",
+    type=positive_int, metavar="G",
+)  # fmt: skip
+ADANEG_MEMORY = Setting(
+    "adaneg_memory", 10, "memory length L of each label's slot (L − 1 images, as released)",
+    f"{_RELEASE}: memleng=10)", type=positive_int, metavar="L",
+)  # fmt: skip
+ADANEG_THRESHOLD = Setting(
+    "adaneg_threshold", 0.5, "γ, the centre of the two write gates", f"{_RELEASE}: thres=0.5)", type=fraction,
+    metavar="GAMMA",
+)  # fmt: skip
+ADANEG_GAP = Setting(
+    "adaneg_gap", 0.5, "g, how far the write gates lie from γ (0: every image is written)", f"{_RELEASE}: gap=0.5)",
+    type=non_negative_float, metavar="G",
+)  # fmt: skip
+ADANEG_LAMBDA = Setting(
+    "adaneg_lambda", 0.1, "λ, the weight of the static NegLabel score", f"{_RELEASE}: lambdaval=0.1)",
+    type=non_negative_float, metavar="LAMBDA",
+)  # fmt: skip
+ADANEG_BETA = Setting(
+    "adaneg_beta", 5, "β of the sample-adaptive weights exp(−β(1 − cos))",
+    f"{_RELEASE}: beta=5.5, which its int() makes 5)", type=non_negative_int, metavar="BETA",
+)  # fmt: skip
+ADANEG_PROXY = Setting(
+    "adaneg_proxy", "task", "task: each label's proxy is its slot's mean; sample: weighted per image",
+    f"{_RELEASE}: samada False, its final results)", choices=("task", "sample"),
+)  # fmt: skip
+ADANEG_NEGATIVES = Setting(
+    "adaneg_negatives", 10000, "negative labels mined, shared by adjectives and nouns as their candidates are",
+    "AdaNeg's release (YBZh/OpenOOD-VLM 694592a scripts/ood/adaneg/imagenet.sh: ood_number 10000)",
+    type=positive_int, metavar="N",
+)  # fmt: skip
+ADANEG_BATCH = Setting(
+    "adaneg_batch", 256, "test images per memory update (the release's batch size)", f"{_RELEASE}: batch_size 256)",
+    type=positive_int, metavar="B",
+)  # fmt: skip
+
+
+class Memory:
+    """Each label's slot: its text at position 0, then up to L − 1 test image features with their entropies."""
+
+    def __init__(self, text: np.ndarray, length: int):
+        self.features = np.zeros((len(text), length + 1, text.shape[1]), np.float32)
+        self.features[:, 0] = text
+        self.entropy = np.zeros((len(text), length + 1))
+        self.count, self.length = np.ones(len(text), np.int64), length
+
+    def write(self, slot: int, feature: np.ndarray, entropy: float) -> None:
+        if self.count[slot] == self.length:  # full: replace the highest-entropy image, if this one is surer
+            if not (entropy < self.entropy[slot]).any():
+                return
+            position = int(np.argmax(self.entropy[slot]))
+        else:
+            position = int(self.count[slot])
+            self.count[slot] += 1
+        self.features[slot, position], self.entropy[slot, position] = feature, entropy
+
+    def task_proxies(self) -> np.ndarray:
+        return l2_normalise(self.features.sum(axis=1, dtype=np.float64))  # the mean, normalised
+
+    def sample_proxies(self, image: np.ndarray, beta: float) -> np.ndarray:
+        weights = np.exp(-beta * (1.0 - self.features @ image.astype(np.float32)))  # [labels, L + 1]
+        return l2_normalise(np.einsum("lp,lpd->ld", weights, self.features, dtype=np.float64))
+
+
+def entropy(logits: np.ndarray) -> float:
+    """−Σ p log(p + 1e-8) of softmax(logits), as the release."""
+    p = np.exp(log_softmax(logits[None, :]))[0]
+    return float(-(p * np.log(p + 1e-8)).sum())
+
+
+class AdaNeg(Score):
+    """AdaNeg (Zhang & Zhang, NeurIPS 2024): S = S_grouped(100 · cosines to test-time-adapted proxies) + λ · S_nl,
+    the proxies built from a memory of confident test images (ID class or nearest negative), 5 groups, λ = 0.1.
+    Order-dependent: a run scores ID ∪ each OOD set as one seeded random stream."""
+
+    inputs = ("adaneg_labels", "seed", "logit_scale")
+    settings = (ADANEG_GROUPS, ADANEG_MEMORY, ADANEG_THRESHOLD, ADANEG_GAP, ADANEG_LAMBDA, ADANEG_BETA, ADANEG_PROXY,
+                ADANEG_BATCH)  # fmt: skip
+    reads_text = True
+    streams = True
+    not_in_all = "its 10,000 negatives take another minute of prompts on a CPU, and its stream runs once per OOD set"
+
+    def __init__(self, adaneg_labels: NegativeLabels | None = None, adaneg_groups: int = ADANEG_GROUPS.default,
+                 adaneg_memory: int = ADANEG_MEMORY.default, adaneg_threshold: float = ADANEG_THRESHOLD.default,
+                 adaneg_gap: float = ADANEG_GAP.default, adaneg_lambda: float = ADANEG_LAMBDA.default,
+                 adaneg_beta: int = ADANEG_BETA.default, adaneg_proxy: str = ADANEG_PROXY.default,
+                 adaneg_batch: int = ADANEG_BATCH.default, seed: int = 0,
+                 logit_scale: float = CLIP_LOGIT_SCALE):  # fmt: skip
+        super().__init__()
+        if adaneg_labels is None:
+            raise ValueError("AdaNeg needs adaneg_labels (ID label prompts and its negatives)")
+        if adaneg_proxy not in ADANEG_PROXY.choices:
+            raise ValueError(f"adaneg_proxy must be one of {', '.join(ADANEG_PROXY.choices)}, got {adaneg_proxy!r}")
+        id_text, negatives = as_array(adaneg_labels.id_features), as_array(adaneg_labels.negatives)
+        self.text, self.classes = l2_normalise(np.r_[id_text, negatives]), len(id_text)
+        self.groups = min(adaneg_groups, len(negatives))
+        kept = len(negatives) - len(negatives) % self.groups  # the last M mod G dropped, the rest permuted (seeded)
+        self.columns = self.classes + np.random.default_rng(seed).permutation(kept)
+        self.length, self.batch, self.proxy = adaneg_memory, adaneg_batch, adaneg_proxy
+        self.high = adaneg_threshold + adaneg_gap * (1 - adaneg_threshold)
+        self.low = adaneg_threshold - adaneg_gap * adaneg_threshold
+        self.weight, self.beta, self.seed, self.scale = adaneg_lambda, adaneg_beta, seed, float(logit_scale)
+
+    def _fit(self, ind: InDistribution) -> None:
+        pass
+
+    def __call__(self, features: object) -> np.ndarray:
+        """One set streamed alone (a run streams ID with each OOD set: `stream`)."""
+        return self.stream([features])[0]
+
+    def stream(self, parts: Sequence[object]) -> list[np.ndarray]:
+        """The scores of `parts` streamed together in the seeded random order, batch by batch, from an empty memory."""
+        if not self._fitted:
+            raise RuntimeError("AdaNeg must be fit(...) before scoring")
+        rows = np.concatenate([as_array(part) for part in parts])
+        order, memory, out = (
+            np.random.default_rng(self.seed).permutation(len(rows)),
+            Memory(self.text, self.length),
+            np.empty(len(rows)),
+        )
+        for start in range(0, len(rows), self.batch):
+            batch = order[start : start + self.batch]
+            out[batch] = self._batch(rows[batch], memory)
+        return np.split(out, np.cumsum([len(part) for part in parts])[:-1])
+
+    def _mass(self, logits: np.ndarray) -> np.ndarray:
+        """NegLabel's grouped ID mass (a probability: AdaNeg adds two of them)."""
+        return id_probability(grouped_log_odds(logits[:, : self.classes], logits[:, self.columns], self.groups))
+
+    def _batch(self, images: np.ndarray, memory: Memory) -> np.ndarray:
+        vanilla = self.scale * (images @ self.text.T).astype(np.float64)
+        static = self._mass(vanilla)
+        for i in np.flatnonzero(static > self.high):  # the whole batch is written before it is read
+            memory.write(int(np.argmax(vanilla[i, : self.classes])), images[i], entropy(vanilla[i, : self.classes]))
+        for i in np.flatnonzero(static < self.low):
+            negative = vanilla[i, self.classes :]
+            memory.write(self.classes + int(np.argmax(negative)), images[i], entropy(negative))
+        if self.proxy == "task":
+            adapted = self.scale * (images.astype(np.float64) @ memory.task_proxies().T)
+        else:
+            adapted = self.scale * np.stack(
+                [memory.sample_proxies(x, self.beta) @ x for x in images.astype(np.float64)]
+            )
+        return self._mass(adapted) + self.weight * static
+
+    def details(self) -> dict[str, float]:
+        return {"stream_seed": self.seed, "stream_batch": self.batch, "images_per_label": self.length - 1}
