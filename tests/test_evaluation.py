@@ -543,7 +543,7 @@ def test_adaneg_mining_is_the_releases(experiment, tmp_path):
     nouns, adjectives = [f"thing{i}" for i in range(20)] + names[:2], [f"odd{i}" for i in range(10)]
     pool = tmp_path / "pool.tsv"
     pool.write_text("\n".join([*nouns, *(f"{a}\tadj" for a in adjectives)]) + "\n")
-    experiment.options.settings.update(neg_words=str(pool), neg_percentile=95.0, adaneg_negatives=6)
+    experiment.options.settings.update(neg_words=str(pool), neg_percentile=95.0, adaneg_negatives=8)
     got = inputs.RESOLVERS["adaneg_labels"].resolve(experiment, None)
 
     def encode(prompts):
@@ -553,7 +553,7 @@ def test_adaneg_mining_is_the_releases(experiment, tmp_path):
 
     positive = encode([f"The nice {c}." for c in names])
     candidates = {"adj": adjectives, "noun": nouns[:20]}  # the ID names left out
-    counts = {"adj": int(6 * 10 / 30), "noun": 6 - int(6 * 10 / 30)}
+    counts = {"adj": int(8 * 10 / 30), "noun": 8 - int(8 * 10 / 30)}  # 2 (not round()'s 3) and 6
     picked = []
     for pos, template in (("adj", "This is a {} photo."), ("noun", "The nice {}.")):
         negative = encode([template.format(w) for w in candidates[pos]])
@@ -562,7 +562,20 @@ def test_adaneg_mining_is_the_releases(experiment, tmp_path):
     assert np.allclose(got.id_features, positive.numpy(), atol=1e-6)
     assert np.allclose(got.negatives, torch.cat(picked).numpy(), atol=2**-10)  # the word cache stores float16
     saved = [line.split("\t") for line in experiment.artifacts["adaneg_words"]]
-    assert [pos for _, pos in saved] == ["adj"] * 2 + ["noun"] * 4 and not {w for w, _ in saved} & set(names)
+    assert [pos for _, pos in saved] == ["adj"] * 2 + ["noun"] * 6 and not {w for w, _ in saved} & set(names)
+
+
+def test_eoe_names_go_through_the_runs_templates(experiment, tmp_path):
+    """EOE renders the envisioned names with the templates that render the ID names (the release: both "a photo of
+    a {c}"), cleaned as released."""
+    from utils.evaluation import inputs
+
+    names = tmp_path / "names.txt"
+    names.write_text("# an LLM's answer\nRiver\nring\nDigit One\nriver\n")
+    experiment.options.settings["eoe_names"] = str(names)
+    got = inputs.RESOLVERS["envisioned_features"].resolve(experiment, None)
+    assert np.allclose(got, text.text_embeddings(experiment.bundle, ["river", "ring"], experiment.options.templates))
+    assert experiment.artifacts["eoe_words"] == ["river", "ring"]
 
 
 def test_neglabel_mines_each_part_of_speech_with_the_released_prompts(experiment, tmp_path, monkeypatch):

@@ -80,6 +80,7 @@ def toy():
         "adaneg_lambda": 0.1,
         "adaneg_beta": 5,
         "adaneg_proxy": "task",
+        "adaneg_entropy": "release",
         "adaneg_batch": 16,
         "neg_groups": 2,
         "negrefine_top_k": 2,
@@ -418,31 +419,34 @@ def test_eoe_names_are_cleaned_as_released():
         build_score("eoe")
 
 
-def _released_adaneg(stream, id_text, negatives, order, groups, length, proxy, batch, scale=100.0, lam=0.1, beta=5,
-                     high=0.75, low=0.25):  # fmt: skip
+def _released_adaneg(stream, id_text, negatives, groups, length, proxy, batch, high, low, scale=100.0, lam=0.1,
+                     beta=5):  # fmt: skip
     """YBZh/OpenOOD-VLM 694592a ttaprompt_postprocessor.py TTAPromptPostprocessor_noadagap restated in torch, batch by
-    batch over `stream` (rows already in stream order): static grouped score, per-sample writes (ID gate, then the
-    negative gate) with the entropy replacement, then the proxies, the grouped score on them, S_ada + λ S_nl."""
+    batch over `stream` (rows already in stream order): static grouped score (the last M mod G negatives dropped,
+    torch.manual_seed(0) + randperm), per-sample writes (ID gate, then the negative gate) whose entropy is taken of
+    float16 probabilities as its fp16 model's (NaN where one is 0), replacement by torch.sort's last, then the
+    proxies, the grouped score on them, S_ada + λ S_nl."""
     text = torch.from_numpy(np.r_[id_text, negatives]).double()
-    classes = len(id_text)
+    classes, drop = len(id_text), len(negatives) % groups
     feat_memory = torch.cat([text[:, None, :], torch.zeros(len(text), length, text.shape[1], dtype=torch.float64)], 1)
-    indice_memory, entropy_memory = torch.ones(len(text)), torch.zeros(len(text), length + 1, dtype=torch.float64)
-    columns = torch.from_numpy(order)
+    indice_memory, entropy_memory = torch.ones(len(text)), torch.zeros(len(text), length + 1)
+    torch.manual_seed(0)
+    idx = torch.randperm(len(negatives) - drop)
 
     def grouping(output):
-        pos, neg = output[:, :classes], output[:, classes:][:, columns].reshape(len(output), groups, -1)
-        masses = [
-            torch.cat([pos, neg[:, i, :]], dim=-1).softmax(dim=-1)[:, :classes].sum(dim=-1) for i in range(groups)
-        ]
-        return torch.stack(masses, dim=-1).mean(dim=-1)
+        pos, neg = output[:, :classes], output[:, classes:]
+        neg = (neg[:, :-drop] if drop else neg).T[idx].T.reshape(len(output), groups, -1)
+        joint = [torch.cat([pos, neg[:, i, :]], dim=-1).softmax(dim=-1) for i in range(groups)]
+        return torch.stack([mass[:, :classes].sum(dim=-1) for mass in joint], dim=-1).mean(dim=-1)
 
-    def write(cate, feature, probabilities):
+    def write(cate, feature, logits):
+        probabilities = torch.softmax(logits, 0).half()
         current = -(probabilities * torch.log(probabilities + 1e-8)).sum()
         if indice_memory[cate] == length:
             if (current < entropy_memory[cate]).sum() == 0:
-                return
-            replace = torch.argmax(entropy_memory[cate])
-            feat_memory[cate][replace], entropy_memory[cate][replace] = feature, current
+                return  # the entropy of the current image is very large (or NaN)
+            _, indice = torch.sort(entropy_memory[cate], stable=True)
+            feat_memory[cate][indice[-1]], entropy_memory[cate][indice[-1]] = feature, current
         else:
             feat_memory[cate][indice_memory[cate].long()] = feature
             entropy_memory[cate][indice_memory[cate].long()] = current
@@ -454,10 +458,10 @@ def _released_adaneg(stream, id_text, negatives, order, groups, length, proxy, b
         output_vanilla = scale * x @ text.T
         conf_in_vanilla = grouping(output_vanilla)
         for i in torch.nonzero(conf_in_vanilla > high).flatten().tolist():
-            write(int(torch.argmax(output_vanilla[i, :classes])), x[i], torch.softmax(output_vanilla[i, :classes], 0))
+            write(int(torch.argmax(output_vanilla[i, :classes])), x[i], output_vanilla[i, :classes])
         for i in torch.nonzero(conf_in_vanilla < low).flatten().tolist():
             negative = output_vanilla[i, classes:]
-            write(classes + int(torch.argmax(negative)), x[i], torch.softmax(negative, 0))
+            write(classes + int(torch.argmax(negative)), x[i], negative)
         if proxy == "task":
             proxies = feat_memory.mean(1)
             proxies = proxies / proxies.norm(dim=-1, keepdim=True)
@@ -468,29 +472,49 @@ def _released_adaneg(stream, id_text, negatives, order, groups, length, proxy, b
             proxies = proxies / proxies.norm(dim=-1, keepdim=True)
             output = scale * torch.einsum("bd,bld->bl", x, proxies)
         scores.append(grouping(output) + lam * conf_in_vanilla)
-    return torch.cat(scores).numpy(), int((indice_memory == length).sum())
+    stored = entropy_memory[:, 1:length]
+    finite = int((~torch.isnan(stored) & (stored != 0)).sum())
+    return torch.cat(scores).numpy(), int((indice_memory == length).sum()), int(torch.isnan(stored).sum()), finite
 
 
-@pytest.mark.parametrize("proxy", ["task", "sample"])
-def test_adaneg_is_the_released_stream(proxy):
-    """90 images streamed in batches of 16 against 6 ID labels and 20 negatives, memory length 4: slots fill and
-    replace; our scores equal the release's loop on the same stream order."""
+@pytest.mark.parametrize(("proxy", "scale"), [("task", 100.0), ("sample", 100.0), ("task", 20.0)])
+def test_adaneg_is_the_released_stream(proxy, scale):
+    """120 images streamed in batches of 16 against 6 ID labels and 22 negatives (5 groups: 2 dropped), memory
+    length 4, γ = 0.4 (gates 0.7 and 0.2): slots fill, with NaN entropies (float16 underflow) and, at scale 20,
+    finite ones; our scores equal the release's loop on the same stream order."""
     rng = np.random.default_rng(21)
-    id_text, negatives = _unit(rng.normal(size=(6, DIM))), _unit(rng.normal(size=(20, DIM)))
-    near_id = _unit(id_text[rng.integers(0, 6, 60)] + 0.35 * rng.normal(size=(60, DIM)))
-    near_negative = _unit(negatives[rng.integers(0, 20, 30)] + 0.35 * rng.normal(size=(30, DIM)))
+    id_text, negatives = _unit(rng.normal(size=(6, DIM))), _unit(rng.normal(size=(22, DIM)))
+    near_id = _unit(id_text[rng.integers(0, 6, 80)] + 0.35 * rng.normal(size=(80, DIM)))
+    near_negative = _unit(negatives[rng.integers(0, 22, 40)] + 0.35 * rng.normal(size=(40, DIM)))
     score = build_score("adaneg", adaneg_labels=NegativeLabels(id_text, negatives), adaneg_groups=5, adaneg_memory=4,
-                        adaneg_batch=16, adaneg_proxy=proxy, seed=7).fit(InDistribution())  # fmt: skip
+                        adaneg_batch=16, adaneg_proxy=proxy, adaneg_threshold=0.4, seed=7,
+                        logit_scale=scale).fit(InDistribution())  # fmt: skip
     got_id, got_ood = score.stream([near_id, near_negative])
     rows = np.r_[near_id, near_negative].astype(np.float64)
     order = np.random.default_rng(7).permutation(len(rows))
-    columns = np.random.default_rng(7).permutation(20)
-    released, full = _released_adaneg(rows[order], id_text, negatives, columns, 5, 4, proxy, 16)
+    released, full, nan, finite = _released_adaneg(rows[order], id_text, negatives, 5, 4, proxy, 16, 0.7, 0.2, scale)
     expected = np.empty(len(rows))
     expected[order] = released
-    assert full >= 3  # the stream fills slots, so that replacement is exercised
+    assert full >= 3 and nan > 0 and (finite > 0 or scale == 100.0)  # slots fill; NaN and (at 20) finite entropies
     assert np.allclose(np.r_[got_id, got_ood], expected, rtol=0, atol=1e-6)
     assert np.array_equal(score.stream([near_id, near_negative])[0], got_id)  # the same order, the same scores
+
+
+def test_adaneg_exact_entropy_gives_up_the_least_sure_image_never_the_text():
+    from utils.scores.adaptive import Memory
+
+    memory = Memory(np.eye(3, dtype=np.float32)[:1], length=3, release=False)  # holds 2 images
+    for value, entropy in ((1.0, 0.5), (2.0, 0.9)):
+        memory.write(0, np.full(3, value, np.float32), entropy)
+    memory.write(0, np.full(3, 3.0, np.float32), 1.2)  # less sure than both: not kept
+    memory.write(0, np.full(3, 4.0, np.float32), -1e-8)  # surer than both: replaces the 0.9 one, not the text
+    assert memory.features[0, :, 0].tolist() == [1.0, 1.0, 4.0, 0.0]
+    release = Memory(np.eye(3, dtype=np.float32)[:1], length=3)
+    release.write(0, np.ones(3, np.float32), float("nan"))
+    release.write(0, np.full(3, 2.0, np.float32), 0.4)
+    release.write(0, np.full(3, 3.0, np.float32), float("nan"))  # a NaN never replaces
+    release.write(0, np.full(3, 4.0, np.float32), 0.1)  # replaces the NaN entry first
+    assert release.features[0, :, 0].tolist() == [1.0, 4.0, 2.0, 0.0]
 
 
 def test_adaneg_scores_depend_on_the_order_and_the_company():
@@ -505,6 +529,7 @@ def test_adaneg_scores_depend_on_the_order_and_the_company():
     assert not np.allclose(alone, one.stream([images, others])[0])  # other images in the stream, other scores
     assert np.array_equal(alone, one(images))
     assert one.details() == {"stream_seed": 1, "stream_batch": 8, "images_per_label": 9}
+    assert np.array_equal(one.columns, two.columns)  # the groups: the release's torch seed 0, not the stream's
 
 
 def test_negrefine_without_a_pair_prompt_is_one_clear_error():

@@ -243,7 +243,8 @@ CITED_DEFAULTS = {
     "negrefine_weight": 2.0,  # NegRefine src/clip_ood.py: neg_label_score + 2 * multi_matching_score
     # AdaNeg: OpenOOD-VLM scripts/ood/adaneg/imagenet.sh (beta=5.5, run as int: 5; samada False; ood_number 10000)
     "adaneg_groups": 5, "adaneg_memory": 10, "adaneg_threshold": 0.5, "adaneg_gap": 0.5, "adaneg_lambda": 0.1,
-    "adaneg_beta": 5, "adaneg_proxy": "task", "adaneg_batch": 256, "adaneg_negatives": 10000,
+    "adaneg_beta": 5, "adaneg_proxy": "task", "adaneg_entropy": "release", "adaneg_batch": 256,
+    "adaneg_negatives": 10000,
     "k": None,  # KNN (Sun et al., ICML 2022): the ID set's knn_k, 50 for CIFAR-10, 1000 for ImageNet-1k
     "pood_head": "zero_shot",  # toolkit
     # fine-tuning methods (finetune_clip.py)

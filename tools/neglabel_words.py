@@ -75,7 +75,8 @@ def adaneg_words(folder: Path) -> list[tuple[str, str]]:
         lines = (folder / name).read_text(encoding="utf-8").splitlines()
         parts[name.split(".")[0]] += [line.strip() for line in lines if line.strip()]
     nouns = list(dict.fromkeys(parts["noun"]))
-    adjectives = [word for word in dict.fromkeys(parts["adj"]) if word not in set(nouns)]
+    known = set(nouns)
+    adjectives = [word for word in dict.fromkeys(parts["adj"]) if word not in known]
     return [*((w, "noun") for w in nouns), *((w, "adj") for w in adjectives)]
 
 

@@ -208,7 +208,8 @@ def _mined(mining: Mining) -> Callable[[Experiment, Encoded], NegativeLabels]:
                                       average="unit" if learned else mining.average)  # fmt: skip
         pool = load_words(exp.options.value(mining.words) or mining.pool)
         if mining.without_id_names:
-            pool = [(word, tag) for word, tag in pool if word not in set(exp.id_test.classnames)]
+            id_names = set(exp.id_test.classnames)
+            pool = [(word, tag) for word, tag in pool if word not in id_names]
         share, percentile = exp.options.value(NEG_FRACTION), exp.options.value(NEG_PERCENTILE)
         counts = _counts(mining, pool, exp)
         picked_words, picked = [], []

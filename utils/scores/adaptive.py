@@ -14,7 +14,9 @@ position 0 is its text embedding. The test images come as a stream in batches; f
 
 An image's score so depends on the images before it: a run streams ID ∪ one OOD set in a seeded random order (the
 release: a DataLoader shuffle without a seed), batch by batch, the memory reset for each OOD set, and records the
-order's seed. The release's memory length L stores L − 1 images (a slot counts as full at index L); kept.
+order's seed (the release's order follows torch's global RNG inside its code: not reproducible outside it). The
+release's memory length L stores L − 1 images (a slot counts as full at index L), and its fp16 entropy is NaN for
+most images, which so rarely replace a stored one (--adaneg-entropy release, the default); both kept.
 """
 
 from __future__ import annotations
@@ -63,6 +65,13 @@ ADANEG_NEGATIVES = Setting(
     "AdaNeg's release (YBZh/OpenOOD-VLM 694592a scripts/ood/adaneg/imagenet.sh: ood_number 10000)",
     type=positive_int, metavar="N",
 )  # fmt: skip
+ADANEG_ENTROPY = Setting(
+    "adaneg_entropy", "release", "which image a full slot gives up: release = as the release's fp16 arithmetic runs "
+    "(an image whose softmax has a probability that rounds to 0 in float16 gets entropy NaN: it never enters a full "
+    "slot, and a NaN entry goes first); exact = the highest-entropy image, for a surer one",
+    f"{_RELEASE}: OpenAI CLIP in fp16 weights, ttaprompt_postprocessor.py's entropy and torch.sort)",
+    choices=("release", "exact"),
+)  # fmt: skip
 ADANEG_BATCH = Setting(
     "adaneg_batch", 256, "test images per memory update (the release's batch size)", f"{_RELEASE}: batch_size 256)",
     type=positive_int, metavar="B",
@@ -72,21 +81,32 @@ ADANEG_BATCH = Setting(
 class Memory:
     """Each label's slot: its text at position 0, then up to L − 1 test image features with their entropies."""
 
-    def __init__(self, text: np.ndarray, length: int):
+    def __init__(self, text: np.ndarray, length: int, release: bool = True):
         self.features = np.zeros((len(text), length + 1, text.shape[1]), np.float32)
         self.features[:, 0] = text
         self.entropy = np.zeros((len(text), length + 1))
-        self.count, self.length = np.ones(len(text), np.int64), length
+        self.count, self.length, self.release = np.ones(len(text), np.int64), length, release
 
     def write(self, slot: int, feature: np.ndarray, entropy: float) -> None:
-        if self.count[slot] == self.length:  # full: replace the highest-entropy image, if this one is surer
-            if not (entropy < self.entropy[slot]).any():
+        if self.count[slot] == self.length:  # full: give up the highest-entropy image, if this one is surer
+            position = self._replaced(self.entropy[slot], entropy)
+            if position is None:
                 return
-            position = int(np.argmax(self.entropy[slot]))
         else:
             position = int(self.count[slot])
             self.count[slot] += 1
         self.features[slot, position], self.entropy[slot, position] = feature, entropy
+
+    def _replaced(self, stored: np.ndarray, entropy: float) -> int | None:
+        """The release: every position compared (a NaN never wins), the last of torch.sort's order given up (NaNs
+        sort last, then the largest; the last of equals). Exact: only the positions that hold images."""
+        if not self.release:
+            images = stored[1 : self.length]
+            return self.length - 1 - int(np.argmax(images[::-1])) if (entropy < images).any() else None
+        if not (entropy < stored).any():
+            return None
+        nan = np.flatnonzero(np.isnan(stored))
+        return int(nan[-1]) if len(nan) else len(stored) - 1 - int(np.argmax(stored[::-1]))
 
     def task_proxies(self) -> np.ndarray:
         return l2_normalise(self.features.sum(axis=1, dtype=np.float64))  # the mean, normalised
@@ -96,10 +116,21 @@ class Memory:
         return l2_normalise(np.einsum("lp,lpd->ld", weights, self.features, dtype=np.float64))
 
 
-def entropy(logits: np.ndarray) -> float:
-    """−Σ p log(p + 1e-8) of softmax(logits), as the release."""
+def entropy(logits: np.ndarray, release: bool = True) -> float:
+    """−Σ p log(p + 1e-8) of softmax(logits), as the release; `release`: NaN where a probability rounds to 0 in
+    float16, as its fp16 softmax makes 0 · log(0 + 1e-8) (1e-8 is below float16's smallest number)."""
     p = np.exp(log_softmax(logits[None, :]))[0]
+    if release and (p.astype(np.float16) == 0).any():
+        return float("nan")
     return float(-(p * np.log(p + 1e-8)).sum())
+
+
+def release_permutation(count: int) -> np.ndarray:
+    """The release's group order: torch.manual_seed(0), then torch.randperm on the CPU (its `.to(device)` comes
+    after), the same for every batch and independent of the stream."""
+    import torch
+
+    return torch.randperm(count, generator=torch.Generator().manual_seed(0)).numpy()
 
 
 class AdaNeg(Score):
@@ -109,7 +140,7 @@ class AdaNeg(Score):
 
     inputs = ("adaneg_labels", "seed", "logit_scale")
     settings = (ADANEG_GROUPS, ADANEG_MEMORY, ADANEG_THRESHOLD, ADANEG_GAP, ADANEG_LAMBDA, ADANEG_BETA, ADANEG_PROXY,
-                ADANEG_BATCH)  # fmt: skip
+                ADANEG_ENTROPY, ADANEG_BATCH)  # fmt: skip
     reads_text = True
     streams = True
     not_in_all = "its 10,000 negatives take another minute of prompts on a CPU, and its stream runs once per OOD set"
@@ -118,7 +149,7 @@ class AdaNeg(Score):
                  adaneg_memory: int = ADANEG_MEMORY.default, adaneg_threshold: float = ADANEG_THRESHOLD.default,
                  adaneg_gap: float = ADANEG_GAP.default, adaneg_lambda: float = ADANEG_LAMBDA.default,
                  adaneg_beta: int = ADANEG_BETA.default, adaneg_proxy: str = ADANEG_PROXY.default,
-                 adaneg_batch: int = ADANEG_BATCH.default, seed: int = 0,
+                 adaneg_entropy: str = ADANEG_ENTROPY.default, adaneg_batch: int = ADANEG_BATCH.default, seed: int = 0,
                  logit_scale: float = CLIP_LOGIT_SCALE):  # fmt: skip
         super().__init__()
         if adaneg_labels is None:
@@ -128,12 +159,14 @@ class AdaNeg(Score):
         id_text, negatives = as_array(adaneg_labels.id_features), as_array(adaneg_labels.negatives)
         self.text, self.classes = l2_normalise(np.r_[id_text, negatives]), len(id_text)
         self.groups = min(adaneg_groups, len(negatives))
-        kept = len(negatives) - len(negatives) % self.groups  # the last M mod G dropped, the rest permuted (seeded)
-        self.columns = self.classes + np.random.default_rng(seed).permutation(kept)
+        self.columns = self.classes + release_permutation(
+            len(negatives) - len(negatives) % self.groups
+        )  # M mod G dropped
         self.length, self.batch, self.proxy = adaneg_memory, adaneg_batch, adaneg_proxy
         self.high = adaneg_threshold + adaneg_gap * (1 - adaneg_threshold)
         self.low = adaneg_threshold - adaneg_gap * adaneg_threshold
         self.weight, self.beta, self.seed, self.scale = adaneg_lambda, adaneg_beta, seed, float(logit_scale)
+        self.release = adaneg_entropy == "release"
 
     def _fit(self, ind: InDistribution) -> None:
         pass
@@ -147,11 +180,8 @@ class AdaNeg(Score):
         if not self._fitted:
             raise RuntimeError("AdaNeg must be fit(...) before scoring")
         rows = np.concatenate([as_array(part) for part in parts])
-        order, memory, out = (
-            np.random.default_rng(self.seed).permutation(len(rows)),
-            Memory(self.text, self.length),
-            np.empty(len(rows)),
-        )
+        order = np.random.default_rng(self.seed).permutation(len(rows))
+        memory, out = Memory(self.text, self.length, self.release), np.empty(len(rows))
         for start in range(0, len(rows), self.batch):
             batch = order[start : start + self.batch]
             out[batch] = self._batch(rows[batch], memory)
@@ -165,10 +195,11 @@ class AdaNeg(Score):
         vanilla = self.scale * (images @ self.text.T).astype(np.float64)
         static = self._mass(vanilla)
         for i in np.flatnonzero(static > self.high):  # the whole batch is written before it is read
-            memory.write(int(np.argmax(vanilla[i, : self.classes])), images[i], entropy(vanilla[i, : self.classes]))
+            id_logits = vanilla[i, : self.classes]
+            memory.write(int(np.argmax(id_logits)), images[i], entropy(id_logits, self.release))
         for i in np.flatnonzero(static < self.low):
             negative = vanilla[i, self.classes :]
-            memory.write(self.classes + int(np.argmax(negative)), images[i], entropy(negative))
+            memory.write(self.classes + int(np.argmax(negative)), images[i], entropy(negative, self.release))
         if self.proxy == "task":
             adapted = self.scale * (images.astype(np.float64) @ memory.task_proxies().T)
         else:
