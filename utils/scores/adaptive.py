@@ -111,9 +111,18 @@ class Memory:
     def task_proxies(self) -> np.ndarray:
         return l2_normalise(self.features.sum(axis=1, dtype=np.float64))  # the mean, normalised
 
-    def sample_proxies(self, image: np.ndarray, beta: float) -> np.ndarray:
-        weights = np.exp(-beta * (1.0 - self.features @ image.astype(np.float32)))  # [labels, L + 1]
-        return l2_normalise(np.einsum("lp,lpd->ld", weights, self.features, dtype=np.float64))
+    def sample_cosines(self, images: np.ndarray, beta: float) -> np.ndarray:
+        """Each image's cosine to each label's sample-adaptive proxy normalise(Σ_j w_j f_j), w_j = exp(−β(1 − f_j·x)),
+        as (Σ_j w_j f_j·x) / sqrt(wᵀ G w) with G the slot's Gram matrix: [images, labels], without building the
+        images x labels x D proxies."""
+        labels, positions, dim = self.features.shape
+        similarity = (self.features.reshape(-1, dim) @ images.T.astype(np.float32)).astype(np.float64)
+        similarity = similarity.reshape(labels, positions, len(images))
+        weights = np.exp(-beta * (1.0 - similarity))
+        features = self.features.astype(np.float64)
+        gram = features @ features.transpose(0, 2, 1)  # [labels, L + 1, L + 1]
+        squared_norm = np.einsum("lpb,lpq,lqb->bl", weights, gram, weights)
+        return np.einsum("lpb,lpb->bl", weights, similarity) / np.sqrt(squared_norm)
 
 
 def entropy(logits: np.ndarray, release: bool = True) -> float:
@@ -203,9 +212,7 @@ class AdaNeg(Score):
         if self.proxy == "task":
             adapted = self.scale * (images.astype(np.float64) @ memory.task_proxies().T)
         else:
-            adapted = self.scale * np.stack(
-                [memory.sample_proxies(x, self.beta) @ x for x in images.astype(np.float64)]
-            )
+            adapted = self.scale * memory.sample_cosines(images, self.beta)
         return self._mass(adapted) + self.weight * static
 
     def details(self) -> dict[str, float]:
