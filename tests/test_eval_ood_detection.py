@@ -145,7 +145,12 @@ def test_adaneg_streams_id_with_each_ood_set_and_records_the_order(tmp_path, wor
               "--adaneg-batch", "32", "--seed", "3", "--no-plots")  # fmt: skip
     assert set(out["metrics"]["adaneg"]) == {"digits_ood", "faces", "skimage_textures"}
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert saved["ran"]["adaneg"] == {"stream_seed": 3, "stream_batch": 32, "images_per_label": 9}
+    assert saved["ran"]["adaneg"] == {"stream_seed": 3, "stream_batch": 32, "images_per_label": 9, "adaneg_groups": 5}
+    assert not any("adaneg_groups" in note for note in saved["notes"])
+    run(tmp_path, "--in", "digits", "--score", "adaneg", "--neg-words", str(words), "--adaneg-negatives", "3",
+        "--no-plots", out="capped")  # fmt: skip
+    capped = json.loads((tmp_path / "capped" / "results.json").read_text())
+    assert "adaneg: adaneg_groups 3 ran, not the 5 asked" in " ".join(capped["notes"])  # a cap is said
     scores = np.load(tmp_path / "out" / "scores.npz")
     assert not np.array_equal(scores["adaneg/digits_ood/id"], scores["adaneg/faces/id"])  # other company, other scores
 

@@ -528,7 +528,7 @@ def test_adaneg_scores_depend_on_the_order_and_the_company():
     assert not np.allclose(alone, two(images))  # another order, other scores
     assert not np.allclose(alone, one.stream([images, others])[0])  # other images in the stream, other scores
     assert np.array_equal(alone, one(images))
-    assert one.details() == {"stream_seed": 1, "stream_batch": 8, "images_per_label": 9}
+    assert one.details() == {"stream_seed": 1, "stream_batch": 8, "images_per_label": 9, "adaneg_groups": 5}
     assert np.array_equal(one.columns, two.columns)  # the groups: the release's torch seed 0, not the stream's
 
 

@@ -43,18 +43,24 @@ from utils.errors import UserError
 ORDERS = ("listdir", "sorted")
 
 
-def release_words(folder: Path, order: str = "listdir", csp: bool = False) -> list[tuple[str, str]]:
-    """(word, part of speech) in the release's order, each word once (its first file's part of speech); with `csp`,
-    CSP's files and its conjugated labels in place of the adjectives."""
+def release_files(folder: Path, order: str = "listdir") -> list[str]:
+    """The files of the release's txtfiles/ folder in the order it reads them; anything else is one clear error."""
     if not folder.is_dir():
         raise UserError(f"NegLabel word folder not found: {folder} (the release's txtfiles/)")
     names = os.listdir(folder) if order == "listdir" else sorted(os.listdir(folder))
-    if csp:
-        names = [name for name in names if name.removesuffix(".txt") not in CSP_LEFT_OUT]
     unknown = [name for name in names if name.split(".")[0] not in PARTS_OF_SPEECH]
     if unknown or not names:
         raise UserError(f"{folder} is not NegLabel's txtfiles/ folder: every file's name starts with noun. or adj. "
                         f"(found {', '.join(unknown[:5]) or 'no files'})")  # fmt: skip
+    return names
+
+
+def release_words(folder: Path, order: str = "listdir", csp: bool = False) -> list[tuple[str, str]]:
+    """(word, part of speech) in the release's order, each word once (its first file's part of speech); with `csp`,
+    CSP's files and its conjugated labels in place of the adjectives."""
+    names = release_files(folder, order)
+    if csp:
+        names = [name for name in names if name.removesuffix(".txt") not in CSP_LEFT_OUT]
     words: dict[str, str] = {}
     for name in names:
         for line in (folder / name).read_text(encoding="utf-8").splitlines():
@@ -69,9 +75,8 @@ def release_words(folder: Path, order: str = "listdir", csp: bool = False) -> li
 def adaneg_words(folder: Path) -> list[tuple[str, str]]:
     """AdaNeg's candidates from the same files (OpenOOD-VLM 694592a clip_for_wordnet_prepare.py): every adj*.txt and
     noun*.txt, each part deduplicated, and a word in both parts kept as a noun only; nouns, then adjectives."""
-    release_words(folder, "sorted")  # the folder is the release's
     parts: dict[str, list[str]] = {pos: [] for pos in PARTS_OF_SPEECH}
-    for name in sorted(os.listdir(folder)):
+    for name in release_files(folder, "sorted"):
         lines = (folder / name).read_text(encoding="utf-8").splitlines()
         parts[name.split(".")[0]] += [line.strip() for line in lines if line.strip()]
     nouns = list(dict.fromkeys(parts["noun"]))

@@ -54,7 +54,7 @@ def passed_on(rest: Sequence[str], presets: Sequence[Preset]) -> list[str]:
     """The flags for every preset's run, checked now: each one eval_ood_detection.py knows, none that a preset fixes
     or that this tool sets itself."""
     parser = eval_ood_detection.build_parser()
-    known, unknown = parser.parse_known_args(list(rest))
+    _, unknown = parser.parse_known_args(list(rest))
     if unknown:
         raise UserError(f"eval_ood_detection.py does not know {' '.join(unknown)}")
     flags, given = option_strings(parser), given_arguments(parser, list(rest))
@@ -64,7 +64,6 @@ def passed_on(rest: Sequence[str], presets: Sequence[Preset]) -> list[str]:
         if fixed := sorted(given & set(preset.settings)):
             raise UserError(f"{', '.join(flags[d] for d in fixed)}: fixed by preset {preset.name}, which would refuse "
                             f"the run; leave it out")  # fmt: skip
-    del known
     return list(rest)
 
 

@@ -30,9 +30,10 @@ NOT_COMPARABLE_WHEN_SET = {"ckpt": "other weights (--ckpt)", "limit": "a subset 
                            "shifted_id": "shifted sets counted as ID (--shifted-id)"}  # fmt: skip
 # Settings a preset cannot fix, a file only the user can supply; its `differences` say which file the paper used.
 USER_FILES = {"eoe_names": "the envisioned outlier names (--eoe-names)"}
-# a list flag -> the release whose own lists it may name (tools/neglabel_words.py): the paper's, so comparable;
-# --neg-words names AdaNeg's for a preset of adaneg, which reads NegLabel's files its own way
-RELEASE_POOLS = {"neg_words": "neglabel", "csp_words": "csp", "negrefine_words": "negrefine"}
+# a list flag -> {a preset's score: the release whose own lists (tools/neglabel_words.py) the flag may name, the
+# paper's, so comparable}; AdaNeg reads NegLabel's files its own way, so --neg-words has a release per score
+RELEASE_POOLS = {"neg_words": {"neglabel": "neglabel", "adaneg": "adaneg"}, "csp_words": {"csp": "csp"},
+                 "negrefine_words": {"negrefine": "negrefine"}}  # fmt: skip
 UNORDERED = {"score", "out", "extra_metrics", "ood_split"}  # list arguments whose order does not matter
 
 
@@ -103,8 +104,8 @@ def comparable(preset: Preset, values: dict[str, Any]) -> str | None:
 
 def _release_pool(key: str, value: Any, preset: Preset) -> bool:
     """A word-pool flag naming the paper's own lists, as tools/neglabel_words.py converts them."""
-    method = "adaneg" if key == "neg_words" and "adaneg" in preset.settings.get("score", []) else RELEASE_POOLS.get(key)
-    return method is not None and is_release_pool(value, method)
+    releases = RELEASE_POOLS.get(key, {})
+    return any(is_release_pool(value, releases[s]) for s in preset.settings.get("score", []) if s in releases)
 
 
 def with_published(rows: list[dict[str, Any]], preset: Preset) -> list[dict[str, Any]]:

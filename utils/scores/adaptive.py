@@ -216,4 +216,6 @@ class AdaNeg(Score):
         return self._mass(adapted) + self.weight * static
 
     def details(self) -> dict[str, float]:
-        return {"stream_seed": self.seed, "stream_batch": self.batch, "images_per_label": self.length - 1}
+        """The stream, and the groups that ran (capped at the negatives' count: the run notes a cap)."""
+        return {"stream_seed": self.seed, "stream_batch": self.batch, "images_per_label": self.length - 1,
+                "adaneg_groups": self.groups}  # fmt: skip
