@@ -20,14 +20,14 @@ demo:
 test:
 	$(PYTHON) -m pytest
 
-# The six fine-tuning methods x 3 seeds on digits (about 75 min on 2 CPU cores; resumable): methods_table.md;
-# coop and locoop start from the same seed's contrastive model (frozen), 16 shots per class
+# The eight fine-tuning methods x 3 seeds on digits (about 80 min on 2 CPU cores; resumable): methods_table.md;
+# coop, locoop, negprompt and idlike start from the same seed's contrastive model (frozen), 16 shots per class
 methods-table:
 	$(PYTHON) -m tools.demo table $(OUT)/methods 0 1 2
 
 # The benchmarks (bench/), full size, one after the other; each prints a markdown table (about 30 min on 2 cores)
 bench:
-	for name in extraction knn mahalanobis full_table cache_verify; do $(PYTHON) -m bench.$$name || exit 1; echo; done
+	for name in extraction knn mahalanobis full_table cache_verify setar; do $(PYTHON) -m bench.$$name || exit 1; echo; done
 
 # Every paper preset whose data and weights are on this machine, one table beside the published numbers
 # (tools/reproduce.py): make reproduce ARGS="--data-root /data --device cuda"

@@ -34,6 +34,7 @@ from utils.errors import UserError
 from utils.evaluation import inputs
 from utils.evaluation.metrics import EXTRA_METRICS, MIN_BOOTSTRAP
 from utils.evaluation.presets import Preset, apply_preset, comparable, list_presets, load_preset, with_published
+from utils.evaluation.transforms import TRANSFORMS, check_settings, transform_settings
 from utils.models.preprocess import INTERPOLATIONS
 from utils.prompts import TEMPLATE_SETS
 from utils.scores import ALIASES, SCORES, listing
@@ -157,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_settings(parser, inputs.score_settings(), "score settings (each flag names the scores that read it)")
     add_model_args(parser)
+    parser.add_argument("--transform", choices=list(TRANSFORMS), default=None,
+                        help="change the model's weights before any image is encoded: "
+                             f"{'; '.join(f'{k} = {t.paper}' for k, t in TRANSFORMS.items())}; part of the cache "
+                             "key, recorded in results.json (default: none)")  # fmt: skip
+    add_settings(parser, transform_settings(), "model transform settings (--transform)")
     add_data_args(parser)
     return parser
 
@@ -212,6 +218,7 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     from utils.models.loading import check_model_name
 
     preset = _with_preset(args)
+    check_settings(args.transform, set(args.given) | set(preset.settings if preset else ()))
     check_model_name(args.model)
     checkpoint = read_checkpoint(args.ckpt)
     contract = checkpoint.contract if checkpoint else None
@@ -238,6 +245,11 @@ def _run(args: argparse.Namespace, world: World) -> dict:
             selection.check_grid(grid, bench.validation, exp.id_train)
         exp.bundle = _model(args, checkpoint, local_device(resolve_device(args.device), world))
     del checkpoint  # its weights are in the model now
+    transform = _transform(args, exp, bench, data) if args.transform else None
+    if args.compile:  # after the transform, which reads the image tower's blocks
+        from utils.models.compile import compile_image_tower
+
+        compile_image_tower(exp.bundle)
     exp.cache = FeatureCache(args.cache_dir, args.feature_dtype)
     choices = _choose(exp, bench, scores, grid) if grid else None  # before a test image is read
     encoded = encode(exp, scores)
@@ -248,7 +260,7 @@ def _run(args: argparse.Namespace, world: World) -> dict:
     evaluation.notes += incomplete
     evaluation.skipped = dict(bench.skipped)
     rows = _report(args, evaluation, preset)
-    return _save(args, evaluation, rows, exp, bench, choices, preset)
+    return _save(args, evaluation, rows, exp, bench, choices, preset, transform)
 
 
 def _with_preset(args: argparse.Namespace) -> Preset | None:
@@ -289,16 +301,35 @@ def _request(args: argparse.Namespace, contract: ScoreContract | None) -> Benchm
 
 
 def _model(args: argparse.Namespace, checkpoint: Checkpoint | None, device: object) -> object:
-    from utils.models.compile import compile_image_tower
     from utils.models.loading import load_model
     from utils.models.preprocess import with_interpolation
 
     bundle = load_model(args.model, args.pretrained, checkpoint, device, args.model_cache_dir, args.seed)
     bundle = replace(bundle, preprocess=with_interpolation(bundle.preprocess, args.interpolation),
                      precision=args.precision, pipeline=args.pipeline)  # fmt: skip
-    if args.compile:
-        compile_image_tower(bundle)
     return bundle
+
+
+def _transform(args: argparse.Namespace, exp: inputs.Experiment, bench: Benchmark, data: object) -> dict:
+    """--transform applied to the run's model (rank 0 first: it caches what it finds, the other ranks read that)."""
+    from utils.data.splits import renamed
+    from utils.distributed import agree, main_first
+    from utils.evaluation.transforms import TransformContext, apply_transform
+
+    train = bench.id_train
+    if train is None and TRANSFORMS[args.transform].needs_train:
+        train = data.load_id_train(args.id_name, bench.spec)
+        if bench.request.classnames:
+            train = renamed(train, list(bench.request.classnames))
+    context = TransformContext(train, exp.id_test.classnames or (), exp.options.templates, args.seed, args.workers,
+                               Path(args.cache_dir))  # fmt: skip
+    with main_first(exp.world):
+        exp.bundle, record = apply_transform(args.transform, exp.bundle, context, vars(args))
+    if not agree(exp.bundle.fingerprint, exp.world):  # the ranks must encode with the same weights
+        raise UserError(f"--transform {args.transform}: the processes' weights differ after it (an SVD that differs "
+                        f"between devices); run it in one process")  # fmt: skip
+    exp.run_notes += context.notes
+    return record
 
 
 def _choose(exp: inputs.Experiment, bench: Benchmark, scores: list[str], grid: dict[str, list]) -> dict:
@@ -331,7 +362,7 @@ def _report(args: argparse.Namespace, evaluation: Evaluation, preset: Preset | N
 
 
 def _save(args: argparse.Namespace, evaluation: Evaluation, rows: list[dict], exp: inputs.Experiment,
-          bench: Benchmark, choices: dict | None, preset: Preset | None) -> dict:  # fmt: skip
+          bench: Benchmark, choices: dict | None, preset: Preset | None, transform: dict | None) -> dict:  # fmt: skip
     from utils.data.openood import BENCHMARKS as OPENOOD_BENCHMARKS
     from utils.evaluation.openood_export import FOLDER, write_openood
     from utils.evaluation.report import OWNED, write_results
@@ -340,6 +371,8 @@ def _save(args: argparse.Namespace, evaluation: Evaluation, rows: list[dict], ex
                                               args.model.replace(":", "_")], args.overwrite, OWNED)  # fmt: skip
     metadata = {**run_metadata(args), "model_weights": exp.bundle.weights, "ood_protocol": bench.protocol,
                 "trained_on_as_outliers": bench.overlaps}  # fmt: skip
+    if transform is not None:
+        metadata["model_transform"] = transform
     if choices is not None:
         metadata["selection"] = {name: c.summary(bench.validation.split) for name, c in choices.items()}
     if preset:

@@ -9,8 +9,10 @@
 Methods: contrastive (CLIP's loss on ID image-caption pairs, class-aware targets), kplus1 (a K+1-th "OOD"
 prompt trained on auxiliary outliers), oe (outlier exposure: uniform predictions on outliers), group
 (MOS-style groups, each with an "others" slot), coop (a learned prompt context on a frozen CLIP), locoop (CoOp
-plus the entropy of off-class patches). The run folder gets final.pt (weights + what the method's score needs;
---ckpt loads it everywhere), last.pt (the full training state, for --resume) and metrics.jsonl.
+plus the entropy of off-class patches), negprompt (negative prompts beside a learned positive one, from ID images
+alone), idlike (OOD prompts learned against each ID image's least class-like crops). The run folder gets final.pt
+(weights + what the method's score needs; --ckpt loads it everywhere), last.pt (the full training state, for
+--resume) and metrics.jsonl.
 """
 
 from __future__ import annotations

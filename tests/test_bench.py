@@ -21,6 +21,7 @@ CHECKS = {
     "full_table": ["Both ways give identical metrics: True."],
     "knn": ["(within 1e-3)", "sweep vs single search: 0.0e+00", "resident search:", "not measured (no GPU)"],
     "mahalanobis": ["| True | True |"],
+    "setar": ["| True |", "Largest difference of a candidate's loss: "],
 }
 
 

@@ -96,10 +96,11 @@ def test_every_score_one_extraction(tmp_path, words, monkeypatch):
     # ID train once (global view); ID test and the two OOD sets once per view (global, and local for l_mcm/gl_mcm)
     assert sorted(calls) == sorted(["digits", "digits", "digits_ood", noise])  # ID: train and test
     run_supplied = {*RESOLVERS, *score_settings()}
-    without_checkpoint = [s for s in SCORES if set(requirements(s)) <= run_supplied]  # all but kplus1 and group
+    without_checkpoint = [s for s in SCORES if set(requirements(s)) <= run_supplied]  # all but the checkpoints'
     in_all = [s for s in without_checkpoint if not SCORES[s].not_in_all]  # csp, eoe, negrefine, adaneg: by name
     labels = [s for s in in_all if s != "knn"] + ["knn@5", "knn@20"]
-    assert len(labels) == len(SCORES) - 5
+    checkpoints = ["kplus1", "group", "negprompt", "idlike"]  # scores whose inputs only a --ckpt supplies
+    assert len(labels) == len(SCORES) - 4 - len(checkpoints) + 1
     assert set(summary["metrics"]) == set(labels)
     for label in labels:
         expected = {"digits_ood"} if label == "oracle" else {"digits_ood", noise}  # the noise folder has no names

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -205,16 +206,17 @@ def test_plan_skips_under_all_and_refuses_when_named(experiment, capsys):
     from utils.scores import SCORES
 
     planned = plan(["all"], experiment)
-    assert "kplus1" not in planned and "group" not in planned
+    checkpoints = {"kplus1", "group", "negprompt", "idlike"}  # their inputs come from a --ckpt only
+    assert not checkpoints & set(planned)
     by_name = {"csp", "eoe", "negrefine", "adaneg"}  # only when named
-    assert set(planned) == set(SCORES) - {"kplus1", "group", *by_name}
+    assert set(planned) == set(SCORES) - {*checkpoints, *by_name}
     printed = capsys.readouterr().err
     assert "skipping kplus1: needs ood_prompt_features" in printed
     assert "--score all leaves out csp, eoe, negrefine, adaneg (name them to run them): csp: its pool" in printed
     with pytest.raises(UserError, match=r"finetune_clip\.py --method kplus1"):
         plan(["mcm", "kplus1"], experiment)
     experiment.model_name = "RN50"  # a CLIP without patch tokens: everything but the local view
-    assert set(plan(["all"], experiment)) == set(SCORES) - {"kplus1", "group", *by_name, "l_mcm", "gl_mcm"}
+    assert set(plan(["all"], experiment)) == set(SCORES) - {*checkpoints, *by_name, "l_mcm", "gl_mcm"}
     assert "skipping l_mcm, gl_mcm: needs patch tokens of an open_clip ViT" in capsys.readouterr().err
     with pytest.raises(UserError, match=r"gl_mcm needs patch tokens of an open_clip ViT \(the local view\); RN50"):
         plan(["gl_mcm"], experiment)
@@ -398,6 +400,9 @@ def test_preset_conflicts_are_compared_as_meant():
     assert comparable(preset, {**values, "model": "ViT-B-16"}) is None
     assert comparable(preset, {**values, "model": "ViT-B-16", "limit": 10}) == "a subset of the data (--limit)"
     assert comparable(preset, values) == "model tiny (published: ViT-B-16)"
+    transformed = {**values, "model": "ViT-B-16", "transform": "setar"}  # a transform the paper did not use
+    assert comparable(preset, transformed) == "a model transform the paper did not use (--transform)"
+    assert comparable(replace(preset, settings={**preset.settings, "transform": "setar"}), transformed) is None
 
 
 def test_ood_split_must_name_an_ood_set(tmp_path):

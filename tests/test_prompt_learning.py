@@ -15,11 +15,11 @@ import finetune_clip
 from utils.errors import UserError
 from utils.features.text import text_embeddings
 from utils.models.checkpoint import class_templates, read_checkpoint
-from utils.models.local_tokens import global_and_patches
+from utils.models.local_tokens import entropy_outside_top_k, global_and_patches
 from utils.models.prompt_context import LearnedTemplate, PromptContext, initial_context
 from utils.prompts import TEMPLATE_SETS
 from utils.training.loop import constant_warmup_epoch_cosine
-from utils.training.prompt_learning import LoCoOpObjective, entropy_outside_top_k
+from utils.training.prompt_learning import LoCoOpObjective
 
 NAMES = ["digit zero", "digit one", "sea lion"]
 CLASSES = ["digit zero", "digit one", "digit two", "digit three", "digit four"]

@@ -86,6 +86,9 @@ def toy():
         "negrefine_top_k": 2,
         "negrefine_weight": 2.0,
         "ood_prompt_features": _unit(eye[4:5] + eye[5:6]),  # the "OOD" prompt too
+        # learned prompts, [contexts, names, D], where the OOD images are: NegPrompt's negatives, ID-Like's OOD prompts
+        "negative_prompt_features": np.stack([_unit(eye[4:8]), _unit(eye[4:8] + 0.1 * eye[:4])]),
+        "idlike_ood_features": eye[4:8][:, None],
         "groups": [["c0", "c1"], ["c2", "c3"]],
         "classnames": ["c0", "c1", "c2", "c3"],
         "others_features": _unit(np.stack([eye[4] + eye[5], eye[4] + eye[5]])),
@@ -234,6 +237,7 @@ def test_softmax_scores_rank_exactly_near_uniform():
 LABEL_MASS_EXTRA = {
     "oracle": "ood_text_features",
     "kplus1": "ood_prompt_features",
+    "idlike": "idlike_ood_features",
 }
 
 
@@ -241,7 +245,8 @@ LABEL_MASS_EXTRA = {
 def test_label_mass_is_the_log_odds_of_the_id_share_of_a_joint_softmax(toy, name):
     ind, id_feats, ood_feats, _, extras = toy
     feats = np.r_[id_feats, ood_feats, _separated(np.random.default_rng(4), 40, gap=(-0.1, 0.1))]
-    joint = _softmax(100.0 * feats @ np.r_[ind.text_features, np.atleast_2d(extras[LABEL_MASS_EXTRA[name]])].T)
+    extra = np.asarray(extras[LABEL_MASS_EXTRA[name]]).reshape(-1, ind.text_features.shape[1])
+    joint = _softmax(100.0 * feats @ np.r_[ind.text_features, extra].T)
     p_id = joint[:, :CLASSES].sum(1)
     got = _build(name, extras).fit(ind)(feats)
     assert np.allclose(id_probability(got), p_id, atol=1e-9)
@@ -278,7 +283,7 @@ def _exact_log_odds(feats: np.ndarray, id_text: np.ndarray, extra: np.ndarray) -
 def test_label_mass_never_saturates_and_ranks_as_the_exact_id_share(toy, name):
     """Well-separated images: p_ID = 1.0 exactly in float64 for most (ties), the log-odds are all distinct."""
     ind, _, _, _, extras = toy
-    extra = np.atleast_2d(extras[LABEL_MASS_EXTRA[name]])
+    extra = np.asarray(extras[LABEL_MASS_EXTRA[name]]).reshape(-1, ind.text_features.shape[1])
     feats = _separated(np.random.default_rng(5), 60)
     joint = _softmax(100.0 * feats.astype(np.float64) @ np.r_[ind.text_features, extra].T)
     assert (joint[:, :CLASSES].sum(1) == 1.0).sum() >= 30  # what ranking by p_ID would tie

@@ -22,8 +22,11 @@ from utils.training.towers import freeze, kept_frozen, tower_parameters
 CLASSES = ["digit zero", "digit one", "digit two", "digit three", "digit four"]
 
 
+SMALL = {"idlike": {"idlike_crops": 8, "idlike_selected": 2, "idlike_ood_prompts": 4}}  # the tests' sizes
+
+
 def _objective(method: str, bundle):
-    options = {"groups": load_groups(None, "digits", CLASSES)} if method == "group" else {}
+    options = {"groups": load_groups(None, "digits", CLASSES)} if method == "group" else SMALL.get(method, {})
     return METHODS[method](bundle, CLASSES, TEMPLATE_SETS["single"], **options)
 
 
@@ -32,9 +35,11 @@ def _fixed_batch(method: str, size: int) -> tuple:
     bundle = load_model("tiny", "none", seed=0)
     ids = load_dataset("digits", "train", limit=size)
     aux = load_dataset("digits_aux", "train", limit=size // 2)
-    batch = next(iter(make_loader(ids.dataset, bundle.preprocess, size, 0)))
+    objective = _objective(method, bundle)
+    transform = objective.train_transform() if method == "idlike" else bundle.preprocess  # ID-Like trains on crops
+    batch = next(iter(make_loader(ids.dataset, transform, size, 0)))
     aux_images = next(iter(make_loader(aux.dataset, bundle.preprocess, size // 2, 0))).images
-    return bundle, _objective(method, bundle), batch, aux_images
+    return bundle, objective, batch, aux_images
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -60,6 +65,8 @@ def test_class_prompts_match_the_evaluation_default():
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_contract_supplies_what_the_method_provides_and_round_trips(method, tiny, tmp_path):
     objective = _objective(method, tiny)
+    if method == "negprompt":  # its contract exists once stage 2 began (training checks that it will)
+        objective.start_negatives()
     contract = objective.contract(method)
     assert contract.inputs - {"logit_scale"} == set(METHODS[method].provides)
     assert contract.method == method and contract.classnames == tuple(CLASSES)
@@ -249,11 +256,24 @@ def _restated_loss(method: str, bundle, objective, images, labels, aux) -> torch
             target = torch.tensor([members.index(int(y)) if int(y) in members else len(members) for y in every])
             total = total + F.cross_entropy(scale * feats @ head.T, target)
         return total / len(objective.groups)
-    if method in ("coop", "locoop"):  # the learned prompts' cross-entropy (LoCoOp's own term: test_prompt_learning)
+    if method == "idlike":  # each image's k crops nearest its class prompt are ID, the k farthest outliers
+        k, ood = objective.selected, objective.ood_text()
+        head = torch.cat([objective.class_text(), ood])
+        loss_in = loss_out = 0.0
+        for crops, y in zip(images, labels, strict=True):
+            feats = image(crops)
+            order = (feats @ text([prompts[y]])[0]).argsort(descending=True)
+            loss_in = loss_in + F.cross_entropy(scale * feats[order[:k]] @ head.T, y.repeat(k), reduction="sum")
+            mass = (scale * feats[order[-k:]] @ head.T).softmax(1)[:, : len(CLASSES)].sum(1)
+            loss_out = loss_out + torch.log(mass + 1e-16).sum()
+        pairs = [F.cosine_embedding_loss(ood[p][None], ood[q][None], torch.tensor([-1]))
+                 for p in range(len(ood)) for q in range(p + 1, len(ood))]  # fmt: skip
+        count = k * len(labels)
+        return loss_in / count + 0.3 * loss_out / count + 0.2 * torch.stack(pairs).mean()
+    if method in ("coop", "locoop", "negprompt"):  # the learned prompts' CE (negprompt: its stage 1)
         loss = F.cross_entropy(scale * image(images) @ objective.class_text().T, labels)
         if method == "locoop":
-            from utils.models.local_tokens import global_and_patches
-            from utils.training.prompt_learning import entropy_outside_top_k
+            from utils.models.local_tokens import entropy_outside_top_k, global_and_patches
 
             _, patches = global_and_patches(model.visual, images)
             local = scale * F.normalize(patches.float(), dim=-1) @ objective.class_text().T

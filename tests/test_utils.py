@@ -88,7 +88,9 @@ LAYERS = [  # each group may import only itself and the groups before it
 TOP = ("utils.evaluation", "utils.training", "utils.cli")
 # Strings that equal a score's name but mean something else, and what.
 NOT_SCORE_NAMES = {
-    "utils/training/methods.py": {"kplus1", "group"},  # the fine-tuning methods' own registry names
+    "utils/training/methods.py": {"kplus1", "group", "negprompt", "idlike"},  # the methods' own registry names
+    "utils/training/loop.py": {"negprompt"},  # NegPrompt's learning-rate schedule (`--schedule negprompt`)
+    "utils/training/negprompt.py": {"negprompt"},  # the same schedule, its method's default
     "utils/data/imagenet_subsets.py": {"mcm"},  # the class list published with the MCM paper (`--variant mcm`)
     "utils/prompts.py": {"mcm"},  # the template set of MCM's released code (`--templates mcm`)
     "utils/data/words.py": {"neglabel", "csp", "negrefine", "adaneg"},  # whose released word lists a converted file is
@@ -256,13 +258,30 @@ CITED_DEFAULTS = {
     "ctx_init": "",  # CoOp: a generic, randomly initialised context
     "locoop_lambda": 0.25,  # LoCoOp (Miyai et al., NeurIPS 2023): λ = 0.25
     "locoop_top_k": None,  # LoCoOp: K = 200 of 1000 classes, i.e. 20 % of the classes
+    # NegPrompt: scripts/train_test_ood.py (NEGA_CTX 2, weights 1, 0.1, 0.05), osr_nega_prompt.py (CTX_INIT, epochs)
+    "neg_contexts": 2, "negprompt_ctx_init": "a photo of a", "positive_epochs": 100, "negprompt_separation": 1.0,
+    "negprompt_distance": 0.1, "negprompt_diversity": 0.05,
+    # ID-Like: its argparse defaults and config.py (n_crop 256, n_selection 32, n_ex_prompts 100, n_ex_ctx 16, lam_*)
+    "idlike_crops": 256, "idlike_selected": 32, "idlike_ood_prompts": 100, "idlike_ood_ctx": 16,
+    "idlike_out_weight": 0.3, "idlike_diff_weight": 0.2,
+    # SeTAR (--transform): configs/training_free/clip_base/ID_ImageNet/SeTAR.json; data/README (one image per class)
+    "setar_lambda": 0.1, "setar_top_k": None, "setar_ratios": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4],
+    "setar_shots": None, "setar_images": None, "setar_batch": 512,
     # training (finetune_clip.py; play_with_clip.py --finetune)
     "freeze": "none", "epochs": 10, "lr": 1e-5, "weight_decay": 0.1, "batch_size": 64, "optimizer": "adamw",
     "schedule": "cosine", "augment": "method", "warmup": 0.1, "accumulate": 1, "head_lr": 1e-3,  # toolkit
 }  # fmt: skip
 # CoOp's configs/trainers/CoOp/vit_b16_ep50.yaml and Dassl's weight decay; LoCoOp trains as CoOp does
 COOP = {"epochs": 50, "lr": 2e-3, "weight_decay": 5e-4, "batch_size": 32, "optimizer": "sgd", "schedule": "coop"}
-CITED_METHOD_DEFAULTS = {"coop": COOP, "locoop": COOP}
+CITED_METHOD_DEFAULTS = {
+    "coop": COOP, "locoop": COOP,
+    # NegPrompt: SGD lr 0.1 (no momentum, no decay), batch 64, 100 epochs per stage, CosineAnnealingLR(50) per step
+    "negprompt": {"epochs": 200, "lr": 0.1, "weight_decay": 0.0, "batch_size": 64, "optimizer": "plain_sgd",
+                  "schedule": "negprompt"},
+    # ID-Like: AdamW lr 5e-3 (PyTorch's weight decay 0.01), batch 1, 3 epochs, no scheduler
+    "idlike": {"epochs": 3, "lr": 5e-3, "weight_decay": 0.01, "batch_size": 1, "optimizer": "adamw",
+               "schedule": "constant"},
+}  # fmt: skip
 
 
 def _declared() -> dict:
@@ -276,6 +295,9 @@ def _declared() -> dict:
     owners += [(name, cls.settings) for name, cls in METHODS.items()]
     declared = {name: setting for name, (setting, _) in score_settings().items()}
     declared.update({name: setting for name, (setting, _) in collect(owners).items()})
+    from utils.evaluation.transforms import transform_settings
+
+    declared.update({name: setting for name, (setting, _) in transform_settings().items()})
     return declared
 
 
@@ -290,8 +312,9 @@ def test_every_default_is_its_cited_value():
     for name, setting in declared.items():
         assert setting.default == CITED_DEFAULTS[name], name
         assert setting.help and setting.source, name  # says what it does and where its default comes from
-        if setting.default is not None and setting.type is not str:
-            assert setting.parse(str(setting.default)) == setting.default, name  # the default passes its own flag
+        values = setting.default if setting.nargs else [setting.default]
+        if setting.default is not None and setting.type is not str:  # the default passes its own flag
+            assert [setting.parse(str(value)) for value in values] == list(values), name
     for method, cls in METHODS.items():
         assert cls.defaults == CITED_METHOD_DEFAULTS.get(method, {}), method
         assert bool(cls.defaults) == bool(cls.defaults_source), method

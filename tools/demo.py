@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
 TABLE_SCORES = ["mcm", "gl_mcm", "energy", "knn", "maha"]  # and each method's own score, where its checkpoint has one
 # Prompt learning starts from a pre-trained CLIP: the same seed's contrastive model, frozen, with 16 shots per class
 # and the papers' training settings (the method's defaults).
-PROMPT_LEARNING = {"coop", "locoop"}
+PROMPT_LEARNING = {"coop", "locoop", "negprompt", "idlike"}
 
 
 def _train_args(method: str, out: Path, seed: int, epochs: int) -> list[str]:

@@ -74,6 +74,15 @@ def from_main(value: Any, world: World) -> Any:
     return box[0]
 
 
+def agree(value: Any, world: World) -> bool:
+    """Whether every rank holds the same `value` (known on every rank, so that all of them can stop together)."""
+    if not world.distributed:
+        return True
+    values: list[Any] = [None] * world.size
+    dist.all_gather_object(values, value)
+    return all(v == values[0] for v in values)
+
+
 @contextmanager
 def main_first(world: World) -> Iterator[None]:
     """Rank 0 runs the block first (downloads, caches), the others after it: no two processes write one file."""

@@ -428,15 +428,25 @@ def _from_checkpoint(name: str) -> Resolver:
         given = "" if exp.contract is None else f" (the --ckpt given was trained with --method {exp.contract.method})"
         return f"needs {name}, which a checkpoint of {source} supplies: pass one with --ckpt{given}"
 
+    def check(exp: Experiment) -> None:
+        if exp.contract is None or name not in exp.contract.learned:
+            return
+        used = tuple(template_text(t) for t in exp.options.templates)
+        if exp.contract.class_templates and used != exp.contract.class_templates:
+            raise UserError(f"{name} are learned beside the checkpoint's own class prompts; --templates replaces "
+                            f"those with {used[0]!r}: drop --templates to score what was trained together")  # fmt: skip
+
     def resolve(exp: Experiment, encoded: Encoded) -> Any:
-        from utils.features.text import text_embeddings
+        from utils.features.text import learned_prompt_features, text_embeddings
 
         _check_templates(exp)
         if name in exp.contract.texts:
             return text_embeddings(exp.bundle, exp.contract.texts[name])
+        if name in exp.contract.learned:
+            return learned_prompt_features(exp.bundle, exp.contract.learned[name], exp.id_test.classnames)
         return exp.contract.values[name]
 
-    return Resolver(resolve, missing=missing)
+    return Resolver(resolve, check=check, missing=missing)
 
 
 def resolver(name: str) -> Resolver:

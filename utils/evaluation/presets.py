@@ -27,6 +27,7 @@ NOT_COMPARABLE_WHEN_SET = {"ckpt": "other weights (--ckpt)", "limit": "a subset 
                            "shots": "a few-shot train split (--shots)",
                            "classnames": "other class names (--classnames)",
                            "select": "hyper-parameters chosen on validation data (--select)",
+                           "transform": "a model transform the paper did not use (--transform)",
                            "shifted_id": "shifted sets counted as ID (--shifted-id)"}  # fmt: skip
 # Settings a preset cannot fix, a file only the user can supply; its `differences` say which file the paper used.
 USER_FILES = {"eoe_names": "the envisioned outlier names (--eoe-names)"}
@@ -97,8 +98,8 @@ def comparable(preset: Preset, values: dict[str, Any]) -> str | None:
     """Why this run's numbers cannot be compared with the published ones (another model, weights, data), or None."""
     pairs = preset.defaults.items()
     different = [f"{k} {values.get(k)} (published: {v})" for k, v in pairs if values.get(k) != v]
-    different += [why for key, why in NOT_COMPARABLE_WHEN_SET.items()
-                  if values.get(key) not in (None, []) and not _release_pool(key, values[key], preset)]  # fmt: skip
+    different += [why for key, why in NOT_COMPARABLE_WHEN_SET.items() if values.get(key) not in (None, [])
+                  and key not in preset.settings and not _release_pool(key, values[key], preset)]  # fmt: skip
     return "; ".join(different) or None
 
 

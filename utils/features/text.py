@@ -21,7 +21,8 @@ from utils.distributed import World
 from utils.errors import UserError
 from utils.features.store import FeatureCache, cache_key
 from utils.features.writer import entry_writer
-from utils.models.prompt_context import LearnedTemplate, PromptContext
+from utils.models.checkpoint import LearnedPrompts
+from utils.models.prompt_context import ContextBatch, LearnedTemplate, PromptContext
 from utils.prompts import AS_IS, Template, render
 
 if TYPE_CHECKING:
@@ -32,12 +33,13 @@ PROMPTS_PER_FORWARD = 1024  # text encoder batch: large enough to amortise overh
 NAMES_PER_ENTRY_WRITE = 4096  # names encoded between two writes into a cache entry
 
 
-def encode_texts(bundle: ModelBundle, texts: Sequence[str], context: PromptContext | None = None,
+def encode_texts(bundle: ModelBundle, texts: Sequence[str], context: PromptContext | ContextBatch | None = None,
                  normalise: bool = True) -> torch.Tensor:  # fmt: skip
     """One L2-normalised (or, `normalise=False`, raw) float32 embedding per text [len(texts), D], on the bundle's
     device, with gradients.
 
-    With a learned `context`, the texts are its placeholder prompts and the vectors take the placeholders' place.
+    With a learned `context`, the texts are its placeholder prompts and the vectors take the placeholders' place (a
+    ContextBatch: one context per text).
     """
     if not bundle.has_text:
         raise UserError(f"{bundle.name} has no text encoder")
@@ -115,3 +117,11 @@ def text_embeddings(
                 bar.update(len(batch))
         entry = cache.load(key)
     return np.asarray(entry.features, dtype=np.float32)
+
+
+def learned_prompt_features(bundle: ModelBundle, prompts: LearnedPrompts, classnames: Sequence[str]) -> np.ndarray:
+    """A checkpoint's learned prompts encoded: [contexts, names, D], each context before every name (the ID class
+    names where the prompts name none), L2-normalised."""
+    names = list(classnames if prompts.names is None else prompts.names)
+    return np.stack([text_embeddings(bundle, names, (LearnedTemplate(PromptContext(context, prompts.suffix)),))
+                     for context in prompts.tensor()])  # fmt: skip

@@ -27,8 +27,10 @@ class ScoreContract:
     prompt); `values` are plain values (e.g. class groups as indices into `classnames`, so they are supplied only
     when the ID set has exactly these classes); `logit_scale` is the learned one at the end of training;
     `class_templates` the templates its class prompts were trained with (empty: not recorded); `context` a learned
-    prompt context [tokens, width] (CoOp, LoCoOp), which then makes every class prompt; `outliers` the auxiliary
-    pools it was trained on as outliers (dataset names), which are no fair test sets for it.
+    prompt context [tokens, width] (CoOp, LoCoOp), which then makes every class prompt, followed by `context_suffix`;
+    `learned` prompts made of learned vectors, by score-input name (NegPrompt's negatives, ID-Like's OOD prompts:
+    see `LearnedPrompts`); `outliers` the auxiliary pools it was trained on as outliers (dataset names), which are
+    no fair test sets for it.
     """
 
     method: str
@@ -39,11 +41,13 @@ class ScoreContract:
     class_templates: tuple[str, ...] = ()
     context: tuple[tuple[float, ...], ...] | None = None  # [tokens][width]
     outliers: tuple[str, ...] = ()
+    context_suffix: str = "."
+    learned: dict[str, LearnedPrompts] = field(default_factory=dict)
 
     @property
     def inputs(self) -> set[str]:
         """Every score input this checkpoint can supply."""
-        return {*self.texts, *self.values, "logit_scale"}
+        return {*self.texts, *self.values, *self.learned, "logit_scale"}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,10 +64,39 @@ class ScoreContract:
                 class_templates=tuple(str(t) for t in saved.get("class_templates", ())),
                 context=_matrix(saved.get("context")),
                 outliers=tuple(str(name) for name in saved.get("outliers", ())),
+                context_suffix=str(saved.get("context_suffix", ".")),
+                learned={str(k): LearnedPrompts.from_dict(v) for k, v in saved.get("learned", {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise UserError(f"{path}: its {CONTRACT_KEY} entry is damaged ({type(err).__name__}: {err})") from err
         return contract
+
+
+@dataclass(frozen=True)
+class LearnedPrompts:
+    """Prompts of learned vectors: context k of `contexts` [K][tokens][width] before each of `names` (None: the
+    ID class names), then `suffix`; encoded as [K, len(names), D]."""
+
+    contexts: tuple[tuple[tuple[float, ...], ...], ...]
+    names: tuple[str, ...] | None = None
+    suffix: str = "."
+
+    @classmethod
+    def of(cls, contexts: torch.Tensor, names: tuple[str, ...] | None = None, suffix: str = ".") -> LearnedPrompts:
+        """From a [K, tokens, width] tensor."""
+        rows = contexts.detach().float().cpu().tolist()
+        return cls(tuple(tuple(tuple(row) for row in context) for context in rows), names, suffix)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> LearnedPrompts:
+        contexts = tuple(_matrix(context) for context in saved["contexts"])
+        if not contexts or len({(len(c), len(c[0])) for c in contexts}) != 1:
+            raise ValueError("learned prompts need one or more contexts of one shape")
+        names = saved.get("names")
+        return cls(contexts, None if names is None else tuple(str(n) for n in names), str(saved.get("suffix", ".")))
+
+    def tensor(self) -> torch.Tensor:
+        return torch.tensor(self.contexts)
 
 
 def _matrix(rows: Any) -> tuple[tuple[float, ...], ...] | None:
@@ -119,5 +152,5 @@ def _earlier_layout(saved: dict[str, Any]) -> dict[str, Any]:
 def class_templates(spec: str | None, contract: ScoreContract | None) -> tuple[Template, ...]:
     """The class prompts of a run: --templates when given, else the checkpoint's learned context, else CLIP's."""
     if spec is None and contract is not None and contract.context is not None:
-        return (LearnedTemplate(PromptContext(torch.tensor(contract.context))),)
+        return (LearnedTemplate(PromptContext(torch.tensor(contract.context), contract.context_suffix)),)
     return load_templates(spec or "single")

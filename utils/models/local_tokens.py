@@ -55,3 +55,19 @@ def global_and_patches(visual: torch.nn.Module, images: torch.Tensor) -> tuple[t
     if visual.proj is not None:
         pooled, patches = pooled @ visual.proj, patches @ visual.proj
     return pooled, patches
+
+
+def entropy_outside_top_k(local_logits: torch.Tensor, labels: torch.Tensor, top_k: int,
+                          rank_by: str = "probs") -> torch.Tensor:  # fmt: skip
+    """LoCoOp's OOD regions: patches whose top-K classes miss the image's label; the mean entropy of their class
+    distribution (p log(p + 1e-5), as the official entropy_select_topk), 0 when there are none. `rank_by`: the top K
+    of the probabilities (LoCoOp's code) or of the logits (SeTAR's); they differ only where a softmax ties."""
+    batch, patches, classes = local_logits.shape
+    flat = local_logits.reshape(batch * patches, classes)
+    probs = F.softmax(flat, dim=-1)
+    top = (probs if rank_by == "probs" else flat).topk(top_k, dim=1).indices
+    outside = ~(top == labels.repeat_interleave(patches)[:, None]).any(dim=1)
+    picked = probs[outside]
+    if len(picked) == 0:
+        return local_logits.new_zeros(())
+    return -(picked * torch.log(picked + 1e-5)).sum(dim=1).mean()

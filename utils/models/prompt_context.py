@@ -52,51 +52,86 @@ def initial_context(model: torch.nn.Module, tokenizer, n_ctx: int, init: str = "
     return torch.randn(n_ctx, layer.embedding_dim, generator=generator) * 0.02
 
 
-class PromptContext(torch.nn.Module):
-    """M learned context vectors [M, width] (CoOp's generic context, class token at the end)."""
+@contextmanager
+def inserted_vectors(model: torch.nn.Module, tokens: torch.Tensor, vectors: torch.Tensor) -> Iterator[None]:
+    """Within the block, the placeholder embeddings of `tokens` are `vectors`: [M, width] for every prompt, or
+    [P, M, width], one context per prompt (NegPrompt's negatives, ID-Like's OOD prompts); with their gradients."""
+    layer, length = token_embedding(model), int(vectors.shape[-2])
+    if vectors.ndim == 3 and len(vectors) != len(tokens):
+        raise ValueError(f"{len(vectors)} contexts for {len(tokens)} prompts")
+    start = _start(tokens, length)
 
-    def __init__(self, vectors: torch.Tensor):
+    def swap(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        inserted = vectors.to(output.device, output.dtype)
+        inserted = inserted.expand(len(output), -1, -1) if inserted.ndim == 2 else inserted
+        return torch.cat([output[:, :start], inserted, output[:, start + length :]], dim=1)
+
+    handle = layer.register_forward_hook(swap)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _start(tokens: torch.Tensor, length: int) -> int:
+    """Where the placeholders begin: after a start-of-text token (CLIP's tokenizer), else at the front."""
+    for start in (1, 0):
+        run = tokens[:, start : start + length]
+        if run.shape[1] == length and bool((run == run[0, 0]).all()):
+            return start
+    raise UserError(f"the tokenised prompts do not begin with the {length} context placeholders")
+
+
+def placeholder_prompt(length: int, name: str, suffix: str = ".") -> str:
+    """The text tokenised for a learned prompt: `length` placeholders, then the name and the suffix (CoOp's ".";
+    NegPrompt's prompts end at the name)."""
+    tail = f"{name}{suffix}"
+    return " ".join([PLACEHOLDER] * length + ([tail] if tail else []))
+
+
+class _Placeholders:
+    """What a learned context shares: its length, its placeholder prompts and their insertion (`vectors`, `suffix`)."""
+
+    vectors: torch.Tensor
+    suffix: str
+
+    @property
+    def length(self) -> int:
+        return int(self.vectors.shape[-2])
+
+    def prompt(self, name: str) -> str:
+        """The text tokenised for `name`: the placeholders stand where the vectors go."""
+        return placeholder_prompt(self.length, name, self.suffix)
+
+    def inserted(self, model: torch.nn.Module, tokens: torch.Tensor):
+        """Within the block, the placeholder embeddings of `tokens` (as tokenised from `prompt`) are the vectors."""
+        return inserted_vectors(model, tokens, self.vectors)
+
+
+class PromptContext(_Placeholders, torch.nn.Module):
+    """M learned context vectors [M, width] (CoOp's generic context, class token at the end), then `suffix`."""
+
+    def __init__(self, vectors: torch.Tensor, suffix: str = "."):
         super().__init__()
         if vectors.ndim != 2 or len(vectors) == 0:
             raise UserError(f"a prompt context is [tokens, width] with tokens > 0, got shape {tuple(vectors.shape)}")
         self.vectors = torch.nn.Parameter(vectors.detach().clone().float())
-
-    @property
-    def length(self) -> int:
-        return int(self.vectors.shape[0])
+        self.suffix = suffix
 
     def digest(self) -> str:
-        """A hash of the vectors' bytes: caches key on it."""
+        """A hash of the vectors' bytes (and of a suffix other than CoOp's): caches key on it."""
         data = self.vectors.detach().float().cpu().numpy().tobytes()
+        if self.suffix != ".":
+            data += self.suffix.encode() + b"\0"
         return hashlib.blake2b(data, digest_size=16).hexdigest()
 
-    def prompt(self, name: str) -> str:
-        """The text tokenised for `name`: the placeholders stand where the vectors go."""
-        return " ".join([PLACEHOLDER] * self.length + [f"{name}."])
 
-    @contextmanager
-    def inserted(self, model: torch.nn.Module, tokens: torch.Tensor) -> Iterator[None]:
-        """Within the block, the placeholder embeddings of `tokens` (as tokenised from `prompt`) are the vectors."""
-        layer = token_embedding(model)
-        start = self._start(tokens)
+class ContextBatch(_Placeholders):
+    """One learned context per prompt, [P, M, width], computed by a method (with gradients); encode_texts takes it
+    as a PromptContext, the prompts rendered with `prompt`."""
 
-        def swap(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-            vectors = self.vectors.to(output.device, output.dtype).expand(len(output), -1, -1)
-            return torch.cat([output[:, :start], vectors, output[:, start + self.length :]], dim=1)
-
-        handle = layer.register_forward_hook(swap)
-        try:
-            yield
-        finally:
-            handle.remove()
-
-    def _start(self, tokens: torch.Tensor) -> int:
-        """Where the placeholders begin: after a start-of-text token (CLIP's tokenizer), else at the front."""
-        for start in (1, 0):
-            run = tokens[:, start : start + self.length]
-            if run.shape[1] == self.length and bool((run == run[0, 0]).all()):
-                return start
-        raise UserError(f"the tokenised prompts do not begin with the {self.length} context placeholders")
+    def __init__(self, vectors: torch.Tensor, suffix: str = "."):
+        self.vectors, self.suffix = vectors, suffix
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,4 +147,4 @@ class LearnedTemplate:
     @property
     def text(self) -> str:
         """How the template is shown and recorded."""
-        return f"<{self.context.length} learned context tokens> {{}}."
+        return f"<{self.context.length} learned context tokens> {{}}{self.context.suffix}"

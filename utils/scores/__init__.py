@@ -32,6 +32,7 @@ from utils.scores.label_mass import (
     Oracle,
     mine_negative_labels,
 )
+from utils.scores.learned_prompts import IDLike, NegPrompt
 from utils.scores.linear_probe import ProbeEnergy, ProbeMaxLogit, ProbeMSP
 from utils.scores.local import GLMCM, LocalMCM
 from utils.scores.mahalanobis import Mahalanobis, RelativeMahalanobis
@@ -61,6 +62,8 @@ SCORES: dict[str, type[Score]] = {
     "lp_maxlogit": ProbeMaxLogit,
     "kplus1": KPlusOne,  # its own inputs come from a checkpoint (supplied_by)
     "group": GroupOthers,
+    "negprompt": NegPrompt,
+    "idlike": IDLike,
     **POOD_SCORES,  # pytorch-ood's detectors on the cached features: pood:vim, pood:gen, ... (utils/scores/pood.py)
 }
 ALIASES = {"maxlogit": "mis", "mahalanobis": "maha", "relative_mahalanobis": "rmd"}

@@ -126,12 +126,16 @@ def _set_up(bundle: ModelBundle, objective: Objective, id_train: LoadedDataset, 
     module = objective
     if world.distributed:
         module = torch.nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None
-        )
+            objective, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=objective.unused_parameters,
+        )  # fmt: skip
     optimizer = OPTIMIZERS[config.optimizer](decay_groups(params, config.weight_decay, split_decay), config.lr)
     transform = (
         objective.train_transform() if config.augment == "method" else bundle.train_preprocess or bundle.preprocess
     )
+    if config.batch_size < world.size:
+        raise UserError(f"--batch-size {config.batch_size} is the global batch: under torchrun it needs at least one "
+                        f"image for each of the {world.size} processes")  # fmt: skip
     per_rank, pin = max(1, config.batch_size // world.size), device.type == "cuda"
     sampler = _sampler(id_train.dataset, world, config.seed)
     drop = objective.drop_last and len(sampler) >= per_rank  # Dassl's rule: only when a full batch exists
@@ -145,8 +149,10 @@ def _set_up(bundle: ModelBundle, objective: Objective, id_train: LoadedDataset, 
         aux_loader = make_loader(aux.dataset, transform, per_rank, config.workers, pin, sampler=aux_sampler,
                                  seed=config.seed + 1)  # fmt: skip
     per_epoch = optimizer_steps(len(loader), config.accumulate)
-    scheduler = make_schedule(config.schedule, optimizer, per_epoch, config.epochs, config.warmup)
-    return _Run(module, loader, sampler, aux_loader, aux_sampler, optimizer, scheduler, grad_scaler(device))
+    scheduler = make_schedule(config.schedule, optimizer, per_epoch, config.epochs, config.warmup,
+                              objective.restart_epoch())  # fmt: skip
+    return _Run(module, loader, sampler, aux_loader, aux_sampler, optimizer, scheduler,
+                grad_scaler(device, objective.mixed_precision))  # fmt: skip
 
 
 def _resume(
@@ -202,6 +208,7 @@ def train(
 
     A frozen tower (config.freeze) is checked to be unchanged at the end.
     """
+    objective.check(config)
     state = load_training_state(out_dir / "last.pt") if resume and (out_dir / "last.pt").is_file() else None
     one_group = state is not None and len(state["optimizer"]["param_groups"]) == 1  # written before decay_groups
     run = _set_up(bundle, objective, id_train, aux, config, world, split_decay=not one_group)
@@ -224,7 +231,8 @@ def train(
                                   [config.seed, epoch, index, world.rank])  # fmt: skip
 
             stats = run_epoch(step, run.loader, run.optimizer, run.scheduler, run.scaler, device,
-                              f"{config.method} {epoch + 1}/{config.epochs}", config.accumulate, world)  # fmt: skip
+                              f"{config.method} {epoch + 1}/{config.epochs}", config.accumulate, world,
+                              objective.mixed_precision)  # fmt: skip
             log.append({"epoch": epoch + 1, "loss": stats.loss, "lr": run.scheduler.get_last_lr()[0],
                         "logit_scale": logit_scale(bundle.model).item(), "samples_per_s": stats.samples_per_s,
                         "seconds": stats.seconds})  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -55,25 +56,47 @@ def constant_warmup_epoch_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_schedule(
-    name: str, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int, warmup: float
-) -> torch.optim.lr_scheduler.LambdaLR:
+NEGPROMPT_T_MAX = 50  # NegPrompt's CosineAnnealingLR(optimizer, float(50))
+
+
+def negprompt_cosine(optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                     restart_step: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:  # fmt: skip
+    """NegPrompt's schedule (mala-lab/NegPrompt osr_nega_prompt.py, core/train_clip.py): CosineAnnealingLR with
+    T_max = 50, stepped after every batch and once more after every epoch (--stepsize 30 > 0), so the rate cycles
+    with period 100 steps: base · ½(1 + cos(π t / 50)), t the steps taken. Its second stage is a new process with a
+    new scheduler: from `restart_step` on, t counts again from 0."""
+
+    def factor(step: int) -> float:
+        local = step - restart_step if restart_step is not None and step >= restart_step else step
+        taken = local + local // max(1, steps_per_epoch)
+        return 0.5 * (1.0 + math.cos(math.pi * taken / NEGPROMPT_T_MAX))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_schedule(name: str, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int, warmup: float,
+                  restart_epoch: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:  # fmt: skip
     """`cosine`: linear warm-up over a `warmup` share of all steps, then a per-step cosine to 0 (open_clip's);
-    `coop`: CoOp's one epoch at 1e-5, then a per-epoch cosine."""
+    `coop`: CoOp's one epoch at 1e-5, then a per-epoch cosine; `negprompt`: NegPrompt's cycling cosine, restarted
+    at `restart_epoch` (the method's second stage); `constant`: the base rate throughout (ID-Like's)."""
     steps = max(1, epochs * steps_per_epoch)
+    restart = None if restart_epoch is None else restart_epoch * steps_per_epoch
     schedules = {
         "cosine": lambda: warmup_cosine(optimizer, steps, int(warmup * steps)),
         "coop": lambda: constant_warmup_epoch_cosine(optimizer, steps_per_epoch, epochs),
+        "negprompt": lambda: negprompt_cosine(optimizer, steps_per_epoch, restart),
+        "constant": lambda: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
     }
     return schedules[name]()
 
 
-SCHEDULES = ("cosine", "coop")
+SCHEDULES = ("cosine", "coop", "negprompt", "constant")
 SCHEDULE = Setting(
     "schedule",
     "cosine",
-    "learning-rate schedule: cosine (linear warm-up over --warmup of all steps, then a per-step cosine) or coop (one "
-    "epoch at 1e-5, then a per-epoch cosine)",
+    "learning-rate schedule: cosine (linear warm-up over --warmup of all steps, then a per-step cosine), coop (one "
+    "epoch at 1e-5, then a per-epoch cosine), negprompt (NegPrompt's cosine of period 100 steps, restarted for its "
+    "second stage) or constant",
     "toolkit",
     choices=SCHEDULES,
 )
@@ -91,8 +114,10 @@ def decay_groups(params: list[torch.nn.Parameter], weight_decay: float, split: b
 OPTIMIZERS = {  # (parameter groups, lr) -> optimiser; SGD as Dassl configures it for CoOp: momentum 0.9
     "adamw": lambda groups, lr: torch.optim.AdamW(groups, lr=lr),
     "sgd": lambda groups, lr: torch.optim.SGD(groups, lr=lr, momentum=0.9),
+    "plain_sgd": lambda groups, lr: torch.optim.SGD(groups, lr=lr),  # NegPrompt's: no momentum
 }
-OPTIMIZER = Setting("optimizer", "adamw", "optimiser; sgd has momentum 0.9", "toolkit", choices=tuple(OPTIMIZERS))
+OPTIMIZER = Setting("optimizer", "adamw", "optimiser; sgd has momentum 0.9, plain_sgd none", "toolkit",
+                    choices=tuple(OPTIMIZERS))  # fmt: skip
 ACCUMULATE = Setting("accumulate", 1, "gradient accumulation steps", "toolkit", type=positive_int)
 
 
@@ -131,12 +156,14 @@ def run_epoch(
     description: str,
     accumulate: int = 1,
     world: World | None = None,
+    mixed: bool = True,
 ) -> EpochStats:
     """One pass over `loader`'s batches: loss = step(batch, index) under autocast, scaled backward, and an optimiser
     and schedule step every `accumulate` batches (and at the epoch's end: no gradient crosses an epoch).
 
     A batch whose images all failed to load is skipped, on every rank together (or DDP would wait forever).
-    The progress bar shows the loss and samples/s.
+    The progress bar shows the loss and samples/s. `mixed=False`: no autocast (a method whose release trains in
+    fp32).
     """
     world = world or World()
     total, seen, pending, began = 0.0, 0, False, time.perf_counter()
@@ -144,7 +171,7 @@ def run_epoch(
     for index, batch in enumerate(bar):
         if _any_rank(batch.images is None, world):
             continue
-        with autocast(device):
+        with autocast(device) if mixed else contextlib.nullcontext():
             loss = step(batch, index)
         scaler.scale(loss / accumulate).backward()
         pending = True
@@ -167,6 +194,6 @@ def _optimiser_step(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: to
     scheduler.step()
 
 
-def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
-    """Loss scaling where autocast runs in float16 (older GPUs); a pass-through elsewhere."""
-    return torch.amp.GradScaler("cuda", enabled=autocast_dtype(device) == torch.float16)
+def grad_scaler(device: torch.device, mixed: bool = True) -> torch.amp.GradScaler:
+    """Loss scaling where autocast runs in float16 (older GPUs); a pass-through elsewhere (and without autocast)."""
+    return torch.amp.GradScaler("cuda", enabled=mixed and autocast_dtype(device) == torch.float16)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from utils.training.idlike import IDLikeObjective
+from utils.training.negprompt import NegPromptObjective
 from utils.training.objectives import (
     ContrastiveObjective,
     GroupObjective,
@@ -18,4 +20,6 @@ METHODS: dict[str, type[Objective]] = {
     "group": GroupObjective,
     "coop": CoOpObjective,
     "locoop": LoCoOpObjective,
+    "negprompt": NegPromptObjective,
+    "idlike": IDLikeObjective,
 }

@@ -60,6 +60,8 @@ class Objective(torch.nn.Module):
     defaults: ClassVar[dict[str, Any]] = {}  # its paper's training settings, where they differ from ours
     defaults_source: ClassVar[str] = ""  # where `defaults` come from
     drop_last = False  # leave out each epoch's last, short batch of ID images
+    unused_parameters = False  # some trainable parameters get no gradient in a step (a stage's): DDP must know
+    mixed_precision = True  # steps under the device's autocast (bf16 on CUDA); False: fp32, as its release trains
 
     def __init__(self, bundle: ModelBundle, classnames: Sequence[str], templates: Sequence[Template], **_: Any):
         super().__init__()
@@ -79,6 +81,13 @@ class Objective(torch.nn.Module):
     def train_transform(self) -> Any:
         """The training images' transform: the model's own (random crops) by default."""
         return self.bundle.train_preprocess or self.bundle.preprocess
+
+    def check(self, config: Any) -> None:
+        """Refuse training settings the method cannot work with, before the first step (a TrainConfig)."""
+
+    def restart_epoch(self) -> int | None:
+        """Where a method's second stage starts its learning-rate schedule again (None: one stage)."""
+        return None
 
     def learned_state(self) -> dict[str, torch.Tensor]:
         """What the method trains beside the model's weights (e.g. a prompt context), for last.pt."""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from utils.errors import UserError
 from utils.features.text import encode_texts
-from utils.models.local_tokens import global_and_patches
+from utils.models.local_tokens import entropy_outside_top_k, global_and_patches
 from utils.models.logits import model_logits
 from utils.models.prompt_context import LearnedTemplate, PromptContext, initial_context
 from utils.settings import Setting, non_negative_float, positive_int
@@ -43,25 +43,36 @@ LOCOOP_TOP_K = Setting(
 )  # fmt: skip
 
 
-def _rgb(image: Any) -> Any:
+def to_rgb(image: Any) -> Any:
     return image.convert("RGB")  # a module-level function: loader workers started by spawn can pickle it
 
 
-def coop_train_transform(preprocess: Any, size: int) -> Any:
-    """Dassl's "random_resized_crop, random_flip, normalize" at the model's input size, with its normalisation."""
-    from torchvision import transforms  # here: finetune_clip.py's --help lists the methods without torchvision
-    from torchvision.transforms import InterpolationMode
+def model_normalise(preprocess: Any) -> Any:
+    """The Normalize step of the model's transform, for a method's own training transform."""
+    from torchvision import transforms
 
     normalise = next((s for s in getattr(preprocess, "transforms", []) if isinstance(s, transforms.Normalize)), None)
     if normalise is None:
         raise UserError(f"the model's transform has no Normalize step to reuse for prompt learning ({preprocess})")
-    return transforms.Compose([
-        transforms.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=InterpolationMode.BICUBIC),
-        transforms.RandomHorizontalFlip(),
-        _rgb,
-        transforms.ToTensor(),
-        transforms.Normalize(normalise.mean, normalise.std),
-    ])  # fmt: skip
+    return transforms.Normalize(normalise.mean, normalise.std)
+
+
+def augmented(preprocess: Any, *steps: Any) -> Any:
+    """A method's training transform: its random `steps` on the PIL image, then RGB, tensor and the model's
+    normalisation."""
+    from torchvision import transforms  # here: finetune_clip.py's --help lists the methods without torchvision
+
+    return transforms.Compose([*steps, to_rgb, transforms.ToTensor(), model_normalise(preprocess)])
+
+
+def coop_train_transform(preprocess: Any, size: int) -> Any:
+    """Dassl's "random_resized_crop, random_flip, normalize" at the model's input size, with its normalisation."""
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
+
+    return augmented(preprocess, transforms.RandomResizedCrop(size, scale=(0.08, 1.0),
+                                                              interpolation=InterpolationMode.BICUBIC),
+                     transforms.RandomHorizontalFlip())  # fmt: skip
 
 
 class CoOpObjective(Objective):
@@ -78,10 +89,10 @@ class CoOpObjective(Objective):
                        "constant warm-up epoch at 1e-5, cosine) and Dassl's default weight decay 5e-4")  # fmt: skip
 
     def __init__(self, *args: Any, n_ctx: int = N_CTX.default, ctx_init: str = CTX_INIT.default, seed: int = 0,
-                 **kwargs: Any):  # fmt: skip
+                 suffix: str = ".", **kwargs: Any):  # fmt: skip
         super().__init__(*args, **kwargs)
         vectors = initial_context(self.model, self.bundle.tokenizer, n_ctx, ctx_init, seed)
-        self.context = PromptContext(vectors).to(self.bundle.device)
+        self.context = PromptContext(vectors, suffix).to(self.bundle.device)
 
     @property
     def class_templates(self) -> tuple[LearnedTemplate, ...]:
@@ -91,9 +102,12 @@ class CoOpObjective(Objective):
         freeze(self.model, "all")
         return [self.context.vectors]
 
-    def train_transform(self) -> Any:
+    def input_size(self) -> int:
         size = image_tower(self.model).image_size  # a pair for ViTs, an int for open_clip's ResNets
-        return coop_train_transform(self.bundle.preprocess, int(size[0] if isinstance(size, tuple | list) else size))
+        return int(size[0] if isinstance(size, tuple | list) else size)
+
+    def train_transform(self) -> Any:
+        return coop_train_transform(self.bundle.preprocess, self.input_size())
 
     def train(self, mode: bool = True) -> CoOpObjective:
         """CLIP stays in eval mode (its BatchNorm statistics fixed), as in CoOp's code; only the context trains."""
@@ -113,19 +127,6 @@ class CoOpObjective(Objective):
     def contract(self, method: str) -> ScoreContract:
         vectors = self.context.vectors.detach().float().cpu().tolist()
         return replace(super().contract(method), context=tuple(tuple(row) for row in vectors))
-
-
-def entropy_outside_top_k(local_logits: torch.Tensor, labels: torch.Tensor, top_k: int) -> torch.Tensor:
-    """LoCoOp's OOD regions: patches whose top-K classes miss the image's label; the mean entropy of their class
-    distribution (p log(p + 1e-5), as the official entropy_select_topk), 0 when there are none."""
-    batch, patches, classes = local_logits.shape
-    probs = F.softmax(local_logits.reshape(batch * patches, classes), dim=-1)
-    top = probs.topk(top_k, dim=1).indices
-    outside = ~(top == labels.repeat_interleave(patches)[:, None]).any(dim=1)
-    picked = probs[outside]
-    if len(picked) == 0:
-        return local_logits.new_zeros(())
-    return -(picked * torch.log(picked + 1e-5)).sum(dim=1).mean()
 
 
 class LoCoOpObjective(CoOpObjective):
