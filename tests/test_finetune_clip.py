@@ -83,35 +83,37 @@ def test_checkpoint_scores_need_their_checkpoint(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    ("method", "extra"),
+    ("method", "extra", "epochs", "crash"),
     [
-        ("kplus1", []),
-        ("kplus1", ["--accumulate", "2", "--workers", "2", "--batch-size", "24"]),
-        ("locoop", []),
-        ("negprompt", ["--positive-epochs", "1"]),  # interrupted between its stages: stage 2 starts after the resume
-        ("idlike", ["--idlike-crops", "8", "--idlike-selected", "2", "--idlike-ood-prompts", "4"]),
+        ("kplus1", [], 2, 1),
+        ("kplus1", ["--accumulate", "2", "--workers", "2", "--batch-size", "24"], 2, 1),
+        ("locoop", [], 2, 1),
+        ("negprompt", ["--positive-epochs", "1"], 2, 1),  # killed between its stages: stage 2 starts after the resume
+        ("negprompt", ["--positive-epochs", "1", "--batch-size", "16"], 3, 2),  # killed in stage 2: its negatives
+        ("idlike", ["--idlike-crops", "8", "--idlike-selected", "2", "--idlike-ood-prompts", "4"], 2, 1),  # stay
     ],
 )
-def test_resume_reaches_the_same_weights(tmp_path, monkeypatch, method, extra):
-    _train(tmp_path, method, "--epochs", "2", *extra, out="straight")
+def test_resume_reaches_the_same_weights(tmp_path, monkeypatch, method, extra, epochs, crash):
+    extra = ["--epochs", str(epochs), *extra]
+    _train(tmp_path, method, *extra, out="straight")
     original = utils.training.clip_finetune._write_log
 
-    def crash_after_first_epoch(path, records):
+    def crash_after(path, records):
         original(path, records)
-        if len(records) == 1:
-            raise KeyboardInterrupt  # killed between epochs: last.pt holds epoch 1
+        if len(records) == crash:
+            raise KeyboardInterrupt  # killed between epochs: last.pt holds epoch `crash`
 
-    monkeypatch.setattr(utils.training.clip_finetune, "_write_log", crash_after_first_epoch)
+    monkeypatch.setattr(utils.training.clip_finetune, "_write_log", crash_after)
     with pytest.raises(SystemExit):
-        _train(tmp_path, method, "--epochs", "2", *extra, out="interrupted")
-    assert torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)["epoch"] == 1
+        _train(tmp_path, method, *extra, out="interrupted")
+    assert torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)["epoch"] == crash
     monkeypatch.setattr(utils.training.clip_finetune, "_write_log", original)
-    _train(tmp_path, method, "--epochs", "2", "--resume", *extra, out="interrupted")
+    _train(tmp_path, method, "--resume", *extra, out="interrupted")
     a = torch.load(tmp_path / "straight" / "final.pt", weights_only=True)
     b = torch.load(tmp_path / "interrupted" / "final.pt", weights_only=True)
     assert a["state_dict"].keys() == b["state_dict"].keys()
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
-    assert a[CONTRACT_KEY] == b[CONTRACT_KEY]  # a learned prompt context too (locoop)
+    assert a[CONTRACT_KEY] == b[CONTRACT_KEY]  # a learned prompt context too (locoop), learned negatives (negprompt)
 
 
 def test_accumulation_longer_than_an_epoch_still_trains(tmp_path):

@@ -139,6 +139,12 @@ def test_eval_records_the_search_and_caches_it(tmp_path, capsys):
         assert _metadata(saved)["model_transform"]["from_cache"] is None, other  # it decides the search: searched
 
 
+def test_a_search_that_misses_classes_says_so(tmp_path):
+    result, saved = _run(tmp_path, "--transform", "setar", "--setar-ratios", "0", "0.4", "--limit", "3")
+    covered = _metadata(saved)["model_transform"]["classes_covered"]
+    assert covered <= 3 and any(f"cover {covered} of the 5 ID classes" in note for note in result["notes"])
+
+
 @pytest.mark.parametrize(("extra", "expected"), [
     (["--setar-lambda", "0.5"], "--setar-lambda only applies with --transform setar"),
     (["--transform", "setar", "--setar-ratios", "0.1", "0.2"], "starting with 0"),

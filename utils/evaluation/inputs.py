@@ -443,6 +443,9 @@ def _from_checkpoint(name: str) -> Resolver:
         if name in exp.contract.texts:
             return text_embeddings(exp.bundle, exp.contract.texts[name])
         if name in exp.contract.learned:
+            if tuple(exp.id_test.classnames) != exp.contract.classnames:
+                exp.notes.append(f"{name}: learned for the checkpoint's {len(exp.contract.classnames)} ID classes, "
+                                 f"scored here beside {exp.id_test.name}'s own names (a transfer)")  # fmt: skip
             return learned_prompt_features(exp.bundle, exp.contract.learned[name], exp.id_test.classnames)
         return exp.contract.values[name]
 

@@ -149,6 +149,9 @@ def setar(bundle: ModelBundle, context: TransformContext, setar_lambda: float, s
     path = context.cache_root / CACHE_FOLDER / f"setar-{_key(bundle, context, images, prompts, settings)}.json"
     source = {"images": picked, "image_count": len(images), "classes_covered": len(np.unique(labels_of(images))),
               "top_k": top_k}  # fmt: skip
+    if source["classes_covered"] < len(prompts):
+        context.notes.append(f"SeTAR: the search images cover {source['classes_covered']} of the {len(prompts)} ID "
+                             f"classes (a --limit or a short train split); it never sees the others")  # fmt: skip
     found = _cached(path, context)
     if found is None:
         return {**source, **_search(bundle, context, images, prompts, picked, settings, path), "from_cache": None}

@@ -22,7 +22,7 @@ from utils.errors import UserError
 from utils.features.store import FeatureCache, cache_key
 from utils.features.writer import entry_writer
 from utils.models.checkpoint import LearnedPrompts
-from utils.models.prompt_context import ContextBatch, LearnedTemplate, PromptContext
+from utils.models.prompt_context import ContextBatch, LearnedTemplate, PromptContext, placeholder_prompt
 from utils.prompts import AS_IS, Template, render
 
 if TYPE_CHECKING:
@@ -119,9 +119,15 @@ def text_embeddings(
     return np.asarray(entry.features, dtype=np.float32)
 
 
+@torch.no_grad()
 def learned_prompt_features(bundle: ModelBundle, prompts: LearnedPrompts, classnames: Sequence[str]) -> np.ndarray:
     """A checkpoint's learned prompts encoded: [contexts, names, D], each context before every name (the ID class
-    names where the prompts name none), L2-normalised."""
+    names where the prompts name none), L2-normalised; one context per prompt, PROMPTS_PER_FORWARD at a time."""
     names = list(classnames if prompts.names is None else prompts.names)
-    return np.stack([text_embeddings(bundle, names, (LearnedTemplate(PromptContext(context, prompts.suffix)),))
-                     for context in prompts.tensor()])  # fmt: skip
+    contexts = prompts.tensor()
+    every = contexts[:, None].expand(-1, len(names), -1, -1).flatten(0, 1)  # [contexts · names, tokens, width]
+    texts = [placeholder_prompt(contexts.shape[1], name, prompts.suffix) for _ in contexts for name in names]
+    blocks = [encode_texts(bundle, texts[i : i + PROMPTS_PER_FORWARD],
+                           ContextBatch(every[i : i + PROMPTS_PER_FORWARD], prompts.suffix)).cpu().numpy()
+              for i in range(0, len(texts), PROMPTS_PER_FORWARD)]  # fmt: skip
+    return np.concatenate(blocks).reshape(len(contexts), len(names), -1)

@@ -193,7 +193,7 @@ def search(bundle: ModelBundle, images: torch.Tensor, labels: torch.Tensor, prom
     for position, (name, matrix) in enumerate(matrices.items()):
         if name.startswith("text") and isinstance(features, _Features):  # the vision weights are final now
             features = list(features)
-        accepted = 0.0
+        accepted, kept_text = 0.0, text  # the text features under the matrix's accepted ratio
         for ratio in ratios:
             bar.update()
             if ratio == 0 and position > 0:
@@ -206,10 +206,9 @@ def search(bundle: ModelBundle, images: torch.Tensor, labels: torch.Tensor, prom
             base = loss if base is None else base
             steps.append(Step(name, ratio, loss, loss < best))
             if loss < best:
-                best, accepted = loss, ratio
+                best, accepted, kept_text = loss, ratio, text
         matrix.set(accepted)
-        if name.startswith("text"):
-            text = class_text(bundle, prompts)
+        text = kept_text
         if accepted:
             chosen[name] = accepted
     bar.close()

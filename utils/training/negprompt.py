@@ -146,10 +146,7 @@ class NegPromptObjective(CoOpObjective):
     def negative_text(self) -> torch.Tensor:
         """The negative prompts' unit features [C, N, D], with gradients to the negative contexts."""
         count, classes = len(self.negatives), len(self.classnames)
-        vectors = (
-            self.negatives[:, None].expand(-1, classes, -1, -1).reshape(count * classes, *self.negatives.shape[1:])
-        )
-        batch = ContextBatch(vectors, self.context.suffix)
+        batch = ContextBatch(self.negatives[:, None].expand(-1, classes, -1, -1).flatten(0, 1), self.context.suffix)
         encoded = encode_texts(
             self.bundle, [batch.prompt(name) for _ in range(count) for name in self.classnames], batch
         )
